@@ -1,0 +1,61 @@
+# Thin wrapper over CMake.  `make demo` and `make test` work on a fresh
+# Debian 12 machine: they install what the build needs first.
+BUILD      ?= build
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+CC         ?= cc
+PREFIX     ?= /usr/local
+CMAKE_ARGS ?=
+
+.PHONY: all deps build test demo bench asan clang valgrind aarch64 install format clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(CMAKE_ARGS)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure
+
+demo: build
+	@scripts/demo.sh $(BUILD)
+
+bench:
+	@scripts/deps.sh --bench
+	$(MAKE) build
+	@bench/run.sh $(BUILD)
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build and tests.
+asan: deps
+	cmake -S . -B build-asan -DCAWAIT_SANITIZE=ON -DCAWAIT_BENCH=OFF $(CMAKE_ARGS)
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ctest --output-on-failure
+
+# The same build with clang.
+clang: deps
+	CC=clang cmake -S . -B build-clang $(CMAKE_ARGS)
+	cmake --build build-clang -j $(JOBS)
+	cd build-clang && ctest --output-on-failure
+
+# Core tests under valgrind memcheck: no errors, no leaks.
+valgrind: build
+	@scripts/valgrind.sh $(BUILD)
+
+# AArch64 cross build, coroutine and loop tests under qemu-user.
+aarch64:
+	@scripts/deps.sh --cross
+	@scripts/aarch64.sh
+
+install: build
+	cmake --install $(BUILD)
+
+format:
+	clang-format -i include/*.h src/*/*.c src/*/*.h tests/*.c tests/*.h bench/*.c examples/*.c
+
+clean:
+	rm -rf $(BUILD) build-asan build-clang build-aarch64

@@ -1,0 +1,421 @@
+/*
+ * The loop: creation, one turn of scheduling, callbacks (call_soon,
+ * call_later, call_at, call_soon_threadsafe), time and statistics.
+ */
+#include "loop/loop.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WAKE_DATA UINT64_MAX
+#define CBH_SLAB 256
+
+enum { CBH_FREE = 0, CBH_READY, CBH_TIMER, CBH_CANCELLED };
+
+_Thread_local ca_loop *ca__tls_loop __attribute__((tls_model("initial-exec")));
+
+int64_t ca__clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Callback handles: allocated from slabs, recycled, freed with the loop, so */
+/* a stale handle always points at valid memory and is recognised by gen.   */
+/* ------------------------------------------------------------------------ */
+
+struct cbh_slab {
+    struct cbh_slab *next;
+    ca__cbh h[CBH_SLAB];
+};
+
+static ca__cbh *cbh_alloc(ca_loop *l)
+{
+    if (!l->cbh_free) {
+        struct cbh_slab *s = calloc(1, sizeof(*s));
+        if (!s)
+            return NULL;
+        s->next = l->cbh_slabs;
+        l->cbh_slabs = s;
+        for (int i = CBH_SLAB - 1; i >= 0; i--) {
+            s->h[i].next_free = l->cbh_free;
+            s->h[i].timer.index = CA__TIMER_IDLE;
+            l->cbh_free = &s->h[i];
+        }
+        l->cbh_nfree += CBH_SLAB;
+    }
+    ca__cbh *h = l->cbh_free;
+    l->cbh_free = h->next_free;
+    l->cbh_nfree--;
+    h->gen = ++l->cbh_gen;
+    return h;
+}
+
+static void cbh_release(ca_loop *l, ca__cbh *h)
+{
+    h->state = CBH_FREE;
+    h->gen = 0;
+    h->next_free = l->cbh_free;
+    l->cbh_free = h;
+    l->cbh_nfree++;
+}
+
+static void cbh_run(ca__ready *r)
+{
+    ca__cbh *h = (ca__cbh *)((char *)r - offsetof(ca__cbh, ready));
+    ca_loop *l = ca__loop();
+    if (h->state == CBH_READY) {
+        ca_cb cb = h->cb;
+        void *arg = h->arg;
+        cbh_release(l, h);
+        l->stats.callbacks_run++;
+        cb(arg);
+    } else {
+        cbh_release(l, h); /* cancelled while queued */
+    }
+}
+
+static void cbh_fire(ca__timer *t)
+{
+    ca__cbh *h = (ca__cbh *)((char *)t - offsetof(ca__cbh, timer));
+    h->state = CBH_READY;
+    ca__ready_push(ca__loop(), &h->ready);
+}
+
+static int schedule(ca_loop *l, int64_t when, int soon, ca_cb cb, void *arg,
+                    ca_handle *out)
+{
+    ca__cbh *h = cbh_alloc(l);
+    if (!h)
+        return -ENOMEM;
+    h->cb = cb;
+    h->arg = arg;
+    h->ready.run = cbh_run;
+    if (soon) {
+        h->state = CBH_READY;
+        ca__ready_push(l, &h->ready);
+    } else {
+        h->state = CBH_TIMER;
+        h->timer.fire = cbh_fire;
+        int r = ca__timer_arm(l, &h->timer, when);
+        if (r < 0) {
+            cbh_release(l, h);
+            return r;
+        }
+    }
+    if (out) {
+        out->p = h;
+        out->gen = h->gen;
+    }
+    return 0;
+}
+
+static int seconds_to_ns(double s, int64_t *out)
+{
+    if (isnan(s))
+        return -EINVAL;
+    if (s > 9.0e9)
+        s = 9.0e9; /* ~285 years: effectively never */
+    if (s < -9.0e9)
+        s = -9.0e9;
+    *out = (int64_t)(s * 1e9);
+    return 0;
+}
+
+int ca_call_soon(ca_cb cb, void *arg, ca_handle *h)
+{
+    ca_loop *l = ca__loop();
+    if (!cb)
+        return -EINVAL;
+    if (!l)
+        return -CA_ENOLOOP;
+    return schedule(l, 0, 1, cb, arg, h);
+}
+
+int ca_call_later(double delay, ca_cb cb, void *arg, ca_handle *h)
+{
+    ca_loop *l = ca__loop();
+    int64_t d;
+    if (!cb || seconds_to_ns(delay, &d) < 0)
+        return -EINVAL;
+    if (!l)
+        return -CA_ENOLOOP;
+    if (d < 0)
+        d = 0;
+    return schedule(l, l->now + d, 0, cb, arg, h);
+}
+
+int ca_call_at(double when, ca_cb cb, void *arg, ca_handle *h)
+{
+    ca_loop *l = ca__loop();
+    int64_t w;
+    if (!cb || seconds_to_ns(when, &w) < 0)
+        return -EINVAL;
+    if (!l)
+        return -CA_ENOLOOP;
+    return schedule(l, w, 0, cb, arg, h);
+}
+
+int ca_handle_cancel(ca_handle hd)
+{
+    ca__cbh *h = hd.p;
+    ca_loop *l = ca__loop();
+    if (!h || !l || hd.gen == 0 || h->gen != hd.gen)
+        return 0;
+    if (h->state == CBH_TIMER) {
+        ca__timer_cancel(l, &h->timer);
+        cbh_release(l, h);
+        return 1;
+    }
+    if (h->state == CBH_READY) {
+        /* Still linked in the ready queue: mark it; cbh_run recycles it. */
+        h->state = CBH_CANCELLED;
+        h->gen = 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Thread-safe calls                                                        */
+/* ------------------------------------------------------------------------ */
+
+static void ts_run(ca__ready *r)
+{
+    ca_loop *l = (ca_loop *)((char *)r - offsetof(ca_loop, ts_node));
+    pthread_mutex_lock(&l->ts_lock);
+    struct tscall *items = l->ts_items;
+    size_t n = l->ts_n, cap = l->ts_cap;
+    l->ts_items = l->ts_spare;
+    l->ts_cap = l->ts_spare_cap;
+    l->ts_n = 0;
+    l->ts_spare = NULL;
+    l->ts_spare_cap = 0;
+    l->ts_queued = 0;
+    pthread_mutex_unlock(&l->ts_lock);
+    for (size_t i = 0; i < n; i++) {
+        l->stats.callbacks_run++;
+        items[i].cb(items[i].arg);
+    }
+    pthread_mutex_lock(&l->ts_lock);
+    if (!l->ts_spare) {
+        l->ts_spare = items;
+        l->ts_spare_cap = cap;
+        items = NULL;
+    }
+    pthread_mutex_unlock(&l->ts_lock);
+    free(items);
+}
+
+/* The eventfd fired: drain it and queue the batch runner (once). */
+static void ts_wakeup(ca_loop *l)
+{
+    uint64_t v;
+    while (read(l->wakefd, &v, sizeof(v)) == (ssize_t)sizeof(v))
+        ;
+    /* Reset before looking at the queue: a producer that pushes after this
+     * point sees 0 and writes the eventfd again. */
+    atomic_store(&l->ts_pending, 0);
+    pthread_mutex_lock(&l->ts_lock);
+    int queue = l->ts_n > 0 && !l->ts_queued;
+    if (queue)
+        l->ts_queued = 1;
+    pthread_mutex_unlock(&l->ts_lock);
+    if (queue)
+        ca__ready_push(l, &l->ts_node);
+}
+
+int ca_call_soon_threadsafe(ca_loop *l, ca_cb cb, void *arg)
+{
+    if (!l || !cb)
+        return -EINVAL;
+    pthread_mutex_lock(&l->ts_lock);
+    if (atomic_load(&l->ts_closed)) {
+        pthread_mutex_unlock(&l->ts_lock);
+        return -ESHUTDOWN;
+    }
+    if (l->ts_n == l->ts_cap) {
+        size_t cap = l->ts_cap ? l->ts_cap * 2 : 64;
+        struct tscall *t = realloc(l->ts_items, cap * sizeof(*t));
+        if (!t) {
+            pthread_mutex_unlock(&l->ts_lock);
+            return -ENOMEM;
+        }
+        l->ts_items = t;
+        l->ts_cap = cap;
+    }
+    l->ts_items[l->ts_n++] = (struct tscall){cb, arg};
+    pthread_mutex_unlock(&l->ts_lock);
+    if (atomic_exchange(&l->ts_pending, 1) == 0) {
+        uint64_t one = 1;
+        ssize_t w = write(l->wakefd, &one, sizeof(one));
+        (void)w; /* EAGAIN means the counter is already non-zero */
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Loop lifecycle and turns                                                 */
+/* ------------------------------------------------------------------------ */
+
+ca_loop *ca__loop_new(void)
+{
+    ca_loop *l = calloc(1, sizeof(*l));
+    if (!l)
+        return NULL;
+    l->epfd = -1;
+    l->wakefd = -1;
+    l->backend = &ca__backend_epoll;
+    pthread_mutex_init(&l->ts_lock, NULL);
+    l->ts_node.run = ts_run;
+    if (l->backend->init(l) < 0)
+        goto fail;
+    l->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (l->wakefd < 0 || l->backend->add(l, l->wakefd, WAKE_DATA) < 0)
+        goto fail;
+    l->stacks = ca__stack_pool_new();
+    if (!l->stacks)
+        goto fail;
+    l->now = ca__clock_ns();
+    l->last_poll_end = l->now;
+    l->stats.backend = l->backend->name;
+    return l;
+fail:
+    ca__loop_free(l);
+    return NULL;
+}
+
+void ca__loop_shutdown(ca_loop *l)
+{
+    pthread_mutex_lock(&l->ts_lock);
+    atomic_store(&l->ts_closed, 1);
+    pthread_mutex_unlock(&l->ts_lock);
+}
+
+void ca__loop_free(ca_loop *l)
+{
+    if (!l)
+        return;
+    if (l->wakefd >= 0)
+        close(l->wakefd);
+    l->backend->fini(l);
+    ca__fd_table_free(l);
+    free(l->heap);
+    while (l->cbh_slabs) {
+        struct cbh_slab *s = l->cbh_slabs;
+        l->cbh_slabs = s->next;
+        free(s);
+    }
+    free(l->ts_items);
+    free(l->ts_spare);
+    pthread_mutex_destroy(&l->ts_lock);
+    ca__stack_pool_free(l->stacks);
+    free(l);
+}
+
+static void poll_once(ca_loop *l)
+{
+    int64_t t0 = ca__clock_ns();
+    int64_t timeout = 0;
+    if (l->nready == 0) {
+        int64_t next = ca__timers_next(l);
+        timeout = next == INT64_MAX ? -1 : (next > t0 ? next - t0 : 0);
+    }
+    l->stats.run_ns += t0 - l->last_poll_end;
+    l->backend->poll(l, timeout);
+    l->now = ca__clock_ns();
+    l->stats.poll_ns += l->now - t0;
+    l->last_poll_end = l->now;
+    l->slices = 0;
+}
+
+void ca__loop_run_once(ca_loop *l)
+{
+    if (l->nready == 0 || l->slices >= CA__EVENT_INTERVAL)
+        poll_once(l);
+    ca__timers_fire(l);
+    l->budget = l->nready;
+    l->stats.turns++;
+    while (l->budget > 0) {
+        ca__ready *n = ca__ready_pop(l);
+        l->budget--;
+        l->slices++;
+        n->run(n);
+        if (l->dead_stack) {
+            ca__stack_put(l->stacks, l->dead_stack);
+            l->dead_stack = NULL;
+        }
+    }
+}
+
+int ca__loop_turn_nopoll(ca_loop *l)
+{
+    if (l->slices >= CA__EVENT_INTERVAL)
+        return 0;
+    ca__timers_fire(l);
+    if (l->nready == 0)
+        return 0;
+    l->budget = l->nready;
+    l->stats.turns++;
+    return 1;
+}
+
+/* Called by the fd layer for the wake-up eventfd's data. */
+int ca__loop_is_wake(uint64_t data)
+{
+    return data == WAKE_DATA;
+}
+
+void ca__loop_wake_event(ca_loop *l)
+{
+    ts_wakeup(l);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public queries                                                           */
+/* ------------------------------------------------------------------------ */
+
+ca_loop *ca_loop_current(void)
+{
+    return ca__loop();
+}
+
+int64_t ca_now_ns(void)
+{
+    ca_loop *l = ca__loop();
+    return l ? l->now : ca__clock_ns();
+}
+
+double ca_now(void)
+{
+    return (double)ca_now_ns() / 1e9;
+}
+
+int ca_loop_stats_get(ca_loop_stats *out)
+{
+    ca_loop *l = ca__loop();
+    if (!out)
+        return -EINVAL;
+    if (!l)
+        return -CA_ENOLOOP;
+    *out = l->stats;
+    return 0;
+}
+
+int ca_set_debug(int on, double slow_ms)
+{
+    ca_loop *l = ca__loop();
+    if (!l)
+        return -CA_ENOLOOP;
+    l->debug = on ? 1 : 0;
+    if (slow_ms > 0)
+        l->slow_ns = (int64_t)(slow_ms * 1e6);
+    return 0;
+}

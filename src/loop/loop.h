@@ -1,0 +1,240 @@
+/*
+ * The event loop (internal).
+ *
+ * One loop per thread.  It owns:
+ *  - the ready queue: a FIFO of ca__ready nodes (tasks and callbacks), each
+ *    run by its own function;
+ *  - the timers: a binary min-heap keyed by (deadline, sequence) with the
+ *    heap index stored in each timer for O(log n) cancel;
+ *  - the fd table: per fd, its registration with the backend, cached
+ *    readiness (edge-triggered) and the list of waiters;
+ *  - the backend (epoll today) behind ca__backend_ops;
+ *  - the thread-safe call queue and its eventfd;
+ *  - the scheduler state the task layer uses (current task, the thread's own
+ *    context, the stack pool).  The loop itself never looks inside a task.
+ *
+ * A turn: poll the backend (timeout 0 when work is ready), refresh the
+ * cached clock, move expired timers to the ready queue, then run the nodes
+ * that were ready at that point.  Tasks switch directly to the next ready
+ * task instead of returning to the scheduler; when a turn's nodes are done
+ * and fewer than CA__EVENT_INTERVAL slices ran since the last poll, the next
+ * turn starts without polling, so a busy loop pays for a syscall only every
+ * CA__EVENT_INTERVAL slices (the order of the ready queue is the same).
+ */
+#ifndef CA_LOOP_H
+#define CA_LOOP_H
+
+#include "cawait.h"
+#include "coro/coro.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define CA__EVENT_INTERVAL 64
+
+typedef struct ca__ready ca__ready;
+struct ca__ready {
+    ca__ready *next;
+    void (*run)(ca__ready *self);
+};
+
+typedef struct ca__timer ca__timer;
+struct ca__timer {
+    int64_t when;   /* loop time, ns */
+    uint64_t seq;   /* insertion order: equal deadlines fire FIFO */
+    uint32_t index; /* position in the heap, CA__TIMER_IDLE when unarmed */
+    void (*fire)(ca__timer *self);
+};
+#define CA__TIMER_IDLE UINT32_MAX
+
+/* A task (or anything else) waiting for readiness of an fd. */
+typedef struct ca__fdwait ca__fdwait;
+struct ca__fdwait {
+    ca__fdwait *next, *prev;
+    int fd;
+    int events;
+    /* Called with a positive ready mask or a negative error (-EBADF). */
+    void (*wake)(ca__fdwait *self, int result);
+};
+
+typedef struct ca__fdent {
+    uint32_t gen;   /* bumped by forget: stale events are dropped */
+    uint8_t registered;
+    uint8_t always_ready; /* regular files: epoll refuses them */
+    uint8_t ready;  /* CA_READ|CA_WRITE|CA_ERROR|CA_HANGUP seen, unconsumed */
+    ca__fdwait *waiters;
+} ca__fdent;
+
+typedef struct ca__backend_ops {
+    const char *name;
+    int (*init)(ca_loop *loop);
+    void (*fini)(ca_loop *loop);
+    /* Register fd for in+out, edge-triggered, with opaque data. */
+    int (*add)(ca_loop *loop, int fd, uint64_t data);
+    int (*del)(ca_loop *loop, int fd);
+    /* Wait up to timeout_ns (< 0: forever) and report each event with
+     * ca__loop_fd_event.  Returns 0 or a negative errno. */
+    int (*poll)(ca_loop *loop, int64_t timeout_ns);
+} ca__backend_ops;
+
+extern const ca__backend_ops ca__backend_epoll;
+
+struct tscall {
+    ca_cb cb;
+    void *arg;
+};
+
+/* A scheduled callback: call_soon / call_later / call_at. */
+typedef struct ca__cbh {
+    ca__ready ready;
+    ca__timer timer;
+    ca_cb cb;
+    void *arg;
+    uint64_t gen;
+    uint8_t state; /* CBH_FREE, CBH_READY, CBH_TIMER */
+    struct ca__cbh *next_free;
+} ca__cbh;
+
+struct ca_loop {
+    /* ready queue */
+    ca__ready *ready_head, *ready_tail;
+    size_t nready;
+    size_t budget;           /* nodes left in this turn */
+    unsigned slices;         /* slices since the last poll */
+
+    /* time */
+    int64_t now;
+
+    /* timers */
+    ca__timer **heap;
+    size_t nheap, heap_cap;
+    uint64_t timer_seq;
+
+    /* fds */
+    ca__fdent *fds;
+    int nfds;
+    const ca__backend_ops *backend;
+    int epfd;
+
+    /* thread-safe calls */
+    int wakefd;
+    pthread_mutex_t ts_lock;
+    struct tscall *ts_items, *ts_spare;
+    size_t ts_n, ts_cap, ts_spare_cap;
+    atomic_int ts_pending;
+    atomic_int ts_closed;
+
+    /* callback handles */
+    ca__cbh *cbh_free;
+    uint64_t cbh_gen;
+    size_t cbh_nfree;
+    void *cbh_slabs;
+    ca__ready ts_node;       /* runs the thread-safe calls */
+    int ts_queued;
+    int64_t last_poll_end;
+
+    /* scheduler state, managed by the task layer */
+    ca__coro sched;          /* the thread's own context */
+    ca_task *current;        /* running task or NULL */
+    ca__stack_pool *stacks;
+    ca__stack *dead_stack;   /* stack of a finished task, to release */
+    ca_task *all_tasks;      /* every uncollected task */
+    ca_task *prev_task;      /* the task that just switched out */
+    ca_task *dead_task;      /* a finished task whose run ref to drop */
+    size_t unfinished;       /* tasks not DONE */
+    uint64_t next_task_id;
+    size_t default_stack;
+    int stopping;            /* ca_run is reaping */
+    void *altstack;
+    void *task_free;         /* task struct free list (task layer) */
+    size_t task_nfree;
+
+    /* debug and statistics */
+    int debug;
+    int64_t slow_ns;
+    int64_t slice_start;
+    ca_loop_stats stats;
+};
+
+extern _Thread_local ca_loop *ca__tls_loop
+    __attribute__((tls_model("initial-exec")));
+
+static inline ca_loop *ca__loop(void)
+{
+    return ca__tls_loop;
+}
+
+int64_t ca__clock_ns(void);
+
+ca_loop *ca__loop_new(void);
+void ca__loop_free(ca_loop *loop);
+/* One scheduler iteration on the thread's own context: poll if due, fire
+ * timers, run the ready nodes of this turn. */
+void ca__loop_run_once(ca_loop *loop);
+/* Start a turn without polling (task context): fires expired timers and
+ * resets the budget.  Returns 0 if the caller should go back to the
+ * scheduler instead (a poll is due or nothing is ready). */
+int ca__loop_turn_nopoll(ca_loop *loop);
+/* Close the thread-safe queue and drop scheduled callbacks and timers. */
+void ca__loop_shutdown(ca_loop *loop);
+
+static inline void ca__ready_push(ca_loop *l, ca__ready *n)
+{
+    n->next = NULL;
+    if (l->ready_tail)
+        l->ready_tail->next = n;
+    else
+        l->ready_head = n;
+    l->ready_tail = n;
+    l->nready++;
+}
+
+static inline void ca__ready_push_front(ca_loop *l, ca__ready *n)
+{
+    n->next = l->ready_head;
+    l->ready_head = n;
+    if (!l->ready_tail)
+        l->ready_tail = n;
+    l->nready++;
+    l->budget++;
+}
+
+static inline ca__ready *ca__ready_pop(ca_loop *l)
+{
+    ca__ready *n = l->ready_head;
+    if (n) {
+        l->ready_head = n->next;
+        if (!l->ready_head)
+            l->ready_tail = NULL;
+        l->nready--;
+    }
+    return n;
+}
+
+/* Timers. */
+int ca__timer_arm(ca_loop *l, ca__timer *t, int64_t when);
+void ca__timer_cancel(ca_loop *l, ca__timer *t);
+static inline int ca__timer_armed(const ca__timer *t)
+{
+    return t->index != CA__TIMER_IDLE;
+}
+void ca__timers_fire(ca_loop *l);
+/* Earliest deadline, or INT64_MAX. */
+int64_t ca__timers_next(const ca_loop *l);
+
+/* Fds. */
+/* Make sure fd is registered; returns 0 or a negative errno. */
+int ca__fd_register(ca_loop *l, int fd);
+/* Consume cached readiness for events; returns the mask consumed (0 if the
+ * caller must wait). */
+int ca__fd_take_ready(ca_loop *l, int fd, int events);
+void ca__fd_add_waiter(ca_loop *l, ca__fdwait *w);
+void ca__fd_remove_waiter(ca_loop *l, ca__fdwait *w);
+int ca__fd_forget(ca_loop *l, int fd);
+void ca__loop_fd_event(ca_loop *l, uint64_t data, int events);
+void ca__fd_table_free(ca_loop *l);
+int ca__loop_is_wake(uint64_t data);
+void ca__loop_wake_event(ca_loop *l);
+
+#endif

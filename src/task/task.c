@@ -1,0 +1,772 @@
+/*
+ * Tasks: spawn, the switch between tasks, park/wake, join, cancel, sleep,
+ * and ca_run.
+ */
+#include "task/task.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TASK_SLAB 64
+
+struct task_slab {
+    struct task_slab *next;
+    ca_task t[TASK_SLAB];
+};
+
+/* Kept outside ca_loop so loop.h need not know the slab layout. */
+struct task_alloc {
+    struct task_slab *slabs;
+    ca_task *free;
+};
+
+static void task_ready_run(ca__ready *r);
+static void task_entry(void *arg);
+static void task_timer_fire(ca__timer *tm);
+
+/* ------------------------------------------------------------------------ */
+/* Wait lists                                                               */
+/* ------------------------------------------------------------------------ */
+
+void ca__waitlist_push(ca__waitlist *l, ca__waiter *w)
+{
+    w->next = NULL;
+    w->prev = l->tail;
+    if (l->tail)
+        l->tail->next = w;
+    else
+        l->head = w;
+    l->tail = w;
+}
+
+void ca__waitlist_remove(ca__waitlist *l, ca__waiter *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else if (l->head == w)
+        l->head = w->next;
+    else
+        return; /* not linked */
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        l->tail = w->prev;
+    w->next = w->prev = NULL;
+}
+
+ca__waiter *ca__waitlist_pop(ca__waitlist *l)
+{
+    ca__waiter *w = l->head;
+    if (w)
+        ca__waitlist_remove(l, w);
+    return w;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Allocation and collection                                                */
+/* ------------------------------------------------------------------------ */
+
+static struct task_alloc *talloc(ca_loop *l)
+{
+    if (!l->task_free)
+        l->task_free = calloc(1, sizeof(struct task_alloc));
+    return l->task_free;
+}
+
+static ca_task *task_alloc(ca_loop *l)
+{
+    struct task_alloc *a = talloc(l);
+    if (!a)
+        return NULL;
+    if (!a->free) {
+        struct task_slab *s = malloc(sizeof(*s));
+        if (!s)
+            return NULL;
+        s->next = a->slabs;
+        a->slabs = s;
+        for (int i = TASK_SLAB - 1; i >= 0; i--) {
+            s->t[i].all_next = a->free;
+            a->free = &s->t[i];
+        }
+    }
+    ca_task *t = a->free;
+    a->free = t->all_next;
+    memset(t, 0, offsetof(ca_task, autoname));
+    t->autoname[0] = '\0';
+    return t;
+}
+
+static void report_unretrieved(ca_task *t)
+{
+    if (t->state != CA__T_DONE || t->status >= 0 || t->retrieved ||
+        t->status == -ECANCELED)
+        return;
+    t->retrieved = 1;
+    fprintf(stderr,
+            "cawait: task '%s' (spawned at %s) failed with %s (%s) and was "
+            "never joined\n",
+            ca_task_name(t), t->where ? t->where : "?",
+            ca_err_name(t->status), ca_strerror(t->status));
+}
+
+static void task_collect(ca_loop *l, ca_task *t)
+{
+    report_unretrieved(t);
+    if (t->all_prev)
+        t->all_prev->all_next = t->all_next;
+    else
+        l->all_tasks = t->all_next;
+    if (t->all_next)
+        t->all_next->all_prev = t->all_prev;
+    free(t->name);
+    free(t->scopes);
+#ifdef CAWAIT_CORO_UCONTEXT
+    ca__coro_destroy(&t->coro);
+#endif
+    struct task_alloc *a = l->task_free;
+    t->state = 0xff; /* poison: a stale handle is recognisable in gdb */
+    t->all_next = a->free;
+    a->free = t;
+    l->stats.tasks_live--;
+}
+
+static void task_unref(ca_loop *l, ca_task *t)
+{
+    if (--t->refs == 0)
+        task_collect(l, t);
+}
+
+static void free_all_tasks(ca_loop *l)
+{
+    while (l->all_tasks)
+        task_collect(l, l->all_tasks);
+    struct task_alloc *a = l->task_free;
+    if (!a)
+        return;
+    while (a->slabs) {
+        struct task_slab *s = a->slabs;
+        a->slabs = s->next;
+        free(s);
+    }
+    free(a);
+    l->task_free = NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Switching                                                                */
+/* ------------------------------------------------------------------------ */
+
+static void report_slow(ca_loop *l, ca_task *t, int64_t ns)
+{
+    l->stats.slow_tasks++;
+    fprintf(stderr,
+            "cawait: task '%s' (spawned at %s) held the loop for %.1f ms "
+            "without yielding (threshold %.1f ms)\n",
+            ca_task_name(t), t->where ? t->where : "?", (double)ns / 1e6,
+            (double)l->slow_ns / 1e6);
+}
+
+static __attribute__((noinline)) void canary_failed(ca_task *t)
+{
+    char buf[512];
+    snprintf(buf, sizeof(buf),
+             "task '%s' (spawned at %s): stack of %u bytes, red zone "
+             "overwritten",
+             ca_task_name(t), t->where ? t->where : "?", t->stack_size);
+    ca__stack_overflow_abort(buf);
+}
+
+/* Work owed by whoever runs right after a switch: release the stack and
+ * the running reference of a task that just finished, check the red zone
+ * of the task that just left, account its slice in debug mode. */
+#define tls_prev (l->prev_task)
+#define tls_dead (l->dead_task)
+
+static inline void after_switch(ca_loop *l)
+{
+    ca_task *prev = tls_prev;
+    if (prev) {
+        tls_prev = NULL;
+#ifndef CAWAIT_CORO_UCONTEXT
+        if (prev->stack && ca__stack_needs_check(prev->stack) &&
+            ca__stack_check(prev->stack, prev->coro.sp) < 0)
+            canary_failed(prev);
+#endif
+        if (l->debug) {
+            int64_t now = ca__clock_ns();
+            if (now - l->slice_start > l->slow_ns)
+                report_slow(l, prev, now - l->slice_start);
+        }
+    }
+    if (l->debug)
+        l->slice_start = ca__clock_ns();
+    if (l->dead_stack) {
+        ca__stack_put(l->stacks, l->dead_stack);
+        l->dead_stack = NULL;
+    }
+    if (tls_dead) {
+        ca_task *d = tls_dead;
+        tls_dead = NULL;
+        task_unref(l, d);
+    }
+}
+
+static void wake_joiners(ca_task *t)
+{
+    ca__waiter *w;
+    while ((w = ca__waitlist_pop(&t->joiners)))
+        ca__task_wake(w->task, 0);
+}
+
+/* Finish a task that never ran (cancelled first, or no stack). */
+static void finish_unstarted(ca_loop *l, ca_task *t, int status)
+{
+    t->status = status;
+    t->state = CA__T_DONE;
+    l->unfinished--;
+    wake_joiners(t);
+    task_unref(l, t);
+}
+
+/* Give t a stack and a context.  Returns 1 if it can run, 0 if it finished
+ * without running. */
+static int prepare(ca_loop *l, ca_task *t)
+{
+    if (t->state != CA__T_NEW)
+        return 1;
+    if (t->cancel_req) {
+        finish_unstarted(l, t, -ECANCELED);
+        return 0;
+    }
+    ca__stack *s = ca__stack_get(l->stacks, t->stack_size);
+    if (!s) {
+        fprintf(stderr, "cawait: no stack for task '%s' (spawned at %s)\n",
+                ca_task_name(t), t->where ? t->where : "?");
+        finish_unstarted(l, t, -CA_ESTACK);
+        return 0;
+    }
+    t->stack = s;
+    if (ca__coro_init(&t->coro, s->lo, s->size, task_entry, t) < 0) {
+        ca__stack_put(l->stacks, s);
+        t->stack = NULL;
+        finish_unstarted(l, t, -ENOMEM);
+        return 0;
+    }
+    return 1;
+}
+
+/*
+ * Leave `self` (which has already been queued, parked or finished) and run
+ * the next ready task directly, or return to the scheduler when the turn
+ * is over, a poll is due, or the next node is a callback.
+ */
+static void switch_away(ca_loop *l, ca_task *self, int final)
+{
+    ca__coro *to = &l->sched;
+    ca_task *next = NULL;
+    for (;;) {
+        if (l->budget == 0 && !ca__loop_turn_nopoll(l))
+            break;
+        ca__ready *n = l->ready_head;
+        if (n->run != task_ready_run)
+            break;
+        ca__ready_pop(l);
+        l->budget--;
+        l->slices++;
+        ca_task *t = ca__task_of_ready(n);
+        if (t == self) {
+            /* Yielded with nothing else to run. */
+            self->state = CA__T_RUNNING;
+            l->stats.tasks_run++;
+            return;
+        }
+        if (prepare(l, t)) {
+            next = t;
+            to = &t->coro;
+            break;
+        }
+    }
+    l->current = next;
+    if (next) {
+        next->state = CA__T_RUNNING;
+        l->stats.tasks_run++;
+    }
+    tls_prev = self;
+    if (final)
+        ca__coro_switch_final(&self->coro, to);
+    ca__coro_switch(&self->coro, to);
+    after_switch(l);
+}
+
+/* Run node of a task popped by the scheduler. */
+static void task_ready_run(ca__ready *r)
+{
+    ca_task *t = ca__task_of_ready(r);
+    ca_loop *l = ca__loop();
+    if (!prepare(l, t))
+        return;
+    l->current = t;
+    t->state = CA__T_RUNNING;
+    l->stats.tasks_run++;
+    if (l->debug)
+        l->slice_start = ca__clock_ns();
+    ca__coro_switch(&l->sched, &t->coro);
+    l->current = NULL;
+    after_switch(l);
+}
+
+static __attribute__((noreturn)) void task_finish(ca_loop *l, ca_task *t,
+                                                  int status)
+{
+    t->status = status;
+    t->state = CA__T_DONE;
+    l->unfinished--;
+    if (ca__timer_armed(&t->timer))
+        ca__timer_cancel(l, &t->timer);
+    wake_joiners(t);
+    l->dead_stack = t->stack;
+    t->stack = NULL;
+    tls_dead = t;
+    switch_away(l, t, 1);
+    __builtin_unreachable();
+}
+
+static void task_entry(void *arg)
+{
+    ca_task *t = arg;
+    ca__coro_entered(&t->coro);
+    ca_loop *l = ca__loop();
+    after_switch(l);
+    int status = t->fn(t->arg);
+    task_finish(l, t, status);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Park and wake                                                            */
+/* ------------------------------------------------------------------------ */
+
+int ca__task_check(ca_task *self)
+{
+    if (self->cancel_req && !self->shield)
+        return -ECANCELED;
+    int64_t dl = ca__task_deadline(self);
+    if (dl != INT64_MAX) {
+        int64_t now = ca__clock_ns();
+        if (dl <= now) {
+            ca__task_deadline_fired(self, now);
+            return -ETIMEDOUT;
+        }
+    }
+    return 0;
+}
+
+int ca__task_park(ca_task *self, int64_t until)
+{
+    ca_loop *l = ca__loop();
+    if (self->cancel_req && !self->shield)
+        return -ECANCELED;
+    int64_t dl = ca__task_deadline(self);
+    if (dl != INT64_MAX) {
+        int64_t now = ca__clock_ns();
+        if (dl <= now) {
+            ca__task_deadline_fired(self, now);
+            return -ETIMEDOUT;
+        }
+    }
+    int64_t when = until < dl ? until : dl;
+    if (when != INT64_MAX) {
+        self->timer_is_deadline = dl <= until;
+        int r = ca__timer_arm(l, &self->timer, when);
+        if (r < 0)
+            return r;
+    }
+    self->state = CA__T_WAITING;
+    switch_away(l, self, 0);
+    return self->wake_result;
+}
+
+void ca__task_wake(ca_task *t, int result)
+{
+    if (t->state != CA__T_WAITING)
+        return;
+    ca_loop *l = ca__loop();
+    if (ca__timer_armed(&t->timer))
+        ca__timer_cancel(l, &t->timer);
+    t->wake_result = result;
+    t->state = CA__T_READY;
+    ca__ready_push(l, &t->ready);
+}
+
+static void task_timer_fire(ca__timer *tm)
+{
+    ca_task *t = (ca_task *)((char *)tm - offsetof(ca_task, timer));
+    if (t->timer_is_deadline) {
+        ca__task_deadline_fired(t, tm->when);
+        ca__task_wake(t, -ETIMEDOUT);
+    } else {
+        ca__task_wake(t, CA__WAIT_TIMEOUT);
+    }
+}
+
+static int debug_env(void)
+{
+    const char *e = getenv("CAWAIT_DEBUG");
+    return e && *e && strcmp(e, "0") != 0;
+}
+
+ca_task *ca__task_self(const char *fn)
+{
+    ca_loop *l = ca__loop();
+    if (l && l->current)
+        return l->current;
+    if ((l && l->debug) || (!l && debug_env()))
+        fprintf(stderr,
+                "cawait: %s() called outside a task (%s): blocking calls "
+                "need a task; returning -EPERM\n",
+                fn, l ? "from a callback on the loop" : "no loop running");
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Spawn, join, cancel                                                      */
+/* ------------------------------------------------------------------------ */
+
+int ca__spawn_ex(ca_task **out, ca_fn fn, void *arg,
+                 const ca_spawn_opts *opts, const char *where)
+{
+    ca_loop *l = ca__loop();
+    if (out)
+        *out = NULL;
+    if (!fn || !out)
+        return -EINVAL;
+    if (!l)
+        return -CA_ENOLOOP;
+    size_t ss = opts && opts->stack_size ? opts->stack_size : l->default_stack;
+    if (ss < CA_STACK_MIN)
+        ss = CA_STACK_MIN;
+    if (ss > (1u << 30))
+        return -EINVAL;
+    ca_task *t = task_alloc(l);
+    if (!t)
+        return -ENOMEM;
+    if (opts && opts->name && !(t->name = strdup(opts->name))) {
+        struct task_alloc *a = l->task_free;
+        t->all_next = a->free;
+        a->free = t;
+        return -ENOMEM;
+    }
+    t->fn = fn;
+    t->arg = arg;
+    t->where = where;
+    t->stack_size = (uint32_t)ss;
+    t->id = ++l->next_task_id;
+    t->refs = 2; /* the handle, and "not finished yet" */
+    t->state = CA__T_NEW;
+    t->timer.index = CA__TIMER_IDLE;
+    t->timer.fire = task_timer_fire;
+    t->ready.run = task_ready_run;
+    t->all_next = l->all_tasks;
+    if (l->all_tasks)
+        l->all_tasks->all_prev = t;
+    l->all_tasks = t;
+    l->stats.tasks_spawned++;
+    l->stats.tasks_live++;
+    l->unfinished++;
+    if (l->stopping)
+        t->cancel_req = 1;
+    *out = t;
+
+    ca_task *self = l->current;
+    if (opts && opts->eager && self && !t->cancel_req) {
+        /* Run t now; the spawner resumes as soon as t first blocks. */
+        if (!prepare(l, t))
+            return 0;
+        self->state = CA__T_READY;
+        ca__ready_push_front(l, &self->ready);
+        l->current = t;
+        t->state = CA__T_RUNNING;
+        l->stats.tasks_run++;
+        tls_prev = self;
+        ca__coro_switch(&self->coro, &t->coro);
+        after_switch(l);
+        return 0;
+    }
+    ca__ready_push(l, &t->ready);
+    return 0;
+}
+
+ca_task *ca__spawn(ca_fn fn, void *arg, const ca_spawn_opts *opts,
+                   const char *where)
+{
+    ca_task *t;
+    return ca__spawn_ex(&t, fn, arg, opts, where) == 0 ? t : NULL;
+}
+
+int ca_join(ca_task *t)
+{
+    if (!t)
+        return -EINVAL;
+    ca_task *self = ca__task_self("ca_join");
+    if (!self)
+        return -EPERM;
+    if (t == self)
+        return -EDEADLK;
+    if (t->state == CA__T_DONE) {
+        t->retrieved = 1;
+        return t->status;
+    }
+    ca__waiter w = {.task = self};
+    ca__waitlist_push(&t->joiners, &w);
+    int r = ca__task_park(self, INT64_MAX);
+    if (r == 0 && t->state == CA__T_DONE) {
+        t->retrieved = 1;
+        return t->status;
+    }
+    ca__waitlist_remove(&t->joiners, &w);
+    return r < 0 ? r : -EINTR;
+}
+
+int ca_cancel(ca_task *t)
+{
+    if (!t)
+        return -EINVAL;
+    if (t->state == CA__T_DONE)
+        return 0;
+    t->cancel_req = 1;
+    if (t->state == CA__T_WAITING && !t->shield)
+        ca__task_wake(t, -ECANCELED);
+    return 0;
+}
+
+void ca_task_release(ca_task *t)
+{
+    ca_loop *l = ca__loop();
+    if (!t || !l)
+        return;
+    task_unref(l, t);
+}
+
+void ca_detach(ca_task *t)
+{
+    ca_task_release(t);
+}
+
+ca_task *ca_current(void)
+{
+    ca_loop *l = ca__loop();
+    return l ? l->current : NULL;
+}
+
+const char *ca_task_name(const ca_task *t)
+{
+    if (!t)
+        return "(null)";
+    if (t->name)
+        return t->name;
+    ca_task *m = (ca_task *)t;
+    if (!m->autoname[0])
+        snprintf(m->autoname, sizeof(m->autoname), "Task-%" PRIu64, t->id);
+    return m->autoname;
+}
+
+int ca_task_set_name(ca_task *t, const char *name)
+{
+    if (!t || !name)
+        return -EINVAL;
+    char *n = strdup(name);
+    if (!n)
+        return -ENOMEM;
+    free(t->name);
+    t->name = n;
+    return 0;
+}
+
+const char *ca_task_where(const ca_task *t)
+{
+    return t && t->where ? t->where : "?";
+}
+
+uint64_t ca_task_id(const ca_task *t)
+{
+    return t ? t->id : 0;
+}
+
+int ca_task_done(const ca_task *t)
+{
+    return t && t->state == CA__T_DONE;
+}
+
+int ca_task_cancelled(const ca_task *t)
+{
+    return t && t->state == CA__T_DONE && t->status == -ECANCELED;
+}
+
+int ca_task_cancel_requested(const ca_task *t)
+{
+    return t && t->cancel_req;
+}
+
+int ca_task_status(ca_task *t)
+{
+    if (!t)
+        return -EINVAL;
+    if (t->state != CA__T_DONE)
+        return -EAGAIN;
+    t->retrieved = 1;
+    return t->status;
+}
+
+void *ca_task_userdata(const ca_task *t)
+{
+    return t ? t->userdata : NULL;
+}
+
+void ca_task_set_userdata(ca_task *t, void *p)
+{
+    if (t)
+        t->userdata = p;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sleep and yield                                                          */
+/* ------------------------------------------------------------------------ */
+
+int ca_yield(void)
+{
+    ca_task *self = ca__task_self("ca_yield");
+    if (!self)
+        return -EPERM;
+    int r = ca__task_check(self);
+    if (r < 0)
+        return r;
+    ca_loop *l = ca__loop();
+    self->state = CA__T_READY;
+    ca__ready_push(l, &self->ready);
+    switch_away(l, self, 0);
+    return 0;
+}
+
+int ca_sleep(double seconds)
+{
+    if (isnan(seconds) || seconds < 0)
+        return -EINVAL;
+    if (seconds == 0)
+        return ca_yield();
+    ca_task *self = ca__task_self("ca_sleep");
+    if (!self)
+        return -EPERM;
+    int64_t until;
+    if (seconds > 9.0e9)
+        until = INT64_MAX - 1;
+    else
+        until = ca__clock_ns() + (int64_t)(seconds * 1e9);
+    int r = ca__task_park(self, until);
+    return r == CA__WAIT_TIMEOUT ? 0 : (r > 0 ? 0 : r);
+}
+
+/* ------------------------------------------------------------------------ */
+/* ca_run                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static int overflow_hook(void *addr, char *buf, size_t len)
+{
+    ca_loop *l = ca__loop();
+    if (!l || !l->current || !l->current->stack)
+        return 0;
+    ca_task *t = l->current;
+    if (!ca__stack_in_guard(t->stack, addr))
+        return 0;
+    snprintf(buf, len,
+             "task '%s' (spawned at %s): stack of %u bytes exhausted (fault "
+             "at %p, guard %s)",
+             ca_task_name(t), t->where ? t->where : "?", t->stack_size, addr,
+             ca__stack_guard_name((enum ca__guard_mode)t->stack->guard));
+    return 1;
+}
+
+static size_t env_size(const char *name, size_t dflt)
+{
+    const char *e = getenv(name);
+    if (!e || !*e)
+        return dflt;
+    char *end;
+    unsigned long long v = strtoull(e, &end, 10);
+    if (*end == 'k' || *end == 'K')
+        v *= 1024;
+    else if (*end == 'm' || *end == 'M')
+        v *= 1024 * 1024;
+    return v ? (size_t)v : dflt;
+}
+
+static void cancel_all(ca_loop *l)
+{
+    for (ca_task *t = l->all_tasks; t; t = t->all_next)
+        if (t->state != CA__T_DONE)
+            ca_cancel(t);
+}
+
+int ca_run(ca_fn main, void *arg)
+{
+    return ca_run_ex(main, arg, NULL);
+}
+
+int ca_run_ex(ca_fn main, void *arg, const ca_run_opts *opts)
+{
+    if (!main)
+        return -EINVAL;
+    if (ca__loop())
+        return -EBUSY;
+    ca_loop *l = ca__loop_new();
+    if (!l)
+        return -ENOMEM;
+    int r = ca__coro_init_thread(&l->sched);
+    if (r < 0) {
+        ca__loop_free(l);
+        return r;
+    }
+    ca__stack_set_overflow_hook(overflow_hook);
+    ca__stack_thread_init(&l->altstack);
+
+    l->default_stack = opts && opts->stack_size
+                           ? opts->stack_size
+                           : env_size("CAWAIT_STACK_SIZE", CA_STACK_DEFAULT);
+    if (l->default_stack < CA_STACK_MIN)
+        l->default_stack = CA_STACK_MIN;
+    l->debug = (opts && opts->debug) || debug_env();
+    double slow = opts && opts->slow_ms > 0 ? opts->slow_ms : 0;
+    if (slow <= 0) {
+        const char *e = getenv("CAWAIT_SLOW_MS");
+        slow = e ? strtod(e, NULL) : 0;
+    }
+    l->slow_ns = (int64_t)((slow > 0 ? slow : 100.0) * 1e6);
+    ca__tls_loop = l;
+
+    ca_spawn_opts so = {.name = opts && opts->main_name ? opts->main_name
+                                                        : "main"};
+    ca_task *m;
+    r = ca__spawn_ex(&m, main, arg, &so, "ca_run");
+    if (r == 0) {
+        while (m->state != CA__T_DONE)
+            ca__loop_run_once(l);
+        r = m->status;
+        m->retrieved = 1;
+        /* asyncio.run: cancel what is left and wait for it. */
+        l->stopping = 1;
+        cancel_all(l);
+        while (l->unfinished > 0)
+            ca__loop_run_once(l);
+        ca_task_release(m);
+    }
+    ca__loop_shutdown(l);
+    /* Callbacks still queued or scheduled are dropped with the loop. */
+    free_all_tasks(l);
+    ca__stack_thread_done(l->altstack);
+    ca__coro_destroy(&l->sched);
+    ca__tls_loop = NULL;
+    ca__loop_free(l);
+    return r;
+}

@@ -1,0 +1,110 @@
+/*
+ * Tasks (internal).
+ *
+ * Lifecycle (one setter, task_set_state, would log transitions in debug):
+ *
+ *   NEW ──run──> RUNNING <──> READY / WAITING ──return──> DONE
+ *    │                                                     ^
+ *    └────────── cancelled before it ever ran ─────────────┘
+ *
+ * NEW tasks sit in the ready queue without a stack; the stack is taken from
+ * the pool when the task first runs and returned the moment it finishes, so
+ * a finished task costs only its struct.  The struct lives while references
+ * remain: one for the spawner's handle, one while the task has not finished.
+ *
+ * Every blocking call goes through ca__task_park: it checks cancellation and
+ * the deadline scopes, arms the task's single timer for the earlier of its
+ * own timeout and the effective deadline, and switches away.  Whoever wakes
+ * the task (an fd event, a finishing task, a timer, a cancel) passes the
+ * result through ca__task_wake; the first wake wins, later ones are ignored,
+ * so a wake-up is never lost and never delivered twice.
+ */
+#ifndef CA_TASK_H
+#define CA_TASK_H
+
+#include "loop/loop.h"
+
+enum ca__task_state {
+    CA__T_NEW = 0,
+    CA__T_READY,
+    CA__T_RUNNING,
+    CA__T_WAITING,
+    CA__T_DONE,
+};
+
+/* ca__task_park's result when the wait's own timeout expired. */
+#define CA__WAIT_TIMEOUT 1
+
+/* A task waiting in a list (joiners; later locks, events, queues). */
+typedef struct ca__waiter ca__waiter;
+struct ca__waiter {
+    ca__waiter *next, *prev;
+    ca_task *task;
+};
+
+typedef struct ca__waitlist {
+    ca__waiter *head, *tail;
+} ca__waitlist;
+
+struct ca__scope {
+    int64_t deadline;
+    int64_t eff;       /* earliest deadline at this shield level */
+    uint16_t level;    /* shield depth when pushed */
+    uint8_t fired;
+};
+
+struct ca_task {
+    ca__ready ready;
+    ca__coro coro;
+    ca__stack *stack;
+    ca_fn fn;
+    void *arg;
+    int status;
+    int wake_result;
+    uint8_t state;
+    uint8_t cancel_req;
+    uint8_t retrieved;
+    uint8_t timer_is_deadline;
+    uint8_t eager;
+    uint16_t shield;
+    uint16_t nscopes, capscopes;
+    uint32_t refs;
+    uint32_t stack_size;
+    ca__timer timer;
+    ca__waitlist joiners;
+    struct ca__scope *scopes;
+    char *name;
+    const char *where;
+    uint64_t id;
+    void *userdata;
+    ca_task *all_prev, *all_next;
+    char autoname[24];
+};
+
+static inline ca_task *ca__task_of_ready(ca__ready *r)
+{
+    return (ca_task *)((char *)r - offsetof(ca_task, ready));
+}
+
+/* Block the running task until woken or until `until` (absolute ns,
+ * INT64_MAX: no own timeout).  Returns the waker's result,
+ * CA__WAIT_TIMEOUT, -ECANCELED or -ETIMEDOUT.  The caller unregisters its
+ * waiter when the result did not come from that waiter. */
+int ca__task_park(ca_task *self, int64_t until);
+/* Wake t if it is waiting; ignored otherwise. */
+void ca__task_wake(ca_task *t, int result);
+/* -ECANCELED / -ETIMEDOUT if a blocking call of self must fail now, else 0. */
+int ca__task_check(ca_task *self);
+/* The running task; if none, returns NULL and reports misuse of `fn` in
+ * debug mode. */
+ca_task *ca__task_self(const char *fn);
+
+void ca__waitlist_push(ca__waitlist *l, ca__waiter *w);
+void ca__waitlist_remove(ca__waitlist *l, ca__waiter *w);
+ca__waiter *ca__waitlist_pop(ca__waitlist *l);
+
+/* Deadline helpers (deadline.c). */
+int64_t ca__task_deadline(const ca_task *t);
+void ca__task_deadline_fired(ca_task *t, int64_t now);
+
+#endif
