@@ -140,8 +140,8 @@ ca__stack_pool *ca__stack_pool_new(void);
 void ca__stack_pool_free(ca__stack_pool *p);
 /* A stack of at least `size` usable bytes (rounded up to pages), or NULL. */
 ca__stack *ca__stack_get(ca__stack_pool *p, size_t size);
-/* Return a stack to the pool.  Aborts with a report if its red zone was
- * written (canary mode). */
+/* Return a stack to the pool.  The caller has checked the red zone of a
+ * canary-mode stack with ca__stack_zone_check. */
 void ca__stack_put(ca__stack_pool *p, ca__stack *s);
 
 /* For canary-mode stacks: 0 if the saved stack pointer sp and the red zone
@@ -163,7 +163,8 @@ const char *ca__stack_guard_name(enum ca__guard_mode m);
  * the guard of the running task's stack; if so the hook writes a one-line
  * description of the task into buf and the handler prints it and dies.
  */
-typedef int (*ca__overflow_hook)(void *fault_addr, char *buf, size_t len);
+typedef int (*ca__overflow_hook)(void *fault_addr, void *sp, char *buf,
+                                 size_t len);
 void ca__stack_set_overflow_hook(ca__overflow_hook hook);
 /* Install the handler (once per process) and an alternate signal stack for
  * this thread; *altstack receives what to pass to ca__stack_thread_done. */
@@ -171,6 +172,13 @@ int ca__stack_thread_init(void **altstack);
 void ca__stack_thread_done(void *altstack);
 /* 1 if addr lies in the guard zone below s. */
 int ca__stack_in_guard(const ca__stack *s, const void *addr);
+/* 1 if a fault at addr with stack pointer sp is an overflow of s: addr in
+ * its guard, or sp below its lowest usable byte (a frame that jumped over
+ * the guard, or a canary stack that ran off its red zone). */
+int ca__stack_is_overflow(const ca__stack *s, const void *addr,
+                          const void *sp);
+/* 0 if the red zone of a canary-mode stack is intact, else -1. */
+int ca__stack_zone_check(const ca__stack *s);
 /* Print "cawait: stack overflow in <desc>" and abort (canary detection). */
 __attribute__((noreturn)) void ca__stack_overflow_abort(const char *desc);
 

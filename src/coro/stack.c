@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #ifdef CAWAIT_HAVE_VALGRIND_H
@@ -276,15 +277,17 @@ ca__stack *ca__stack_get(ca__stack_pool *p, size_t size)
     return s;
 }
 
-static int zone_is_zero(const ca__stack *s)
+int ca__stack_zone_check(const ca__stack *s)
 {
+    if (s->guard != CA__GUARD_CANARY)
+        return 0;
     const uint64_t *w = (const uint64_t *)((const char *)s->lo - CANARY_SCAN);
     for (size_t i = 0; i < CANARY_SCAN / sizeof(*w); i++)
         if (w[i])
-            return 0;
+            return -1;
     const uint64_t *bottom =
         (const uint64_t *)((const char *)s->lo - CA__STACK_GUARD);
-    return bottom[0] == 0;
+    return bottom[0] == 0 ? 0 : -1;
 }
 
 int ca__stack_check(const ca__stack *s, const void *sp)
@@ -302,9 +305,6 @@ int ca__stack_check(const ca__stack *s, const void *sp)
 void ca__stack_put(ca__stack_pool *p, ca__stack *s)
 {
     (void)p;
-    if (s->guard == CA__GUARD_CANARY && !zone_is_zero(s))
-        ca__stack_overflow_abort("a task (red zone below its stack was "
-                                 "overwritten)");
     ca__stack_chunk *ch = s->chunk;
     struct size_class *c = ch->cls;
     s->in_use = 0;
@@ -347,6 +347,32 @@ int ca__stack_in_guard(const ca__stack *s, const void *addr)
     return a < lo && a >= lo - CA__STACK_GUARD;
 }
 
+int ca__stack_is_overflow(const ca__stack *s, const void *addr,
+                          const void *sp)
+{
+    const char *lo = s->lo;
+    if (ca__stack_in_guard(s, addr))
+        return 1;
+    /* The sp check: sp just below lo, down to a few guard sizes, is this
+     * task running off its stack even if the access skipped the guard. */
+    const char *p = sp;
+    return p && p < lo && p >= lo - 16 * (size_t)CA__STACK_GUARD;
+}
+
+static void *context_sp(void *ucv)
+{
+    ucontext_t *uc = ucv;
+    if (!uc)
+        return NULL;
+#if defined(__x86_64__)
+    return (void *)uc->uc_mcontext.gregs[REG_RSP];
+#elif defined(__aarch64__)
+    return (void *)uc->uc_mcontext.sp;
+#else
+    return NULL;
+#endif
+}
+
 /* ------------------------------------------------------------------------ */
 /* SIGSEGV handler                                                          */
 /* ------------------------------------------------------------------------ */
@@ -385,7 +411,8 @@ void ca__stack_overflow_abort(const char *desc)
 static void segv_handler(int sig, siginfo_t *si, void *uc)
 {
     char buf[512];
-    if (overflow_hook && overflow_hook(si->si_addr, buf, sizeof(buf)) > 0) {
+    if (overflow_hook &&
+        overflow_hook(si->si_addr, context_sp(uc), buf, sizeof(buf)) > 0) {
         static const char pre[] = "cawait: stack overflow in ";
         write_all(pre, sizeof(pre) - 1);
         write_all(buf, strlen(buf));

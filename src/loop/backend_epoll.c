@@ -12,10 +12,19 @@
 
 #define MAX_EVENTS 256
 
+#ifdef CAWAIT_HAVE_VALGRIND_H
+#include <valgrind/valgrind.h>
+#endif
+
 static int have_pwait2 = 1;
 
 static int ep_init(ca_loop *l)
 {
+#ifdef CAWAIT_HAVE_VALGRIND_H
+    /* valgrind 3.19 does not know epoll_pwait2 and warns on every call. */
+    if (RUNNING_ON_VALGRIND)
+        have_pwait2 = 0;
+#endif
     l->epfd = epoll_create1(EPOLL_CLOEXEC);
     return l->epfd < 0 ? -errno : 0;
 }

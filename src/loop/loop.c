@@ -348,10 +348,6 @@ void ca__loop_run_once(ca_loop *l)
         l->budget--;
         l->slices++;
         n->run(n);
-        if (l->dead_stack) {
-            ca__stack_put(l->stacks, l->dead_stack);
-            l->dead_stack = NULL;
-        }
     }
 }
 
@@ -406,6 +402,8 @@ int ca_loop_stats_get(ca_loop_stats *out)
     if (!l)
         return -CA_ENOLOOP;
     *out = l->stats;
+    /* Include the time run since the last poll. */
+    out->run_ns += ca__clock_ns() - l->last_poll_end;
     return 0;
 }
 

@@ -205,6 +205,8 @@ static inline void after_switch(ca_loop *l)
     if (l->debug)
         l->slice_start = ca__clock_ns();
     if (l->dead_stack) {
+        if (ca__stack_zone_check(l->dead_stack) < 0)
+            canary_failed(tls_dead);
         ca__stack_put(l->stacks, l->dead_stack);
         l->dead_stack = NULL;
     }
@@ -672,13 +674,13 @@ int ca_sleep(double seconds)
 /* ca_run                                                                   */
 /* ------------------------------------------------------------------------ */
 
-static int overflow_hook(void *addr, char *buf, size_t len)
+static int overflow_hook(void *addr, void *sp, char *buf, size_t len)
 {
     ca_loop *l = ca__loop();
     if (!l || !l->current || !l->current->stack)
         return 0;
     ca_task *t = l->current;
-    if (!ca__stack_in_guard(t->stack, addr))
+    if (!ca__stack_is_overflow(t->stack, addr, sp))
         return 0;
     snprintf(buf, len,
              "task '%s' (spawned at %s): stack of %u bytes exhausted (fault "

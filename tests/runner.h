@@ -1,0 +1,98 @@
+/*
+ * A small test runner: every test runs in its own forked process with a
+ * timeout, and fails if it leaves a file descriptor open.
+ *
+ *   ./test_x              run all tests
+ *   ./test_x NAME...      run the named tests (forked)
+ *   ./test_x -i NAME      run one test in this process (for gdb)
+ *   ./test_x --list       list the tests
+ *   ./test_x --child NAME run a child helper (tests that re-execute
+ *                         themselves to observe a crash)
+ *
+ * Environment: CAWAIT_TEST_LIGHT=1 skips tests marked heavy (valgrind);
+ * CAWAIT_TEST_TIMEOUT_SCALE=N multiplies every timeout.
+ * A test that cannot run here calls SKIP("why") (exit code 77).
+ */
+#ifndef CA_TEST_RUNNER_H
+#define CA_TEST_RUNNER_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef void (*test_fn)(void);
+
+struct test_case {
+    const char *name;
+    test_fn fn;
+    int timeout_s; /* 0: 30 s */
+    int heavy;     /* skipped when CAWAIT_TEST_LIGHT=1 */
+};
+
+struct test_child {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+};
+
+int runner_main(int argc, char **argv, const struct test_case *tests,
+                const struct test_child *children);
+
+/* Run this program's child helper `name` with extra env "K=V" (or NULL),
+ * capture its stderr (up to cap bytes into buf) and return the raw wait
+ * status. */
+int run_child(const char *name, const char *env, char *buf, size_t cap);
+
+/* 1 when running under AddressSanitizer or valgrind (heavier tests shrink). */
+int test_is_instrumented(void);
+
+#define FAILF(...)                                                             \
+    do {                                                                       \
+        fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);                        \
+        fprintf(stderr, __VA_ARGS__);                                          \
+        fprintf(stderr, "\n");                                                 \
+        exit(1);                                                               \
+    } while (0)
+
+#define ASSERT(c)                                                              \
+    do {                                                                       \
+        if (!(c))                                                              \
+            FAILF("assertion failed: %s", #c);                                 \
+    } while (0)
+
+#define ASSERT_CMP(a, op, b)                                                   \
+    do {                                                                       \
+        long double a_ = (long double)(a), b_ = (long double)(b);              \
+        if (!(a_ op b_))                                                       \
+            FAILF("assertion failed: %s %s %s (%.6Lg vs %.6Lg)", #a, #op, #b,  \
+                  a_, b_);                                                     \
+    } while (0)
+#define ASSERT_EQ(a, b) ASSERT_CMP(a, ==, b)
+#define ASSERT_NE(a, b) ASSERT_CMP(a, !=, b)
+#define ASSERT_LT(a, b) ASSERT_CMP(a, <, b)
+#define ASSERT_LE(a, b) ASSERT_CMP(a, <=, b)
+#define ASSERT_GT(a, b) ASSERT_CMP(a, >, b)
+#define ASSERT_GE(a, b) ASSERT_CMP(a, >=, b)
+
+#define ASSERT_STREQ(a, b)                                                     \
+    do {                                                                       \
+        const char *a_ = (a), *b_ = (b);                                       \
+        if (strcmp(a_, b_) != 0)                                               \
+            FAILF("assertion failed: %s == %s (\"%s\" vs \"%s\")", #a, #b,     \
+                  a_, b_);                                                     \
+    } while (0)
+
+#define ASSERT_NEAR(a, b, tol)                                                 \
+    do {                                                                       \
+        double a_ = (a), b_ = (b);                                             \
+        if (a_ < b_ - (tol) || a_ > b_ + (tol))                                \
+            FAILF("assertion failed: %s ~ %s (%.4f vs %.4f, tol %.4f)", #a,    \
+                  #b, a_, b_, (double)(tol));                                  \
+    } while (0)
+
+#define SKIP(why)                                                              \
+    do {                                                                       \
+        fprintf(stderr, "skip: %s\n", why);                                    \
+        exit(77);                                                              \
+    } while (0)
+
+#endif
