@@ -169,7 +169,8 @@ CA_EXTERN int ca_cancel(ca_task *t);
 
 /* Drop the caller's reference to t.  The task keeps running; its memory is
  * freed when it has finished and no reference is left.  t must not be used
- * afterwards.  A failure it returns and nobody retrieved is reported. */
+ * afterwards.  A failure it returns and nobody retrieved is reported.
+ * NULL is accepted and ignored. */
 CA_EXTERN void ca_task_release(ca_task *t);
 /* Same as ca_task_release: "fire and forget". */
 CA_EXTERN void ca_detach(ca_task *t);

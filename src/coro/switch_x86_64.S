@@ -38,14 +38,23 @@ ca__ctx_switch:
     .cfi_rel_offset %r15, 0
     subq    $8, %rsp
     .cfi_adjust_cfa_offset 8
+    .cfi_remember_state
     stmxcsr (%rsp)
     fnstcw  4(%rsp)
     movq    %rsp, (%rdi)
+    /* ldmxcsr and fldcw are slow; the control words almost never differ
+     * between tasks, so load them only when they do.  Each is compared at
+     * the width it was stored with, so the loads forward from the stores. */
+    movl    (%rsp), %eax
+    movzwl  4(%rsp), %ecx
     /* From here on we run on the target stack, whose frame has the same
      * layout, so the CFI above still describes it. */
     movq    %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw   4(%rsp)
+    cmpl    (%rsp), %eax
+    jne     2f
+    cmpw    4(%rsp), %cx
+    jne     2f
+1:
     addq    $8, %rsp
     .cfi_adjust_cfa_offset -8
     popq    %r15
@@ -67,6 +76,11 @@ ca__ctx_switch:
     .cfi_adjust_cfa_offset -8
     .cfi_restore %rbp
     ret
+2:
+    .cfi_restore_state
+    ldmxcsr (%rsp)
+    fldcw   4(%rsp)
+    jmp     1b
     .cfi_endproc
     .size   ca__ctx_switch, .-ca__ctx_switch
 

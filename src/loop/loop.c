@@ -283,6 +283,7 @@ ca_loop *ca__loop_new(void)
     l->stacks = ca__stack_pool_new();
     if (!l->stacks)
         goto fail;
+    l->check_canary = ca__stack_guard_mode() != CA__GUARD_MADVISE;
     l->now = ca__clock_ns();
     l->last_poll_end = l->now;
     l->stats.backend = l->backend->name;
@@ -322,16 +323,21 @@ void ca__loop_free(ca_loop *l)
 
 static void poll_once(ca_loop *l)
 {
-    int64_t t0 = ca__clock_ns();
-    int64_t timeout = 0;
-    if (l->nready == 0) {
+    if (l->nready > 0) {
+        /* Work is ready: just collect events.  The zero-timeout poll is
+         * counted as run time, which saves a clock read. */
+        l->backend->poll(l, 0);
+        l->now = ca__clock_ns();
+        l->stats.run_ns += l->now - l->last_poll_end;
+    } else {
+        int64_t t0 = ca__clock_ns();
         int64_t next = ca__timers_next(l);
-        timeout = next == INT64_MAX ? -1 : (next > t0 ? next - t0 : 0);
+        int64_t timeout = next == INT64_MAX ? -1 : (next > t0 ? next - t0 : 0);
+        l->stats.run_ns += t0 - l->last_poll_end;
+        l->backend->poll(l, timeout);
+        l->now = ca__clock_ns();
+        l->stats.poll_ns += l->now - t0;
     }
-    l->stats.run_ns += t0 - l->last_poll_end;
-    l->backend->poll(l, timeout);
-    l->now = ca__clock_ns();
-    l->stats.poll_ns += l->now - t0;
     l->last_poll_end = l->now;
     l->slices = 0;
 }
@@ -341,7 +347,7 @@ void ca__loop_run_once(ca_loop *l)
     if (l->nready == 0 || l->slices >= CA__EVENT_INTERVAL)
         poll_once(l);
     ca__timers_fire(l);
-    l->budget = l->nready;
+    l->budget = (uint32_t)(l->nready > UINT32_MAX ? UINT32_MAX : l->nready);
     l->stats.turns++;
     while (l->budget > 0) {
         ca__ready *n = ca__ready_pop(l);
@@ -358,7 +364,7 @@ int ca__loop_turn_nopoll(ca_loop *l)
     ca__timers_fire(l);
     if (l->nready == 0)
         return 0;
-    l->budget = l->nready;
+    l->budget = (uint32_t)(l->nready > UINT32_MAX ? UINT32_MAX : l->nready);
     l->stats.turns++;
     return 1;
 }

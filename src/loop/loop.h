@@ -31,7 +31,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#define CA__EVENT_INTERVAL 64
+#define CA__EVENT_INTERVAL 128
 
 typedef struct ca__ready ca__ready;
 struct ca__ready {
@@ -97,11 +97,15 @@ typedef struct ca__cbh {
 } ca__cbh;
 
 struct ca_loop {
-    /* ready queue */
+    /* ready queue.  budget and slices are 32-bit and kept apart from
+     * nready: GCC otherwise merges their updates into one 128-bit add right
+     * after scalar stores, a store-forwarding stall on every switch. */
     ca__ready *ready_head, *ready_tail;
     size_t nready;
-    size_t budget;           /* nodes left in this turn */
-    unsigned slices;         /* slices since the last poll */
+    ca_task *current;        /* running task or NULL */
+    uint32_t budget;         /* nodes left in this turn */
+    uint32_t slices;         /* slices since the last poll */
+    int check_canary;        /* some stacks rely on the red-zone check */
 
     /* time */
     int64_t now;
@@ -136,7 +140,6 @@ struct ca_loop {
 
     /* scheduler state, managed by the task layer */
     ca__coro sched;          /* the thread's own context */
-    ca_task *current;        /* running task or NULL */
     ca__stack_pool *stacks;
     ca__stack *dead_stack;   /* stack of a finished task, to release */
     ca_task *all_tasks;      /* every uncollected task */

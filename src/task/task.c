@@ -192,25 +192,26 @@ static inline void after_switch(ca_loop *l)
     if (prev) {
         tls_prev = NULL;
 #ifndef CAWAIT_CORO_UCONTEXT
-        if (prev->stack && ca__stack_needs_check(prev->stack) &&
+        if (__builtin_expect(l->check_canary, 0) && prev->stack &&
+            ca__stack_needs_check(prev->stack) &&
             ca__stack_check(prev->stack, prev->coro.sp) < 0)
             canary_failed(prev);
 #endif
-        if (l->debug) {
+        if (__builtin_expect(l->debug, 0)) {
             int64_t now = ca__clock_ns();
             if (now - l->slice_start > l->slow_ns)
                 report_slow(l, prev, now - l->slice_start);
         }
     }
-    if (l->debug)
+    if (__builtin_expect(l->debug, 0))
         l->slice_start = ca__clock_ns();
-    if (l->dead_stack) {
+    if (__builtin_expect(l->dead_stack != NULL, 0)) {
         if (ca__stack_zone_check(l->dead_stack) < 0)
             canary_failed(tls_dead);
         ca__stack_put(l->stacks, l->dead_stack);
         l->dead_stack = NULL;
     }
-    if (tls_dead) {
+    if (__builtin_expect(tls_dead != NULL, 0)) {
         ca_task *d = tls_dead;
         tls_dead = NULL;
         task_unref(l, d);
@@ -236,10 +237,17 @@ static void finish_unstarted(ca_loop *l, ca_task *t, int status)
 
 /* Give t a stack and a context.  Returns 1 if it can run, 0 if it finished
  * without running. */
-static int prepare(ca_loop *l, ca_task *t)
+static int prepare_new(ca_loop *l, ca_task *t);
+
+static inline int prepare(ca_loop *l, ca_task *t)
 {
-    if (t->state != CA__T_NEW)
+    if (__builtin_expect(t->state != CA__T_NEW, 1))
         return 1;
+    return prepare_new(l, t);
+}
+
+static __attribute__((noinline)) int prepare_new(ca_loop *l, ca_task *t)
+{
     if (t->cancel_req) {
         finish_unstarted(l, t, -ECANCELED);
         return 0;
@@ -639,13 +647,15 @@ void ca_task_set_userdata(ca_task *t, void *p)
 
 int ca_yield(void)
 {
-    ca_task *self = ca__task_self("ca_yield");
-    if (!self)
-        return -EPERM;
-    int r = ca__task_check(self);
-    if (r < 0)
-        return r;
     ca_loop *l = ca__loop();
+    ca_task *self = l ? l->current : NULL;
+    if (__builtin_expect(!self, 0))
+        return ca__task_self("ca_yield") ? 0 : -EPERM;
+    if (__builtin_expect(self->cancel_req | self->nscopes, 0)) {
+        int r = ca__task_check(self);
+        if (r < 0)
+            return r;
+    }
     self->state = CA__T_READY;
     ca__ready_push(l, &self->ready);
     switch_away(l, self, 0);

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# Runs every example under examples/ in the order of docs/tutorial.md and
+# checks each one against the seed it reproduces:
+#   - it exits with status 0;
+#   - the lines whose order the seed fixes come out in that order;
+#   - each measured "... total: X.XX s" is within [-5%, +50%] of the expected
+#     (scaled) time: sleeps never end early, and a loaded machine only adds.
+# Usage: scripts/demo.sh BUILD_DIR      (`make demo` builds first, then calls
+# this with its build directory).  Builds nothing itself.
+set -euo pipefail
+
+if [ $# -ne 1 ]; then
+  echo "usage: $0 BUILD_DIR" >&2
+  exit 2
+fi
+bin=$1/examples
+if [ ! -d "$bin" ]; then
+  echo "demo: $bin not found; build first (make demo)" >&2
+  exit 2
+fi
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+# Seconds before an example counts as hung.
+limit=60
+# Accepted window around an expected time, as factors.
+lo_factor=0.95
+hi_factor=1.50
+
+total=0     # examples run
+failed=()   # names of the examples that failed a check
+covered=()  # names of the examples this script knows about
+name=""     # example being checked
+out=""      # its stdout and stderr
+bad=0       # checks it failed
+skip=0      # 1 if it could not run, so its output checks are skipped
+
+# fail MESSAGE: record a failed check of the current example.
+fail() {
+  echo "  FAIL: $*"
+  bad=$((bad + 1))
+}
+
+# run NAME HEADER: run one example, show its output, check its exit status.
+run() {
+  name=$1
+  bad=0
+  skip=0
+  total=$((total + 1))
+  covered+=("$name")
+  echo
+  echo "==> $name: $2"
+  echo "    (examples/$name.c)"
+  if [ ! -x "$bin/$name" ]; then
+    out=""
+    skip=1
+    fail "$bin/$name is missing; is examples/$name.c built?"
+    return 0
+  fi
+  local rc=0
+  out=$(timeout "$limit" "$bin/$name" 2>&1) || rc=$?
+  printf '%s\n' "$out" | sed 's/^/    | /'
+  if [ "$rc" -eq 124 ]; then
+    fail "did not finish within ${limit} s"
+  elif [ "$rc" -ne 0 ]; then
+    fail "exit status $rc, expected 0"
+  fi
+}
+
+# expect_order LINE...: the output lines equal to one of LINE, in the order
+# they come, must be exactly LINE... (each once, in this order).
+expect_order() {
+  local want got
+  [ "$skip" -eq 0 ] || return 0
+  want=$(printf '%s\n' "$@")
+  got=$(printf '%s\n' "$out" | grep -Fx -f <(printf '%s\n' "$@") || true)
+  if [ "$got" = "$want" ]; then
+    echo "  ok: order of $# lines as expected"
+  else
+    fail "line order differs from the expected one"
+    echo "    want: ${want//$'\n'/ | }"
+    echo "    got:  ${got//$'\n'/ | }"
+  fi
+}
+
+# expect_absent LINE: no output line equals LINE.
+expect_absent() {
+  [ "$skip" -eq 0 ] || return 0
+  if printf '%s\n' "$out" | grep -Fxq -- "$1"; then
+    fail "unexpected line: $1"
+  fi
+}
+
+# expect_time LABEL SECONDS: the line "LABELtotal: X.XX s..." exists and X is
+# within [SECONDS * lo_factor, SECONDS * hi_factor].
+expect_time() {
+  local label=$1 want=$2 line got
+  [ "$skip" -eq 0 ] || return 0
+  line=$(printf '%s\n' "$out" | grep -E "^${label}total: [0-9]+\.[0-9]+ s" |
+    head -n 1 || true)
+  if [ -z "$line" ]; then
+    fail "no line \"${label}total: X.XX s\""
+    return 0
+  fi
+  got=${line#"${label}total: "}
+  got=${got%% s*}
+  if awk -v g="$got" -v w="$want" -v lo="$lo_factor" -v hi="$hi_factor" \
+    'BEGIN { exit !(g >= w * lo && g <= w * hi) }'; then
+    echo "  ok: ${label}total ${got} s, expected ${want} s (-5%/+50%)"
+  else
+    fail "${label}total ${got} s is outside ${want} s -5%/+50%"
+  fi
+}
+
+# done_example: count the example as failed if any of its checks failed.
+done_example() {
+  if [ "$bad" -ne 0 ]; then
+    failed+=("$name")
+  fi
+}
+
+echo "cawait demo: the seed tutorials' examples in C, sleeps scaled 1/10"
+echo "(1 s of seed time is 0.1 s here)"
+
+run hello "README example: two tasks sleeping at the same time"
+expect_order "after 0.1 s: hello" "after 0.2 s: hello"
+expect_time "" 0.20
+done_example
+
+run seed000_ex1_download "seed 000, section 5, exercise 1: a coroutine (download_file)"
+expect_order "start download: video.mp4 (100MB)" "download done: video.mp4" \
+  "result: video.mp4"
+expect_time "" 1.00
+done_example
+
+run seed000_ex2_gather "seed 000, section 5, exercise 2: sequential vs gather"
+expect_order \
+  "start download: file1.txt (10MB)" "download done: file1.txt" \
+  "start download: file2.mp4 (50MB)" "download done: file2.mp4" \
+  "start download: file3.zip (30MB)" "download done: file3.zip" \
+  "all files downloaded: ['file1.txt', 'file2.mp4', 'file3.zip']" \
+  "start download: file1.txt (10MB)" "start download: file2.mp4 (50MB)" \
+  "start download: file3.zip (30MB)" "download done: file1.txt" \
+  "download done: file3.zip" "download done: file2.mp4" \
+  "all files downloaded: ['file1.txt', 'file2.mp4', 'file3.zip']"
+expect_time "sequential " 0.90
+expect_time "concurrent " 0.50
+done_example
+
+run seed003_ex1_sync "seed 003, example 1: synchronous, blocking time.sleep"
+expect_order "Do something with 1..." "Done with 1" "Fetch 1 fully completed" \
+  "Do something with 2..." "Done with 2" "Fetch 2 fully completed" \
+  "results: ['Result of 1', 'Result of 2']"
+expect_time "" 0.30
+done_example
+
+run seed003_ex2_await_now "seed 003, example 2: coroutines awaited at once"
+expect_order "Do something with 1..." "Done with 1" "Task 1 fully completed" \
+  "Do something with 2..." "Done with 2" "Task 2 fully completed" \
+  "results: ['Result of 1', 'Result of 2']"
+expect_time "" 0.30
+done_example
+
+run seed003_ex3_create_task "seed 003, example 3: create_task, await in order"
+expect_order "Do something with 1..." "Do something with 2..." "Done with 1" \
+  "Task 1 fully completed" "Done with 2" "Task 2 fully completed" \
+  "results: ['Result of 1', 'Result of 2']"
+expect_time "" 0.20
+done_example
+
+run seed003_ex4_await_order "seed 003, example 4: await task2 before task1"
+expect_order "Do something with 1..." "Do something with 2..." "Done with 1" \
+  "Done with 2" "Task 2 fully completed" "Task 1 fully completed" \
+  "results: ['Result of 1', 'Result of 2']"
+expect_time "" 0.20
+done_example
+
+run seed002_q12_order "seed 002, Q12: gather(task1(), task2()) output order"
+expect_order "1-start" "2-start" "2-end" "1-end"
+expect_time "" 0.20
+done_example
+
+run seed003_ex5_blocking "seed 003, example 5: the blocking-call pitfall"
+expect_order "Do something with 1..." "Done with 1" "Do something with 2..." \
+  "Done with 2" "Task 1 fully completed" "Task 2 fully completed" \
+  "debug mode: 2 task slice(s) held the loop longer than 50 ms (see stderr)"
+expect_time "" 0.30
+done_example
+
+run seed001_wait_for "seed 001, timeout control: asyncio.wait_for"
+expect_order "operation timed out!" "done"
+expect_time "timeout " 0.20
+expect_time "completed " 0.50
+done_example
+
+run cancel_download "cancellation: task.cancel() on seed 000's download"
+expect_order "start download: video.mp4 (100MB)" \
+  "download interrupted: video.mp4 (ECANCELED)" \
+  "removing partial file video.mp4..." "partial file removed" \
+  "main: ca_join returned -ECANCELED: download cancelled" \
+  "main: task cancelled = 1"
+expect_absent "download done: video.mp4"
+expect_time "" 0.35
+done_example
+
+# An example added to examples/ but not to this script is worth a warning.
+for src in "$here"/examples/*.c; do
+  n=$(basename "$src" .c)
+  case " ${covered[*]} " in
+    *" $n "*) ;;
+    *) echo "demo: warning: examples/$n.c is not checked by scripts/demo.sh" ;;
+  esac
+done
+
+echo
+if [ ${#failed[@]} -ne 0 ]; then
+  echo "demo: ${#failed[@]} of $total examples FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "demo: $total examples OK"
