@@ -284,6 +284,8 @@ ca_loop *ca__loop_new(void)
     if (!l->stacks)
         goto fail;
     l->check_canary = ca__stack_guard_mode() != CA__GUARD_MADVISE;
+    if (l->check_canary)
+        l->after_work |= CA__AFTER_WATCH;
     l->now = ca__clock_ns();
     l->last_poll_end = l->now;
     l->stats.backend = l->backend->name;
@@ -357,18 +359,6 @@ void ca__loop_run_once(ca_loop *l)
     }
 }
 
-int ca__loop_turn_nopoll(ca_loop *l)
-{
-    if (l->slices >= CA__EVENT_INTERVAL)
-        return 0;
-    ca__timers_fire(l);
-    if (l->nready == 0)
-        return 0;
-    l->budget = (uint32_t)(l->nready > UINT32_MAX ? UINT32_MAX : l->nready);
-    l->stats.turns++;
-    return 1;
-}
-
 /* Called by the fd layer for the wake-up eventfd's data. */
 int ca__loop_is_wake(uint64_t data)
 {
@@ -419,6 +409,11 @@ int ca_set_debug(int on, double slow_ms)
     if (!l)
         return -CA_ENOLOOP;
     l->debug = on ? 1 : 0;
+    l->after_work &= ~CA__AFTER_WATCH;
+    if (l->debug || l->check_canary)
+        l->after_work |= CA__AFTER_WATCH;
+    if (l->debug)
+        l->slice_start = ca__clock_ns();
     if (slow_ms > 0)
         l->slow_ns = (int64_t)(slow_ms * 1e6);
     return 0;

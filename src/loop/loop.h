@@ -33,6 +33,9 @@
 
 #define CA__EVENT_INTERVAL 128
 
+#define CA__AFTER_WATCH 1u
+#define CA__AFTER_DEAD 2u
+
 typedef struct ca__ready ca__ready;
 struct ca__ready {
     ca__ready *next;
@@ -102,10 +105,14 @@ struct ca_loop {
      * after scalar stores, a store-forwarding stall on every switch. */
     ca__ready *ready_head, *ready_tail;
     size_t nready;
-    ca_task *current;        /* running task or NULL */
     uint32_t budget;         /* nodes left in this turn */
-    uint32_t slices;         /* slices since the last poll */
     int check_canary;        /* some stacks rely on the red-zone check */
+    /* Work owed right after a switch: CA__AFTER_WATCH (debug timing or
+     * red-zone checks are on) and CA__AFTER_DEAD (a task just finished).
+     * One test of this word is the whole fast path. */
+    unsigned after_work;
+    ca_task *current;        /* running task or NULL */
+    uint32_t slices;         /* slices since the last poll */
 
     /* time */
     int64_t now;
@@ -178,7 +185,19 @@ void ca__loop_run_once(ca_loop *loop);
 /* Start a turn without polling (task context): fires expired timers and
  * resets the budget.  Returns 0 if the caller should go back to the
  * scheduler instead (a poll is due or nothing is ready). */
-int ca__loop_turn_nopoll(ca_loop *loop);
+void ca__timers_fire(ca_loop *l);
+static inline int ca__loop_turn_nopoll(ca_loop *l)
+{
+    if (l->slices >= CA__EVENT_INTERVAL)
+        return 0;
+    if (l->nheap && l->heap[0]->when <= l->now)
+        ca__timers_fire(l);
+    if (l->nready == 0)
+        return 0;
+    l->budget = (uint32_t)(l->nready > UINT32_MAX ? UINT32_MAX : l->nready);
+    l->stats.turns++;
+    return 1;
+}
 /* Close the thread-safe queue and drop scheduled callbacks and timers. */
 void ca__loop_shutdown(ca_loop *loop);
 

@@ -186,36 +186,43 @@ static __attribute__((noinline)) void canary_failed(ca_task *t)
 #define tls_prev (l->prev_task)
 #define tls_dead (l->dead_task)
 
-static inline void after_switch(ca_loop *l)
+static __attribute__((noinline)) void after_switch_slow(ca_loop *l)
 {
     ca_task *prev = tls_prev;
-    if (prev) {
-        tls_prev = NULL;
+    if (prev && (l->after_work & CA__AFTER_WATCH)) {
 #ifndef CAWAIT_CORO_UCONTEXT
-        if (__builtin_expect(l->check_canary, 0) && prev->stack &&
+        if (l->check_canary && prev->stack &&
             ca__stack_needs_check(prev->stack) &&
             ca__stack_check(prev->stack, prev->coro.sp) < 0)
             canary_failed(prev);
 #endif
-        if (__builtin_expect(l->debug, 0)) {
+        if (l->debug) {
             int64_t now = ca__clock_ns();
             if (now - l->slice_start > l->slow_ns)
                 report_slow(l, prev, now - l->slice_start);
         }
     }
-    if (__builtin_expect(l->debug, 0))
+    tls_prev = NULL;
+    if (l->debug)
         l->slice_start = ca__clock_ns();
-    if (__builtin_expect(l->dead_stack != NULL, 0)) {
-        if (ca__stack_zone_check(l->dead_stack) < 0)
-            canary_failed(tls_dead);
-        ca__stack_put(l->stacks, l->dead_stack);
-        l->dead_stack = NULL;
-    }
-    if (__builtin_expect(tls_dead != NULL, 0)) {
+    if (l->after_work & CA__AFTER_DEAD) {
+        l->after_work &= ~CA__AFTER_DEAD;
+        if (l->dead_stack) {
+            if (ca__stack_zone_check(l->dead_stack) < 0)
+                canary_failed(tls_dead);
+            ca__stack_put(l->stacks, l->dead_stack);
+            l->dead_stack = NULL;
+        }
         ca_task *d = tls_dead;
         tls_dead = NULL;
         task_unref(l, d);
     }
+}
+
+static inline void after_switch(ca_loop *l)
+{
+    if (__builtin_expect(l->after_work != 0, 0))
+        after_switch_slow(l);
 }
 
 static void wake_joiners(ca_task *t)
@@ -278,10 +285,29 @@ static void switch_away(ca_loop *l, ca_task *self, int final)
 {
     ca__coro *to = &l->sched;
     ca_task *next = NULL;
+    ca__ready *n;
+    if (__builtin_expect(l->budget == 0, 0) && !ca__loop_turn_nopoll(l))
+        goto go;
+    n = l->ready_head;
+    /* Fast path: the next node is a task that has already started. */
+    if (__builtin_expect(n->run == task_ready_run, 1)) {
+        next = ca__task_of_ready(n);
+        if (__builtin_expect(next->state != CA__T_NEW && next != self, 1)) {
+            l->ready_head = n->next;
+            if (!n->next)
+                l->ready_tail = NULL;
+            l->nready--;
+            l->budget--;
+            l->slices++;
+            to = &next->coro;
+            goto go;
+        }
+        next = NULL;
+    }
     for (;;) {
         if (l->budget == 0 && !ca__loop_turn_nopoll(l))
             break;
-        ca__ready *n = l->ready_head;
+        n = l->ready_head;
         if (n->run != task_ready_run)
             break;
         ca__ready_pop(l);
@@ -300,6 +326,7 @@ static void switch_away(ca_loop *l, ca_task *self, int final)
             break;
         }
     }
+go:
     l->current = next;
     if (next) {
         next->state = CA__T_RUNNING;
@@ -341,6 +368,7 @@ static __attribute__((noreturn)) void task_finish(ca_loop *l, ca_task *t,
     l->dead_stack = t->stack;
     t->stack = NULL;
     tls_dead = t;
+    l->after_work |= CA__AFTER_DEAD;
     switch_away(l, t, 1);
     __builtin_unreachable();
 }
@@ -749,6 +777,8 @@ int ca_run_ex(ca_fn main, void *arg, const ca_run_opts *opts)
     if (l->default_stack < CA_STACK_MIN)
         l->default_stack = CA_STACK_MIN;
     l->debug = (opts && opts->debug) || debug_env();
+    if (l->debug)
+        l->after_work |= CA__AFTER_WATCH;
     double slow = opts && opts->slow_ms > 0 ? opts->slow_ms : 0;
     if (slow <= 0) {
         const char *e = getenv("CAWAIT_SLOW_MS");
