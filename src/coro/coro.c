@@ -9,6 +9,7 @@
 #ifndef CAWAIT_CORO_UCONTEXT
 
 void ca__ctx_entry(void);
+void ca__ctx_entry_start(void);
 
 #if defined(__x86_64__)
 /* Frame popped by ca__ctx_switch: mxcsr|fpucw, r15, r14, r13, r12, rbx, rbp,
@@ -25,7 +26,7 @@ static void *ctx_make(void *lo, size_t size, ca__coro_fn fn, void *arg)
     sp[4] = (uint64_t)(uintptr_t)fn;             /* r12 */
     sp[5] = 0;                                   /* rbx */
     sp[6] = 0;                                   /* rbp: end of frame chain */
-    sp[7] = (uint64_t)(uintptr_t)ca__ctx_entry;  /* return address */
+    sp[7] = (uint64_t)(uintptr_t)ca__ctx_entry_start; /* return address */
     sp[8] = 0;
     sp[9] = 0;
     return sp;
@@ -40,7 +41,7 @@ static void *ctx_make(void *lo, size_t size, ca__coro_fn fn, void *arg)
     sp[0] = (uint64_t)(uintptr_t)fn;             /* x19 */
     sp[1] = (uint64_t)(uintptr_t)arg;            /* x20 */
     sp[10] = 0;                                  /* x29 */
-    sp[11] = (uint64_t)(uintptr_t)ca__ctx_entry; /* x30 */
+    sp[11] = (uint64_t)(uintptr_t)ca__ctx_entry_start; /* x30 */
     return sp;
 }
 #else

@@ -112,8 +112,19 @@ static void detect_guard_mode(void)
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
         return;
-    if (madvise(p, page_size, MADV_GUARD_INSTALL) == 0)
-        guard_mode = CA__GUARD_MADVISE;
+    /* Trust the guard only if it really faults: some layers (qemu-user)
+     * accept any madvise and do nothing.  The kernel reports a guarded
+     * source page to write() as EFAULT instead of killing us. */
+    if (madvise(p, page_size, MADV_GUARD_INSTALL) == 0) {
+        int fds[2];
+        if (pipe(fds) == 0) {
+            ssize_t w = write(fds[1], p, 1);
+            if (w < 0 && errno == EFAULT)
+                guard_mode = CA__GUARD_MADVISE;
+            close(fds[0]);
+            close(fds[1]);
+        }
+    }
     munmap(p, 2 * page_size);
 }
 

@@ -93,6 +93,12 @@ ca__ctx_switch:
 ca__ctx_entry:
     .cfi_startproc
     .cfi_undefined %rip
+    /* The first frame's return address points past this nop, inside the
+     * CFI range, so a backtrace taken mid-switch still ends cleanly. */
+    nop
+    .globl  ca__ctx_entry_start
+    .hidden ca__ctx_entry_start
+ca__ctx_entry_start:
     movq    %r13, %rdi
     callq   *%r12
     ud2
