@@ -698,14 +698,19 @@ static void test_debug_slow_task(void)
 
 static int depth_reached;
 
-static int recurse(int n)
+/* Real stack frames at any optimisation level: the volatile array is
+ * filled (nonzero) and read after the recursive call, which keeps
+ * compilers from turning the recursion into a loop. */
+static __attribute__((noinline)) int recurse(int n)
 {
     volatile char pad[1024];
-    pad[0] = (char)n;
+    for (size_t i = 0; i < sizeof(pad); i++)
+        pad[i] = (char)(n | 0x80);
     depth_reached = n;
     if (n <= 0)
-        return pad[0];
-    return recurse(n - 1) + pad[0];
+        return pad[7] & 1;
+    int r = recurse(n - 1);
+    return r + (pad[n % 1024] & 1);
 }
 
 static int deep_task(void *a)
