@@ -1,0 +1,87 @@
+/*
+ * Helpers shared by the cawait benchmarks (header only: every .c file in bench/
+ * is built into its own program).  Each benchmark prints lines of the form
+ *
+ *     BENCH <name> <impl> <value> <unit>
+ *
+ * and nothing else on stdout; bench/run.sh collects them.
+ */
+#ifndef CAWAIT_BENCH_UTIL_H
+#define CAWAIT_BENCH_UTIL_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <time.h>
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+static inline int64_t bench_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Peak resident set size of this process in MiB (ru_maxrss is in KiB). */
+static inline double bench_peak_rss_mib(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return -1.0;
+    return (double)ru.ru_maxrss / 1024.0;
+}
+
+/* The workload size: argv[1] if given, else def.  Exits on a bad value. */
+static inline size_t bench_parse_n(int argc, char **argv, size_t def)
+{
+    if (argc < 2)
+        return def;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(argv[1], &end, 10);
+    if (argc > 2 || errno || end == argv[1] || *end || v == 0 ||
+        v > (unsigned long long)SIZE_MAX / 64) {
+        fprintf(stderr,
+                "usage: %s [N]   (N: a positive integer, default %zu)\n",
+                argv[0], def);
+        exit(2);
+    }
+    return (size_t)v;
+}
+
+/*
+ * Deterministic uniform random numbers: xorshift64* seeded with 42, so every
+ * run (and every cawait bench) draws the same sequence.
+ */
+typedef struct bench_rng {
+    uint64_t s;
+} bench_rng;
+
+static inline bench_rng bench_rng_new(uint64_t seed)
+{
+    bench_rng r = {seed ? seed : 42};
+    return r;
+}
+
+/* Uniform in [0, 1), 53 random bits. */
+static inline double bench_rng_next(bench_rng *r)
+{
+    uint64_t x = r->s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    r->s = x;
+    return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) * 0x1.0p-53;
+}
+
+/* Print one result line and flush, so it survives a crash at teardown. */
+static inline void bench_report(const char *name, const char *impl,
+                                double value, int decimals, const char *unit)
+{
+    printf("BENCH %s %s %.*f %s\n", name, impl, decimals, value, unit);
+    fflush(stdout);
+}
+
+#endif

@@ -1,0 +1,147 @@
+#!/usr/bin/python3
+"""asyncio / uvloop peers of the cawait benchmarks.
+
+    /usr/bin/python3 asyncio_bench.py <bench> <N> [--uvloop]
+
+bench is one of switch, spawn, sleepers, timers; each measures what the C
+program bench/bench_<bench>.c measures, the same way (CLOCK_MONOTONIC,
+timing inside the main coroutine, peak RSS from getrusage), and prints
+
+    BENCH <name> <impl> <value> <unit>
+
+with impl "asyncio" or "uvloop".  Random delays come from random.seed(42)
+and are drawn before the clock starts, like the C benchmarks.
+"""
+import asyncio
+import random
+import resource
+import sys
+import time
+
+
+def now_ns():
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def peak_rss_mib():
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def report(name, impl, value, decimals, unit):
+    print(f"BENCH {name} {impl} {value:.{decimals}f} {unit}", flush=True)
+
+
+async def bench_switch(n, impl):
+    """Two tasks each await asyncio.sleep(0) n/2 times: n switches."""
+    half = n // 2
+
+    async def yielder():
+        for _ in range(half):
+            await asyncio.sleep(0)
+
+    t0 = now_ns()
+    t1 = asyncio.create_task(yielder())
+    t2 = asyncio.create_task(yielder())
+    await t1
+    await t2
+    elapsed = now_ns() - t0
+    report("switch", impl, elapsed / (2 * half), 2, "ns")
+
+
+async def noop():
+    pass
+
+
+async def bench_spawn(n, impl):
+    """create_task n no-op coroutines, then await each one."""
+    t0 = now_ns()
+    tasks = [asyncio.create_task(noop()) for _ in range(n)]
+    for t in tasks:
+        await t
+    elapsed = now_ns() - t0
+    del tasks
+    report("spawn", impl, elapsed / 1e9, 4, "s")
+    report("spawn_rss", impl, peak_rss_mib(), 1, "MiB")
+
+
+async def bench_sleepers(n, impl):
+    """n tasks each asyncio.sleep(uniform [0, 1)), then await each one."""
+    random.seed(42)
+    delays = [random.random() for _ in range(n)]
+    t0 = now_ns()
+    tasks = [asyncio.create_task(asyncio.sleep(d)) for d in delays]
+    for t in tasks:
+        await t
+    elapsed = now_ns() - t0
+    del tasks
+    report("sleepers", impl, elapsed / 1e9, 4, "s")
+    report("sleepers_rss", impl, peak_rss_mib(), 1, "MiB")
+
+
+def noop_cb(arg):
+    pass
+
+
+async def bench_timers(n, impl):
+    """loop.call_later n times (delay in [1, 2) s), then cancel every second
+    handle.  ns per operation, operations = n call_later + n/2 cancels."""
+    loop = asyncio.get_running_loop()
+    random.seed(42)
+    delays = [1.0 + random.random() for _ in range(n)]
+    arg = object()
+    call_later = loop.call_later
+    t0 = now_ns()
+    handles = [call_later(d, noop_cb, arg) for d in delays]
+    for h in handles[1::2]:
+        h.cancel()
+    elapsed = now_ns() - t0
+    # Untimed: cancel the rest so nothing is left pending.
+    for h in handles[0::2]:
+        h.cancel()
+    report("timers", impl, elapsed / (n + n // 2), 2, "ns")
+
+
+BENCHES = {
+    "switch": bench_switch,
+    "spawn": bench_spawn,
+    "sleepers": bench_sleepers,
+    "timers": bench_timers,
+}
+
+
+def main(argv):
+    args = [a for a in argv[1:] if not a.startswith("--")]
+    flags = [a for a in argv[1:] if a.startswith("--")]
+    if len(args) != 2 or args[0] not in BENCHES or any(f != "--uvloop" for f in flags):
+        print(f"usage: {argv[0]} {{{','.join(BENCHES)}}} N [--uvloop]", file=sys.stderr)
+        return 2
+    try:
+        n = int(args[1])
+        if n <= 0:
+            raise ValueError
+    except ValueError:
+        print(f"{argv[0]}: N must be a positive integer", file=sys.stderr)
+        return 2
+    impl = "asyncio"
+    loop_factory = asyncio.new_event_loop
+    if "--uvloop" in flags:
+        try:
+            import uvloop
+        except ImportError:
+            print(f"{argv[0]}: uvloop is not installed for {sys.executable}", file=sys.stderr)
+            return 3
+        impl = "uvloop"
+        loop_factory = uvloop.new_event_loop
+    loop = loop_factory()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(BENCHES[args[0]](n, impl))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,3 @@
+module cawait.local/bench/peers/go
+
+go 1.19
