@@ -6,7 +6,7 @@ CC         ?= cc
 PREFIX     ?= /usr/local
 CMAKE_ARGS ?=
 
-.PHONY: all deps build test demo bench asan clang valgrind aarch64 install format clean
+.PHONY: all deps build test demo bench asan clang ucontext valgrind aarch64 install format clean
 
 all: build
 
@@ -42,6 +42,12 @@ clang: deps
 	cmake --build build-clang -j $(JOBS)
 	cd build-clang && ctest --output-on-failure
 
+# The portable ucontext context switch instead of the assembly one.
+ucontext: deps
+	cmake -S . -B build-uc -DCAWAIT_CORO=ucontext -DCAWAIT_BENCH=OFF $(CMAKE_ARGS)
+	cmake --build build-uc -j $(JOBS)
+	cd build-uc && CAWAIT_TEST_LIGHT=1 ctest --output-on-failure
+
 # Core tests under valgrind memcheck: no errors, no leaks.
 valgrind: build
 	@scripts/valgrind.sh $(BUILD)
@@ -58,4 +64,4 @@ format:
 	clang-format -i include/*.h src/*/*.c src/*/*.h tests/*.c tests/*.h bench/*.c examples/*.c
 
 clean:
-	rm -rf $(BUILD) build-asan build-clang build-aarch64
+	rm -rf $(BUILD) build-asan build-clang build-uc build-aarch64
