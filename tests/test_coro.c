@@ -128,6 +128,28 @@ static void test_stack_pool_many(void)
     ca__stack_pool_free(p);
 }
 
+/* Whole free chunks are released by trim, keeping a reserve. */
+static void test_stack_pool_trim(void)
+{
+    enum { N = 3000 };
+    static ca__stack *s[N];
+    ca__stack_pool *p = ca__stack_pool_new();
+    for (int i = 0; i < N; i++)
+        ASSERT((s[i] = ca__stack_get(p, 256 * 1024)));
+    ASSERT_EQ(ca__stack_pool_trim(p, 100), 0); /* all in use */
+    for (int i = 0; i < N; i++)
+        ca__stack_put(p, s[i]);
+    int released = ca__stack_pool_trim(p, 1000);
+    ASSERT_GT(released, 0);
+    ASSERT_EQ(ca__stack_pool_trim(p, 1000), 0); /* the reserve stays */
+    /* The pool still works after trimming. */
+    for (int i = 0; i < N; i++)
+        ASSERT((s[i] = ca__stack_get(p, 256 * 1024)));
+    for (int i = 0; i < N; i++)
+        ca__stack_put(p, s[i]);
+    ca__stack_pool_free(p);
+}
+
 static void test_guard_detection(void)
 {
     enum ca__guard_mode m = ca__stack_guard_mode();
@@ -201,6 +223,7 @@ static const struct test_case tests[] = {
     {"fp_control_preserved", test_fp_control_preserved, 10, 0},
     {"stack_pool_reuse", test_stack_pool_reuse, 10, 0},
     {"stack_pool_many", test_stack_pool_many, 30, 0},
+    {"stack_pool_trim", test_stack_pool_trim, 30, 0},
     {"guard_detection", test_guard_detection, 10, 0},
     {"guard_faults", test_guard_faults, 30, 0},
     {"canary_check", test_canary_check, 10, 0},

@@ -144,6 +144,10 @@ ca__stack *ca__stack_get(ca__stack_pool *p, size_t size);
  * canary-mode stack with ca__stack_zone_check. */
 void ca__stack_put(ca__stack_pool *p, ca__stack *s);
 
+/* Unmap up to max_chunks chunks whose stacks are all free, keeping a
+ * reserve; call when idle.  Returns how many were released. */
+int ca__stack_pool_trim(ca__stack_pool *p, int max_chunks);
+
 /* For canary-mode stacks: 0 if the saved stack pointer sp and the red zone
  * are intact, -1 if the stack overflowed. */
 int ca__stack_check(const ca__stack *s, const void *sp);

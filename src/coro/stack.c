@@ -63,6 +63,8 @@ struct ca__stack_chunk {
     unsigned in_use;   /* stacks handed out now */
     unsigned mprotect_guards;
     struct ca__stack_chunk *prev, *next;
+    struct ca__stack_chunk *empty_prev, *empty_next; /* in_use == 0 list */
+    int on_empty;
     struct size_class *cls;
     ca__stack slots[];
 };
@@ -73,6 +75,7 @@ struct size_class {
     size_t nfree;
     ca__stack_chunk *chunks; /* all chunks of this size */
     ca__stack_chunk *fresh;  /* chunk with never-used slots, if any */
+    ca__stack_chunk *empty;  /* chunks with every handed-out stack free */
 };
 
 struct ca__stack_pool {
@@ -241,8 +244,32 @@ static void free_list_remove(struct size_class *c, ca__stack *s)
     c->nfree--;
 }
 
+static void empty_add(struct size_class *c, ca__stack_chunk *ch)
+{
+    ch->on_empty = 1;
+    ch->empty_prev = NULL;
+    ch->empty_next = c->empty;
+    if (c->empty)
+        c->empty->empty_prev = ch;
+    c->empty = ch;
+}
+
+static void empty_remove(struct size_class *c, ca__stack_chunk *ch)
+{
+    if (!ch->on_empty)
+        return;
+    ch->on_empty = 0;
+    if (ch->empty_prev)
+        ch->empty_prev->empty_next = ch->empty_next;
+    else
+        c->empty = ch->empty_next;
+    if (ch->empty_next)
+        ch->empty_next->empty_prev = ch->empty_prev;
+}
+
 static void chunk_release(struct size_class *c, ca__stack_chunk *ch)
 {
+    empty_remove(c, ch);
     for (unsigned i = 0; i < ch->fresh; i++) {
         free_list_remove(c, &ch->slots[i]);
         VALGRIND_STACK_DEREGISTER(ch->slots[i].vg_id);
@@ -284,7 +311,8 @@ ca__stack *ca__stack_get(ca__stack_pool *p, size_t size)
             c->fresh = NULL;
     }
     s->in_use = 1;
-    s->chunk->in_use++;
+    if (s->chunk->in_use++ == 0)
+        empty_remove(c, s->chunk);
     return s;
 }
 
@@ -325,11 +353,29 @@ void ca__stack_put(ca__stack_pool *p, ca__stack *s)
         c->free_head->prev_free = s;
     c->free_head = s;
     c->nfree++;
-    ch->in_use--;
-    /* Give a wholly free chunk back to the kernel when plenty of other free
-     * stacks remain: memory returns after a burst of tasks. */
-    if (ch->in_use == 0 && c->nfree >= 2u * ch->n + ch->fresh)
-        chunk_release(c, ch);
+    /* A wholly free chunk is given back later, by ca__stack_pool_trim when
+     * the loop is idle: unmapping here would put munmap on the path of the
+     * tasks finishing now, and their successors would fault the memory in
+     * again. */
+    if (--ch->in_use == 0 && !ch->on_empty && ch->fresh > 0)
+        empty_add(c, ch);
+}
+
+int ca__stack_pool_trim(ca__stack_pool *p, int max_chunks)
+{
+    int released = 0;
+    for (size_t i = 0; p && i < p->nclasses; i++) {
+        struct size_class *c = &p->classes[i];
+        while (released < max_chunks && c->empty) {
+            ca__stack_chunk *ch = c->empty;
+            /* Keep two chunks' worth of free stacks for the next burst. */
+            if (c->nfree < 2u * ch->n + ch->fresh)
+                break;
+            chunk_release(c, ch);
+            released++;
+        }
+    }
+    return released;
 }
 
 void ca__stack_pool_free(ca__stack_pool *p)

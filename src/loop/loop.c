@@ -335,25 +335,29 @@ static void poll_once(ca_loop *l)
         int64_t t0 = ca__clock_ns();
         int64_t next = ca__timers_next(l);
         int64_t timeout = next == INT64_MAX ? -1 : (next > t0 ? next - t0 : 0);
+        /* Idle for a while: give surplus stack memory back first. */
+        if (timeout != 0 && ca__stack_pool_trim(l->stacks, 8) > 0) {
+            t0 = ca__clock_ns();
+            timeout = next == INT64_MAX ? -1 : (next > t0 ? next - t0 : 0);
+        }
         l->stats.run_ns += t0 - l->last_poll_end;
         l->backend->poll(l, timeout);
         l->now = ca__clock_ns();
         l->stats.poll_ns += l->now - t0;
     }
     l->last_poll_end = l->now;
-    l->slices = 0;
+    l->poll_slice = l->slices;
 }
 
 void ca__loop_run_once(ca_loop *l)
 {
-    if (l->nready == 0 || l->slices >= CA__EVENT_INTERVAL)
+    if (l->nready == 0 || l->slices - l->poll_slice >= CA__EVENT_INTERVAL)
         poll_once(l);
     ca__timers_fire(l);
-    l->budget = (uint32_t)(l->nready > UINT32_MAX ? UINT32_MAX : l->nready);
+    l->turn_end = l->slices + l->nready;
     l->stats.turns++;
-    while (l->budget > 0) {
+    while (l->slices < l->turn_end) {
         ca__ready *n = ca__ready_pop(l);
-        l->budget--;
         l->slices++;
         n->run(n);
     }
@@ -398,6 +402,7 @@ int ca_loop_stats_get(ca_loop_stats *out)
     if (!l)
         return -CA_ENOLOOP;
     *out = l->stats;
+    out->tasks_run = l->slices - l->stats.callbacks_run;
     /* Include the time run since the last poll. */
     out->run_ns += ca__clock_ns() - l->last_poll_end;
     return 0;

@@ -43,6 +43,10 @@ struct ca__ready {
 };
 
 typedef struct ca__timer ca__timer;
+struct ca__heap_ent {
+    int64_t when;
+    ca__timer *t;
+};
 struct ca__timer {
     int64_t when;   /* loop time, ns */
     uint64_t seq;   /* insertion order: equal deadlines fire FIFO */
@@ -100,25 +104,31 @@ typedef struct ca__cbh {
 } ca__cbh;
 
 struct ca_loop {
-    /* ready queue.  budget and slices are 32-bit and kept apart from
-     * nready: GCC otherwise merges their updates into one 128-bit add right
-     * after scalar stores, a store-forwarding stall on every switch. */
+    /* ready queue */
     ca__ready *ready_head, *ready_tail;
     size_t nready;
-    uint32_t budget;         /* nodes left in this turn */
+    /* One counter drives turns and polls: every node run (a task slice or a
+     * callback) increments `slices`; the current turn ends when it reaches
+     * turn_end, and a poll is due CA__EVENT_INTERVAL slices after
+     * poll_slice.  Task slices = slices - callbacks.  `slices` must not sit
+     * next to `nready`: GCC merges their updates into one 128-bit add right
+     * after scalar stores, a store-forwarding stall on every switch. */
+    uint64_t turn_end;
+    uint64_t poll_slice;
+    uint64_t slices;
     int check_canary;        /* some stacks rely on the red-zone check */
     /* Work owed right after a switch: CA__AFTER_WATCH (debug timing or
      * red-zone checks are on) and CA__AFTER_DEAD (a task just finished).
      * One test of this word is the whole fast path. */
     unsigned after_work;
     ca_task *current;        /* running task or NULL */
-    uint32_t slices;         /* slices since the last poll */
 
     /* time */
     int64_t now;
 
-    /* timers */
-    ca__timer **heap;
+    /* timers: a 4-ary heap of {deadline, timer}; keys are inline so a level
+     * costs one cache line, not a pointer chase per child */
+    struct ca__heap_ent *heap;
     size_t nheap, heap_cap;
     uint64_t timer_seq;
 
@@ -188,13 +198,13 @@ void ca__loop_run_once(ca_loop *loop);
 void ca__timers_fire(ca_loop *l);
 static inline int ca__loop_turn_nopoll(ca_loop *l)
 {
-    if (l->slices >= CA__EVENT_INTERVAL)
+    if (l->slices - l->poll_slice >= CA__EVENT_INTERVAL)
         return 0;
-    if (l->nheap && l->heap[0]->when <= l->now)
+    if (l->nheap && l->heap[0].when <= l->now)
         ca__timers_fire(l);
     if (l->nready == 0)
         return 0;
-    l->budget = (uint32_t)(l->nready > UINT32_MAX ? UINT32_MAX : l->nready);
+    l->turn_end = l->slices + l->nready;
     l->stats.turns++;
     return 1;
 }
@@ -219,7 +229,7 @@ static inline void ca__ready_push_front(ca_loop *l, ca__ready *n)
     if (!l->ready_tail)
         l->ready_tail = n;
     l->nready++;
-    l->budget++;
+    l->turn_end++;
 }
 
 static inline ca__ready *ca__ready_pop(ca_loop *l)

@@ -1,49 +1,61 @@
 /*
- * Timers: a binary min-heap of pointers keyed by (when, seq).  Each timer
- * stores its heap index, so cancel is O(log n) and needs no search.
+ * Timers: a 4-ary min-heap of {when, timer} entries keyed by (when, seq).
+ * The deadline is stored in the entry, so comparing the four children of a
+ * node reads one cache line instead of chasing four pointers; the sequence
+ * number is read from the timer only to break a tie.  Each timer stores its
+ * heap index, so cancel is O(log n) and needs no search.
  */
 #include "loop/loop.h"
 
 #include <errno.h>
 #include <stdlib.h>
 
-static inline int timer_less(const ca__timer *a, const ca__timer *b)
+#define ARITY 4
+
+static inline int ent_less(const struct ca__heap_ent *a,
+                           const struct ca__heap_ent *b)
 {
-    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+    return a->when < b->when || (a->when == b->when && a->t->seq < b->t->seq);
 }
 
-static void sift_up(ca__timer **h, size_t i)
+static inline void place(struct ca__heap_ent *h, size_t i,
+                         struct ca__heap_ent e)
 {
-    ca__timer *t = h[i];
+    h[i] = e;
+    e.t->index = (uint32_t)i;
+}
+
+static void sift_up(struct ca__heap_ent *h, size_t i)
+{
+    struct ca__heap_ent e = h[i];
     while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (!timer_less(t, h[parent]))
+        size_t parent = (i - 1) / ARITY;
+        if (!ent_less(&e, &h[parent]))
             break;
-        h[i] = h[parent];
-        h[i]->index = (uint32_t)i;
+        place(h, i, h[parent]);
         i = parent;
     }
-    h[i] = t;
-    t->index = (uint32_t)i;
+    place(h, i, e);
 }
 
-static void sift_down(ca__timer **h, size_t n, size_t i)
+static void sift_down(struct ca__heap_ent *h, size_t n, size_t i)
 {
-    ca__timer *t = h[i];
+    struct ca__heap_ent e = h[i];
     for (;;) {
-        size_t c = 2 * i + 1;
+        size_t c = ARITY * i + 1;
         if (c >= n)
             break;
-        if (c + 1 < n && timer_less(h[c + 1], h[c]))
-            c++;
-        if (!timer_less(h[c], t))
+        size_t end = c + ARITY < n ? c + ARITY : n;
+        size_t best = c;
+        for (size_t k = c + 1; k < end; k++)
+            if (ent_less(&h[k], &h[best]))
+                best = k;
+        if (!ent_less(&h[best], &e))
             break;
-        h[i] = h[c];
-        h[i]->index = (uint32_t)i;
-        i = c;
+        place(h, i, h[best]);
+        i = best;
     }
-    h[i] = t;
-    t->index = (uint32_t)i;
+    place(h, i, e);
 }
 
 int ca__timer_arm(ca_loop *l, ca__timer *t, int64_t when)
@@ -54,7 +66,7 @@ int ca__timer_arm(ca_loop *l, ca__timer *t, int64_t when)
         size_t cap = l->heap_cap ? l->heap_cap * 2 : 64;
         if (cap >= CA__TIMER_IDLE)
             return -ENOMEM;
-        ca__timer **h = realloc(l->heap, cap * sizeof(*h));
+        struct ca__heap_ent *h = realloc(l->heap, cap * sizeof(*h));
         if (!h)
             return -ENOMEM;
         l->heap = h;
@@ -62,7 +74,7 @@ int ca__timer_arm(ca_loop *l, ca__timer *t, int64_t when)
     }
     t->when = when;
     t->seq = l->timer_seq++;
-    l->heap[l->nheap] = t;
+    l->heap[l->nheap] = (struct ca__heap_ent){when, t};
     sift_up(l->heap, l->nheap++);
     return 0;
 }
@@ -76,10 +88,9 @@ void ca__timer_cancel(ca_loop *l, ca__timer *t)
     size_t last = --l->nheap;
     if (i == last)
         return;
-    ca__timer *m = l->heap[last];
-    l->heap[i] = m;
-    m->index = (uint32_t)i;
-    if (i > 0 && timer_less(m, l->heap[(i - 1) / 2]))
+    l->heap[i] = l->heap[last];
+    l->heap[i].t->index = (uint32_t)i;
+    if (i > 0 && ent_less(&l->heap[i], &l->heap[(i - 1) / ARITY]))
         sift_up(l->heap, i);
     else
         sift_down(l->heap, l->nheap, i);
@@ -87,13 +98,13 @@ void ca__timer_cancel(ca_loop *l, ca__timer *t)
 
 int64_t ca__timers_next(const ca_loop *l)
 {
-    return l->nheap ? l->heap[0]->when : INT64_MAX;
+    return l->nheap ? l->heap[0].when : INT64_MAX;
 }
 
 void ca__timers_fire(ca_loop *l)
 {
-    while (l->nheap && l->heap[0]->when <= l->now) {
-        ca__timer *t = l->heap[0];
+    while (l->nheap && l->heap[0].when <= l->now) {
+        ca__timer *t = l->heap[0].t;
         ca__timer_cancel(l, t);
         t->fire(t);
     }

@@ -208,7 +208,7 @@ static __attribute__((noinline)) void after_switch_slow(ca_loop *l)
     if (l->after_work & CA__AFTER_DEAD) {
         l->after_work &= ~CA__AFTER_DEAD;
         if (l->dead_stack) {
-            if (ca__stack_zone_check(l->dead_stack) < 0)
+            if (l->check_canary && ca__stack_zone_check(l->dead_stack) < 0)
                 canary_failed(tls_dead);
             ca__stack_put(l->stacks, l->dead_stack);
             l->dead_stack = NULL;
@@ -281,12 +281,14 @@ static __attribute__((noinline)) int prepare_new(ca_loop *l, ca_task *t)
  * the next ready task directly, or return to the scheduler when the turn
  * is over, a poll is due, or the next node is a callback.
  */
-static void switch_away(ca_loop *l, ca_task *self, int final)
+static inline __attribute__((always_inline)) void
+switch_away(ca_loop *l, ca_task *self, int final)
 {
     ca__coro *to = &l->sched;
     ca_task *next = NULL;
     ca__ready *n;
-    if (__builtin_expect(l->budget == 0, 0) && !ca__loop_turn_nopoll(l))
+    if (__builtin_expect(l->slices >= l->turn_end, 0) &&
+        !ca__loop_turn_nopoll(l))
         goto go;
     n = l->ready_head;
     /* Fast path: the next node is a task that has already started. */
@@ -297,7 +299,6 @@ static void switch_away(ca_loop *l, ca_task *self, int final)
             if (!n->next)
                 l->ready_tail = NULL;
             l->nready--;
-            l->budget--;
             l->slices++;
             to = &next->coro;
             goto go;
@@ -305,19 +306,17 @@ static void switch_away(ca_loop *l, ca_task *self, int final)
         next = NULL;
     }
     for (;;) {
-        if (l->budget == 0 && !ca__loop_turn_nopoll(l))
+        if (l->slices >= l->turn_end && !ca__loop_turn_nopoll(l))
             break;
         n = l->ready_head;
         if (n->run != task_ready_run)
             break;
         ca__ready_pop(l);
-        l->budget--;
         l->slices++;
         ca_task *t = ca__task_of_ready(n);
         if (t == self) {
             /* Yielded with nothing else to run. */
             self->state = CA__T_RUNNING;
-            l->stats.tasks_run++;
             return;
         }
         if (prepare(l, t)) {
@@ -328,10 +327,8 @@ static void switch_away(ca_loop *l, ca_task *self, int final)
     }
 go:
     l->current = next;
-    if (next) {
+    if (next)
         next->state = CA__T_RUNNING;
-        l->stats.tasks_run++;
-    }
     tls_prev = self;
     if (final)
         ca__coro_switch_final(&self->coro, to);
@@ -348,7 +345,6 @@ static void task_ready_run(ca__ready *r)
         return;
     l->current = t;
     t->state = CA__T_RUNNING;
-    l->stats.tasks_run++;
     if (l->debug)
         l->slice_start = ca__clock_ns();
     ca__coro_switch(&l->sched, &t->coro);
@@ -527,7 +523,7 @@ int ca__spawn_ex(ca_task **out, ca_fn fn, void *arg,
         ca__ready_push_front(l, &self->ready);
         l->current = t;
         t->state = CA__T_RUNNING;
-        l->stats.tasks_run++;
+        l->slices++; /* the eager slice */
         tls_prev = self;
         ca__coro_switch(&self->coro, &t->coro);
         after_switch(l);
