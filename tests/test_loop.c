@@ -474,7 +474,7 @@ static int stats_main(void *a)
     ASSERT_GT(s1.turns, s0.turns);
     ASSERT_GE(s1.tasks_run, s0.tasks_run + 10);
     ASSERT_EQ(s1.tasks_spawned, s0.tasks_spawned + 10);
-    ASSERT_GE(s1.poll_ns, 15 * 1000 * 1000); /* slept in epoll */
+    ASSERT_GE(s1.poll_ns, 5 * 1000 * 1000); /* slept in epoll (generous) */
     ASSERT_EQ(s1.tasks_live, 1);             /* main only */
     ASSERT_EQ(ca_loop_stats_get(NULL), -EINVAL);
     ASSERT_EQ(ca_set_debug(1, 50), 0);

@@ -52,9 +52,9 @@ int ca__coro_init(ca__coro *c, void *lo, size_t size, ca__coro_fn fn,
                   void *arg)
 {
     c->sp = ctx_make(lo, size, fn, arg);
+#ifdef CA_ASAN
     c->stack_lo = lo;
     c->stack_size = size;
-#ifdef CA_ASAN
     c->asan_fake = NULL;
 #endif
     return 0;
@@ -93,9 +93,9 @@ int ca__coro_init(ca__coro *c, void *lo, size_t size, ca__coro_fn fn,
     uint64_t p = (uint64_t)(uintptr_t)c;
     makecontext(c->uc, (void (*)(void))uc_entry, 2, (unsigned)(p >> 32),
                 (unsigned)p);
+#ifdef CA_ASAN
     c->stack_lo = lo;
     c->stack_size = size;
-#ifdef CA_ASAN
     c->asan_fake = NULL;
 #endif
     return 0;
@@ -129,7 +129,11 @@ int ca__coro_init_thread(ca__coro *c)
         pthread_attr_getstack(&attr, &lo, &size);
         pthread_attr_destroy(&attr);
     }
+#ifdef CA_ASAN
     c->stack_lo = lo;
     c->stack_size = size;
+#endif
+    (void)lo;
+    (void)size;
     return 0;
 }

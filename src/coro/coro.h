@@ -42,9 +42,9 @@ typedef struct ca__coro {
 #else
     void *sp;
 #endif
-    void *stack_lo;
-    size_t stack_size;
 #ifdef CA_ASAN
+    void *stack_lo; /* bounds of the stack, for the fiber annotations */
+    size_t stack_size;
     void *asan_fake;
 #endif
 } ca__coro;

@@ -159,7 +159,6 @@ struct ca_loop {
     ca__coro sched;          /* the thread's own context */
     ca__stack_pool *stacks;
     ca__stack *dead_stack;   /* stack of a finished task, to release */
-    ca_task *all_tasks;      /* every uncollected task */
     ca_task *prev_task;      /* the task that just switched out */
     ca_task *dead_task;      /* a finished task whose run ref to drop */
     size_t unfinished;       /* tasks not DONE */

@@ -18,11 +18,19 @@ struct task_slab {
     ca_task t[TASK_SLAB];
 };
 
-/* Kept outside ca_loop so loop.h need not know the slab layout. */
+/* Kept outside ca_loop so loop.h need not know the slab layout.  Every
+ * task lives in a slab; walking the slabs finds every uncollected task (state
+ * != CA__T_FREE), so tasks need no list links of their own.  Free slots are
+ * chained through ready.next. */
 struct task_alloc {
     struct task_slab *slabs;
-    ca_task *free;
+    ca__ready *free;
 };
+
+#define FOR_EACH_TASK(a, t)                                                    \
+    for (struct task_slab *s_ = (a) ? (a)->slabs : NULL; s_; s_ = s_->next)   \
+        for (ca_task *t = s_->t; t < s_->t + TASK_SLAB; t++)                   \
+            if (t->state != CA__T_FREE)
 
 static void task_ready_run(ca__ready *r);
 static void task_entry(void *arg);
@@ -89,14 +97,14 @@ static ca_task *task_alloc(ca_loop *l)
         s->next = a->slabs;
         a->slabs = s;
         for (int i = TASK_SLAB - 1; i >= 0; i--) {
-            s->t[i].all_next = a->free;
-            a->free = &s->t[i];
+            s->t[i].state = CA__T_FREE;
+            s->t[i].ready.next = a->free;
+            a->free = &s->t[i].ready;
         }
     }
-    ca_task *t = a->free;
-    a->free = t->all_next;
-    memset(t, 0, offsetof(ca_task, autoname));
-    t->autoname[0] = '\0';
+    ca_task *t = ca__task_of_ready(a->free);
+    a->free = t->ready.next;
+    memset(t, 0, sizeof(*t));
     return t;
 }
 
@@ -113,24 +121,23 @@ static void report_unretrieved(ca_task *t)
             ca_err_name(t->status), ca_strerror(t->status));
 }
 
+static void slot_free(ca_loop *l, ca_task *t)
+{
+    struct task_alloc *a = l->task_free;
+    t->state = CA__T_FREE;
+    t->ready.next = a->free;
+    a->free = &t->ready;
+}
+
 static void task_collect(ca_loop *l, ca_task *t)
 {
     report_unretrieved(t);
-    if (t->all_prev)
-        t->all_prev->all_next = t->all_next;
-    else
-        l->all_tasks = t->all_next;
-    if (t->all_next)
-        t->all_next->all_prev = t->all_prev;
     free(t->name);
     free(t->scopes);
 #ifdef CAWAIT_CORO_UCONTEXT
     ca__coro_destroy(&t->coro);
 #endif
-    struct task_alloc *a = l->task_free;
-    t->state = 0xff; /* poison: a stale handle is recognisable in gdb */
-    t->all_next = a->free;
-    a->free = t;
+    slot_free(l, t);
     l->stats.tasks_live--;
 }
 
@@ -142,11 +149,11 @@ static void task_unref(ca_loop *l, ca_task *t)
 
 static void free_all_tasks(ca_loop *l)
 {
-    while (l->all_tasks)
-        task_collect(l, l->all_tasks);
     struct task_alloc *a = l->task_free;
     if (!a)
         return;
+    FOR_EACH_TASK(a, t)
+        task_collect(l, t);
     while (a->slabs) {
         struct task_slab *s = a->slabs;
         a->slabs = s->next;
@@ -488,9 +495,7 @@ int ca__spawn_ex(ca_task **out, ca_fn fn, void *arg,
     if (!t)
         return -ENOMEM;
     if (opts && opts->name && !(t->name = strdup(opts->name))) {
-        struct task_alloc *a = l->task_free;
-        t->all_next = a->free;
-        a->free = t;
+        slot_free(l, t);
         return -ENOMEM;
     }
     t->fn = fn;
@@ -503,10 +508,6 @@ int ca__spawn_ex(ca_task **out, ca_fn fn, void *arg,
     t->timer.index = CA__TIMER_IDLE;
     t->timer.fire = task_timer_fire;
     t->ready.run = task_ready_run;
-    t->all_next = l->all_tasks;
-    if (l->all_tasks)
-        l->all_tasks->all_prev = t;
-    l->all_tasks = t;
     l->stats.tasks_spawned++;
     l->stats.tasks_live++;
     l->unfinished++;
@@ -601,10 +602,11 @@ const char *ca_task_name(const ca_task *t)
         return "(null)";
     if (t->name)
         return t->name;
-    ca_task *m = (ca_task *)t;
-    if (!m->autoname[0])
-        snprintf(m->autoname, sizeof(m->autoname), "Task-%" PRIu64, t->id);
-    return m->autoname;
+    /* Made on first use: most tasks are never asked their name. */
+    char buf[32];
+    snprintf(buf, sizeof(buf), "Task-%" PRIu64, t->id);
+    ((ca_task *)t)->name = strdup(buf);
+    return t->name ? t->name : "Task-?";
 }
 
 int ca_task_set_name(ca_task *t, const char *name)
@@ -716,10 +718,17 @@ static int overflow_hook(void *addr, void *sp, char *buf, size_t len)
     ca_task *t = l->current;
     if (!ca__stack_is_overflow(t->stack, addr, sp))
         return 0;
+    /* Signal context: no allocation, so no lazily made name. */
+    char idname[32];
+    const char *name = t->name;
+    if (!name) {
+        snprintf(idname, sizeof(idname), "Task-%" PRIu64, t->id);
+        name = idname;
+    }
     snprintf(buf, len,
              "task '%s' (spawned at %s): stack of %u bytes exhausted (fault "
              "at %p, guard %s)",
-             ca_task_name(t), t->where ? t->where : "?", t->stack_size, addr,
+             name, t->where ? t->where : "?", t->stack_size, addr,
              ca__stack_guard_name((enum ca__guard_mode)t->stack->guard));
     return 1;
 }
@@ -740,7 +749,7 @@ static size_t env_size(const char *name, size_t dflt)
 
 static void cancel_all(ca_loop *l)
 {
-    for (ca_task *t = l->all_tasks; t; t = t->all_next)
+    FOR_EACH_TASK((struct task_alloc *)l->task_free, t)
         if (t->state != CA__T_DONE)
             ca_cancel(t);
 }

@@ -73,13 +73,14 @@ struct ca_task {
     ca__timer timer;
     ca__waitlist joiners;
     struct ca__scope *scopes;
-    char *name;
+    char *name; /* NULL: "Task-<id>", made on first ca_task_name */
     const char *where;
     uint64_t id;
     void *userdata;
-    ca_task *all_prev, *all_next;
-    char autoname[24];
 };
+
+/* state of a slot on the loop's free list (never a live task) */
+#define CA__T_FREE 0xff
 
 static inline ca_task *ca__task_of_ready(ca__ready *r)
 {
