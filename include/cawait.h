@@ -97,9 +97,9 @@ typedef struct ca_run_opts {
     const char *main_name;
 } ca_run_opts;
 
-/* Default task stack size: 256 KiB of address space, committed lazily (a
+/* Default task stack size: 128 KiB of address space, committed lazily (a
  * task that uses 3 KiB of stack costs one 4 KiB page). */
-#define CA_STACK_DEFAULT (256u * 1024u)
+#define CA_STACK_DEFAULT (128u * 1024u)
 /* Smallest accepted stack size. */
 #define CA_STACK_MIN (16u * 1024u)
 

@@ -794,7 +794,7 @@ static int child_overflow_shallow(int argc, char **argv)
 static int within_limit(void *a)
 {
     (void)a;
-    return recurse(150) >= 0 ? 0 : 1; /* ~150 KiB of a 256 KiB stack */
+    return recurse(100) >= 0 ? 0 : 1; /* ~110 KiB of a 128 KiB stack */
 }
 
 static int stack_ok_main(void *a)

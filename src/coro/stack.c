@@ -33,6 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -46,6 +48,11 @@
 #ifndef MADV_GUARD_INSTALL
 #define MADV_GUARD_INSTALL 102
 #endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+/* Fresh slots are prepared this many at a time. */
+#define PREP_BATCH 64u
 
 #define CHUNK_BYTES (64u * 1024u * 1024u)
 #define CHUNK_MIN_STACKS 4u
@@ -60,6 +67,7 @@ struct ca__stack_chunk {
     size_t stride;
     unsigned n;        /* stacks in the chunk */
     unsigned fresh;    /* slots [fresh, n) were never handed out */
+    unsigned prepared; /* slots [0, prepared) had their batch prepared */
     unsigned in_use;   /* stacks handed out now */
     unsigned mprotect_guards;
     struct ca__stack_chunk *prev, *next;
@@ -85,6 +93,7 @@ struct ca__stack_pool {
 
 static size_t page_size;
 static enum ca__guard_mode guard_mode;
+static int have_process_madvise = 1;
 static atomic_long mprotect_guards;
 static long mprotect_budget;
 static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
@@ -208,17 +217,85 @@ static ca__stack_chunk *chunk_new(struct size_class *c)
     return ch;
 }
 
-/* Set up the guard of a slot the first time it is handed out. */
+/* One process_madvise call for `advice` over one range per slot in
+ * [from, from + n): the guard zones, or the top page of each stack.  Returns
+ * 0 if every range was advised. */
+static int batch_advise(int pidfd, ca__stack_chunk *ch, unsigned from,
+                        unsigned n, int advice)
+{
+#if defined(SYS_process_madvise)
+    struct iovec iov[PREP_BATCH];
+    size_t want = 0;
+    for (unsigned k = 0; k < n; k++) {
+        char *guard = ch->base + (size_t)(from + k) * ch->stride;
+        if (advice == MADV_GUARD_INSTALL) {
+            iov[k].iov_base = guard;
+            iov[k].iov_len = CA__STACK_GUARD;
+        } else {
+            iov[k].iov_base = guard + ch->stride - page_size;
+            iov[k].iov_len = page_size;
+        }
+        want += iov[k].iov_len;
+    }
+    long r = syscall(SYS_process_madvise, pidfd, iov, (size_t)n, advice, 0u);
+    if (r < 0 && (errno == ENOSYS || errno == EPERM))
+        have_process_madvise = 0;
+    return r == (long)want ? 0 : -1;
+#else
+    (void)pidfd;
+    (void)ch;
+    (void)from;
+    (void)n;
+    (void)advice;
+    return -1;
+#endif
+}
+
+/*
+ * Prepare the batch of fresh slots starting at `from`: install their guards
+ * and commit the top page of each (where a task's first frames go) with two
+ * system calls for the whole batch instead of a call and a page fault per
+ * stack.  Where the kernel (or valgrind) refuses, slot_prepare does it one
+ * slot at a time.
+ */
+static void batch_prepare(ca__stack_chunk *ch, unsigned from)
+{
+    unsigned n = ch->n - from < PREP_BATCH ? ch->n - from : PREP_BATCH;
+    ch->prepared = from + n;
+    if (guard_mode != CA__GUARD_MADVISE || !have_process_madvise)
+        return;
+#if defined(SYS_pidfd_open)
+    /* A pidfd for ourselves, held only for the two calls: a library must
+     * not keep descriptors the program does not know about. */
+    int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (pidfd < 0) {
+        have_process_madvise = 0;
+        return;
+    }
+    if (batch_advise(pidfd, ch, from, n, MADV_GUARD_INSTALL) == 0)
+        for (unsigned k = 0; k < n; k++)
+            ch->slots[from + k].guard = CA__GUARD_MADVISE;
+    batch_advise(pidfd, ch, from, n, MADV_POPULATE_WRITE);
+    close(pidfd);
+#else
+    have_process_madvise = 0;
+#endif
+}
+
+/* Set up a slot the first time it is handed out. */
 static void slot_prepare(ca__stack_chunk *ch, unsigned i)
 {
     ca__stack *s = &ch->slots[i];
     char *guard = ch->base + (size_t)i * ch->stride;
+    if (i >= ch->prepared)
+        batch_prepare(ch, i);
     s->lo = guard + CA__STACK_GUARD;
     s->size = ch->cls->size;
     s->chunk = ch;
-    s->guard = CA__GUARD_CANARY;
-    if (guard_mode == CA__GUARD_MADVISE &&
-        madvise(guard, CA__STACK_GUARD, MADV_GUARD_INSTALL) == 0) {
+    if (s->guard == CA__GUARD_MADVISE) {
+        /* done by the batch */
+    } else if (guard_mode == CA__GUARD_MADVISE &&
+               madvise(guard, CA__STACK_GUARD, MADV_GUARD_INSTALL) == 0) {
         s->guard = CA__GUARD_MADVISE;
     } else if (guard_mode != CA__GUARD_CANARY &&
                atomic_fetch_add(&mprotect_guards, 1) < mprotect_budget) {
@@ -227,7 +304,10 @@ static void slot_prepare(ca__stack_chunk *ch, unsigned i)
             ch->mprotect_guards++;
         } else {
             atomic_fetch_sub(&mprotect_guards, 1);
+            s->guard = CA__GUARD_CANARY;
         }
+    } else {
+        s->guard = CA__GUARD_CANARY;
     }
     s->vg_id = VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + s->size);
 }
