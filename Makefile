@@ -6,7 +6,7 @@ CC         ?= cc
 PREFIX     ?= /usr/local
 CMAKE_ARGS ?=
 
-.PHONY: all deps build test demo bench asan clang ucontext valgrind aarch64 install format clean
+.PHONY: all deps build test demo bench asan tsan clang ucontext valgrind aarch64 install format clean
 
 all: build
 
@@ -36,6 +36,13 @@ asan: deps
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ctest --output-on-failure
 
+# ThreadSanitizer (clang): the thread-safe call queue and its wake-up.
+tsan: deps
+	CC=clang cmake -S . -B build-tsan -DCMAKE_C_FLAGS="-fsanitize=thread -g -O1" \
+	  -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread -DCAWAIT_BENCH=OFF -DCAWAIT_EXAMPLES=OFF $(CMAKE_ARGS)
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && CAWAIT_TEST_LIGHT=1 TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure
+
 # The same build with clang.
 clang: deps
 	CC=clang cmake -S . -B build-clang $(CMAKE_ARGS)
@@ -64,4 +71,4 @@ format:
 	clang-format -i include/*.h src/*/*.c src/*/*.h tests/*.c tests/*.h bench/*.c examples/*.c
 
 clean:
-	rm -rf $(BUILD) build-asan build-clang build-uc build-aarch64
+	rm -rf $(BUILD) build-asan build-tsan build-clang build-uc build-aarch64
