@@ -89,6 +89,7 @@ struct size_class {
 struct ca__stack_pool {
     struct size_class *classes;
     size_t nclasses, cap;
+    size_t last; /* index of the class used last: nearly always the one */
 };
 
 static size_t page_size;
@@ -167,9 +168,13 @@ ca__stack_pool *ca__stack_pool_new(void)
 
 static struct size_class *find_class(ca__stack_pool *p, size_t size)
 {
+    if (p->last < p->nclasses && p->classes[p->last].size == size)
+        return &p->classes[p->last];
     for (size_t i = 0; i < p->nclasses; i++)
-        if (p->classes[i].size == size)
+        if (p->classes[i].size == size) {
+            p->last = i;
             return &p->classes[i];
+        }
     if (p->nclasses == p->cap) {
         size_t cap = p->cap ? p->cap * 2 : 4;
         struct size_class *c = realloc(p->classes, cap * sizeof(*c));

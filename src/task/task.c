@@ -10,26 +10,37 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
-#define TASK_SLAB 64
+/*
+ * Task memory: tasks are carved from arenas that double from 64 KiB to
+ * 4 MiB and are mapped with MAP_POPULATE, so their pages arrive in one
+ * system call instead of one page fault each (a million tasks: 41,000
+ * faults).  Freed tasks go on a free list chained through ready.next and are
+ * reused; arenas are unmapped with the loop.  Walking the arenas finds every
+ * uncollected task (state != CA__T_FREE), so tasks need no list links.
+ */
+#define ARENA_MIN (64u * 1024u)
+#define ARENA_MAX (4u * 1024u * 1024u)
 
-struct task_slab {
-    struct task_slab *next;
-    ca_task t[TASK_SLAB];
+struct task_arena {
+    struct task_arena *next;
+    size_t bytes;
+    size_t cap, used;
+    ca_task t[];
 };
 
-/* Kept outside ca_loop so loop.h need not know the slab layout.  Every
- * task lives in a slab; walking the slabs finds every uncollected task (state
- * != CA__T_FREE), so tasks need no list links of their own.  Free slots are
- * chained through ready.next. */
+/* Kept outside ca_loop so loop.h need not know the arena layout. */
 struct task_alloc {
-    struct task_slab *slabs;
+    struct task_arena *arenas; /* newest first */
+    size_t next_bytes;
     ca__ready *free;
 };
 
 #define FOR_EACH_TASK(a, t)                                                    \
-    for (struct task_slab *s_ = (a) ? (a)->slabs : NULL; s_; s_ = s_->next)   \
-        for (ca_task *t = s_->t; t < s_->t + TASK_SLAB; t++)                   \
+    for (struct task_arena *ar_ = (a) ? (a)->arenas : NULL; ar_;              \
+         ar_ = ar_->next)                                                      \
+        for (ca_task *t = ar_->t; t < ar_->t + ar_->used; t++)                 \
             if (t->state != CA__T_FREE)
 
 static void task_ready_run(ca__ready *r);
@@ -85,26 +96,41 @@ static struct task_alloc *talloc(ca_loop *l)
     return l->task_free;
 }
 
+static struct task_arena *arena_new(struct task_alloc *a)
+{
+    size_t bytes = a->next_bytes ? a->next_bytes : ARENA_MIN;
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    struct task_arena *ar = p;
+    ar->bytes = bytes;
+    ar->cap = (bytes - sizeof(*ar)) / sizeof(ca_task);
+    ar->used = 0;
+    ar->next = a->arenas;
+    a->arenas = ar;
+    a->next_bytes = bytes < ARENA_MAX ? bytes * 2 : ARENA_MAX;
+    return ar;
+}
+
 static ca_task *task_alloc(ca_loop *l)
 {
     struct task_alloc *a = talloc(l);
     if (!a)
         return NULL;
-    if (!a->free) {
-        struct task_slab *s = malloc(sizeof(*s));
-        if (!s)
-            return NULL;
-        s->next = a->slabs;
-        a->slabs = s;
-        for (int i = TASK_SLAB - 1; i >= 0; i--) {
-            s->t[i].state = CA__T_FREE;
-            s->t[i].ready.next = a->free;
-            a->free = &s->t[i].ready;
+    ca_task *t;
+    if (a->free) {
+        t = ca__task_of_ready(a->free);
+        a->free = t->ready.next;
+    } else {
+        struct task_arena *ar = a->arenas;
+        if (!ar || ar->used == ar->cap) {
+            ar = arena_new(a);
+            if (!ar)
+                return NULL;
         }
+        t = &ar->t[ar->used++];
     }
-    ca_task *t = ca__task_of_ready(a->free);
-    a->free = t->ready.next;
-    memset(t, 0, sizeof(*t));
     return t;
 }
 
@@ -131,7 +157,8 @@ static void slot_free(ca_loop *l, ca_task *t)
 
 static void task_collect(ca_loop *l, ca_task *t)
 {
-    report_unretrieved(t);
+    if (__builtin_expect(t->status < 0, 0))
+        report_unretrieved(t);
     free(t->name);
     free(t->scopes);
 #ifdef CAWAIT_CORO_UCONTEXT
@@ -154,10 +181,10 @@ static void free_all_tasks(ca_loop *l)
         return;
     FOR_EACH_TASK(a, t)
         task_collect(l, t);
-    while (a->slabs) {
-        struct task_slab *s = a->slabs;
-        a->slabs = s->next;
-        free(s);
+    while (a->arenas) {
+        struct task_arena *ar = a->arenas;
+        a->arenas = ar->next;
+        munmap(ar, ar->bytes);
     }
     free(a);
     l->task_free = NULL;
@@ -491,23 +518,28 @@ int ca__spawn_ex(ca_task **out, ca_fn fn, void *arg,
         ss = CA_STACK_MIN;
     if (ss > (1u << 30))
         return -EINVAL;
-    ca_task *t = task_alloc(l);
-    if (!t)
+    char *name = NULL;
+    if (opts && opts->name && !(name = strdup(opts->name)))
         return -ENOMEM;
-    if (opts && opts->name && !(t->name = strdup(opts->name))) {
-        slot_free(l, t);
+    ca_task *t = task_alloc(l);
+    if (!t) {
+        free(name);
         return -ENOMEM;
     }
-    t->fn = fn;
-    t->arg = arg;
-    t->where = where;
-    t->stack_size = (uint32_t)ss;
-    t->id = ++l->next_task_id;
-    t->refs = 2; /* the handle, and "not finished yet" */
-    t->state = CA__T_NEW;
-    t->timer.index = CA__TIMER_IDLE;
-    t->timer.fire = task_timer_fire;
-    t->ready.run = task_ready_run;
+    /* One initialiser writes every field (the rest zero): cheaper than a
+     * memset followed by the stores. */
+    *t = (ca_task){
+        .ready = {.run = task_ready_run},
+        .fn = fn,
+        .arg = arg,
+        .state = CA__T_NEW,
+        .refs = 2, /* the handle, and "not finished yet" */
+        .stack_size = (uint32_t)ss,
+        .timer = {.index = CA__TIMER_IDLE, .fire = task_timer_fire},
+        .name = name,
+        .where = where,
+        .id = ++l->next_task_id,
+    };
     l->stats.tasks_spawned++;
     l->stats.tasks_live++;
     l->unfinished++;
