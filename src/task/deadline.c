@@ -15,17 +15,17 @@
 
 int64_t ca__task_deadline(const ca_task *t)
 {
-    if (t->nscopes == 0)
+    if (t->run->nscopes == 0)
         return INT64_MAX;
-    const struct ca__scope *top = &t->scopes[t->nscopes - 1];
-    return top->level == t->shield ? top->eff : INT64_MAX;
+    const struct ca__scope *top = &t->run->scopes[t->run->nscopes - 1];
+    return top->level == t->run->shield ? top->eff : INT64_MAX;
 }
 
 void ca__task_deadline_fired(ca_task *t, int64_t now)
 {
-    for (int i = (int)t->nscopes - 1; i >= 0; i--) {
-        struct ca__scope *s = &t->scopes[i];
-        if (s->level != t->shield)
+    for (int i = (int)t->run->nscopes - 1; i >= 0; i--) {
+        struct ca__scope *s = &t->run->scopes[i];
+        if (s->level != t->run->shield)
             break;
         if (s->deadline <= now)
             s->fired = 1;
@@ -37,27 +37,27 @@ static int push(int64_t deadline)
     ca_task *self = ca__task_self("ca_deadline_push");
     if (!self)
         return -EPERM;
-    if (self->nscopes == self->capscopes) {
-        if (self->capscopes >= 4096)
+    if (self->run->nscopes == self->run->capscopes) {
+        if (self->run->capscopes >= 4096)
             return -ENOMEM;
-        uint16_t cap = self->capscopes ? (uint16_t)(self->capscopes * 2) : 4;
-        struct ca__scope *s = realloc(self->scopes, cap * sizeof(*s));
+        uint16_t cap = self->run->capscopes ? (uint16_t)(self->run->capscopes * 2) : 4;
+        struct ca__scope *s = realloc(self->run->scopes, cap * sizeof(*s));
         if (!s)
             return -ENOMEM;
-        self->scopes = s;
-        self->capscopes = cap;
+        self->run->scopes = s;
+        self->run->capscopes = cap;
     }
-    struct ca__scope *s = &self->scopes[self->nscopes];
+    struct ca__scope *s = &self->run->scopes[self->run->nscopes];
     s->deadline = deadline;
-    s->level = self->shield;
+    s->level = self->run->shield;
     s->fired = 0;
     s->eff = deadline;
-    if (self->nscopes > 0) {
+    if (self->run->nscopes > 0) {
         const struct ca__scope *prev = s - 1;
         if (prev->level == s->level && prev->eff < deadline)
             s->eff = prev->eff;
     }
-    self->nscopes++;
+    self->run->nscopes++;
     return 0;
 }
 
@@ -95,12 +95,12 @@ int ca_deadline_push_at(double when)
 int ca_deadline_pop(void)
 {
     ca_task *self = ca__task_self("ca_deadline_pop");
-    if (!self || self->nscopes == 0)
+    if (!self || self->run->nscopes == 0)
         return -EPERM;
-    struct ca__scope *s = &self->scopes[self->nscopes - 1];
-    if (s->level != self->shield)
+    struct ca__scope *s = &self->run->scopes[self->run->nscopes - 1];
+    if (s->level != self->run->shield)
         return -EPERM; /* a shield opened inside the scope is still open */
-    self->nscopes--;
+    self->run->nscopes--;
     if (s->fired || s->deadline <= ca__clock_ns())
         return -ETIMEDOUT;
     return 0;
@@ -111,21 +111,21 @@ int ca_shield_push(void)
     ca_task *self = ca__task_self("ca_shield_push");
     if (!self)
         return -EPERM;
-    if (self->shield == UINT16_MAX)
+    if (self->run->shield == UINT16_MAX)
         return -EOVERFLOW;
-    self->shield++;
+    self->run->shield++;
     return 0;
 }
 
 int ca_shield_pop(void)
 {
     ca_task *self = ca__task_self("ca_shield_pop");
-    if (!self || self->shield == 0)
+    if (!self || self->run->shield == 0)
         return -EPERM;
     /* Deadline scopes opened inside the shield must be closed first. */
-    if (self->nscopes > 0 &&
-        self->scopes[self->nscopes - 1].level == self->shield)
+    if (self->run->nscopes > 0 &&
+        self->run->scopes[self->run->nscopes - 1].level == self->run->shield)
         return -EBUSY;
-    self->shield--;
+    self->run->shield--;
     return 0;
 }

@@ -160,10 +160,6 @@ static void task_collect(ca_loop *l, ca_task *t)
     if (__builtin_expect(t->status < 0, 0))
         report_unretrieved(t);
     free(t->name);
-    free(t->scopes);
-#ifdef CAWAIT_CORO_UCONTEXT
-    ca__coro_destroy(&t->coro);
-#endif
     slot_free(l, t);
     l->stats.tasks_live--;
 }
@@ -225,9 +221,9 @@ static __attribute__((noinline)) void after_switch_slow(ca_loop *l)
     ca_task *prev = tls_prev;
     if (prev && (l->after_work & CA__AFTER_WATCH)) {
 #ifndef CAWAIT_CORO_UCONTEXT
-        if (l->check_canary && prev->stack &&
-            ca__stack_needs_check(prev->stack) &&
-            ca__stack_check(prev->stack, prev->coro.sp) < 0)
+        if (l->check_canary && prev->run && prev->run->stack &&
+            ca__stack_needs_check(prev->run->stack) &&
+            ca__stack_check(prev->run->stack, prev->run->coro.sp) < 0)
             canary_failed(prev);
 #endif
         if (l->debug) {
@@ -240,15 +236,19 @@ static __attribute__((noinline)) void after_switch_slow(ca_loop *l)
     if (l->debug)
         l->slice_start = ca__clock_ns();
     if (l->after_work & CA__AFTER_DEAD) {
+        /* The finished task's run state lives on its stack: done with it
+         * before the stack goes back to the pool. */
         l->after_work &= ~CA__AFTER_DEAD;
-        if (l->dead_stack) {
-            if (l->check_canary && ca__stack_zone_check(l->dead_stack) < 0)
-                canary_failed(tls_dead);
-            ca__stack_put(l->stacks, l->dead_stack);
-            l->dead_stack = NULL;
-        }
         ca_task *d = tls_dead;
         tls_dead = NULL;
+        if (l->check_canary && ca__stack_zone_check(l->dead_stack) < 0)
+            canary_failed(d);
+#ifdef CAWAIT_CORO_UCONTEXT
+        ca__coro_destroy(&d->run->coro);
+#endif
+        d->run = NULL;
+        ca__stack_put(l->stacks, l->dead_stack);
+        l->dead_stack = NULL;
         task_unref(l, d);
     }
 }
@@ -300,10 +300,21 @@ static __attribute__((noinline)) int prepare_new(ca_loop *l, ca_task *t)
         finish_unstarted(l, t, -CA_ESTACK);
         return 0;
     }
-    t->stack = s;
-    if (ca__coro_init(&t->coro, s->lo, s->size, task_entry, t) < 0) {
+    /* The run state takes the top cache lines of the stack; the frames go
+     * below it. */
+    uintptr_t top = (uintptr_t)s->lo + s->size;
+    struct ca__task_run *run =
+        (struct ca__task_run *)((top - sizeof(*run)) & ~(uintptr_t)63);
+    memset(run, 0, sizeof(*run));
+    run->task = t;
+    run->stack = s;
+    run->timer.index = CA__TIMER_IDLE;
+    run->timer.fire = task_timer_fire;
+    t->run = run;
+    if (ca__coro_init(&run->coro, s->lo, (size_t)((char *)run - (char *)s->lo),
+                      task_entry, t) < 0) {
+        t->run = NULL;
         ca__stack_put(l->stacks, s);
-        t->stack = NULL;
         finish_unstarted(l, t, -ENOMEM);
         return 0;
     }
@@ -334,7 +345,7 @@ switch_away(ca_loop *l, ca_task *self, int final)
                 l->ready_tail = NULL;
             l->nready--;
             l->slices++;
-            to = &next->coro;
+            to = &next->run->coro;
             goto go;
         }
         next = NULL;
@@ -355,7 +366,7 @@ switch_away(ca_loop *l, ca_task *self, int final)
         }
         if (prepare(l, t)) {
             next = t;
-            to = &t->coro;
+            to = &t->run->coro;
             break;
         }
     }
@@ -365,8 +376,8 @@ go:
         next->state = CA__T_RUNNING;
     tls_prev = self;
     if (final)
-        ca__coro_switch_final(&self->coro, to);
-    ca__coro_switch(&self->coro, to);
+        ca__coro_switch_final(&self->run->coro, to);
+    ca__coro_switch(&self->run->coro, to);
     after_switch(l);
 }
 
@@ -381,7 +392,7 @@ static void task_ready_run(ca__ready *r)
     t->state = CA__T_RUNNING;
     if (l->debug)
         l->slice_start = ca__clock_ns();
-    ca__coro_switch(&l->sched, &t->coro);
+    ca__coro_switch(&l->sched, &t->run->coro);
     l->current = NULL;
     after_switch(l);
 }
@@ -392,11 +403,14 @@ static __attribute__((noreturn)) void task_finish(ca_loop *l, ca_task *t,
     t->status = status;
     t->state = CA__T_DONE;
     l->unfinished--;
-    if (ca__timer_armed(&t->timer))
-        ca__timer_cancel(l, &t->timer);
+    struct ca__task_run *run = t->run;
+    if (ca__timer_armed(&run->timer))
+        ca__timer_cancel(l, &run->timer);
+    free(run->scopes);
+    run->scopes = NULL;
     wake_joiners(t);
-    l->dead_stack = t->stack;
-    t->stack = NULL;
+    l->dead_stack = run->stack;
+    run->stack = NULL;
     tls_dead = t;
     l->after_work |= CA__AFTER_DEAD;
     switch_away(l, t, 1);
@@ -406,7 +420,7 @@ static __attribute__((noreturn)) void task_finish(ca_loop *l, ca_task *t,
 static void task_entry(void *arg)
 {
     ca_task *t = arg;
-    ca__coro_entered(&t->coro);
+    ca__coro_entered(&t->run->coro);
     ca_loop *l = ca__loop();
     after_switch(l);
     int status = t->fn(t->arg);
@@ -419,7 +433,7 @@ static void task_entry(void *arg)
 
 int ca__task_check(ca_task *self)
 {
-    if (self->cancel_req && !self->shield)
+    if (self->cancel_req && !self->run->shield)
         return -ECANCELED;
     int64_t dl = ca__task_deadline(self);
     if (dl != INT64_MAX) {
@@ -435,7 +449,8 @@ int ca__task_check(ca_task *self)
 int ca__task_park(ca_task *self, int64_t until)
 {
     ca_loop *l = ca__loop();
-    if (self->cancel_req && !self->shield)
+    struct ca__task_run *run = self->run;
+    if (self->cancel_req && !run->shield)
         return -ECANCELED;
     int64_t dl = ca__task_deadline(self);
     if (dl != INT64_MAX) {
@@ -447,14 +462,14 @@ int ca__task_park(ca_task *self, int64_t until)
     }
     int64_t when = until < dl ? until : dl;
     if (when != INT64_MAX) {
-        self->timer_is_deadline = dl <= until;
-        int r = ca__timer_arm(l, &self->timer, when);
+        run->timer_is_deadline = dl <= until;
+        int r = ca__timer_arm(l, &run->timer, when);
         if (r < 0)
             return r;
     }
     self->state = CA__T_WAITING;
     switch_away(l, self, 0);
-    return self->wake_result;
+    return self->run->wake_result;
 }
 
 void ca__task_wake(ca_task *t, int result)
@@ -462,17 +477,20 @@ void ca__task_wake(ca_task *t, int result)
     if (t->state != CA__T_WAITING)
         return;
     ca_loop *l = ca__loop();
-    if (ca__timer_armed(&t->timer))
-        ca__timer_cancel(l, &t->timer);
-    t->wake_result = result;
+    struct ca__task_run *run = t->run;
+    if (ca__timer_armed(&run->timer))
+        ca__timer_cancel(l, &run->timer);
+    run->wake_result = result;
     t->state = CA__T_READY;
     ca__ready_push(l, &t->ready);
 }
 
 static void task_timer_fire(ca__timer *tm)
 {
-    ca_task *t = (ca_task *)((char *)tm - offsetof(ca_task, timer));
-    if (t->timer_is_deadline) {
+    struct ca__task_run *run =
+        (struct ca__task_run *)((char *)tm - offsetof(struct ca__task_run, timer));
+    ca_task *t = run->task;
+    if (run->timer_is_deadline) {
         ca__task_deadline_fired(t, tm->when);
         ca__task_wake(t, -ETIMEDOUT);
     } else {
@@ -535,7 +553,6 @@ int ca__spawn_ex(ca_task **out, ca_fn fn, void *arg,
         .state = CA__T_NEW,
         .refs = 2, /* the handle, and "not finished yet" */
         .stack_size = (uint32_t)ss,
-        .timer = {.index = CA__TIMER_IDLE, .fire = task_timer_fire},
         .name = name,
         .where = where,
         .id = ++l->next_task_id,
@@ -558,7 +575,7 @@ int ca__spawn_ex(ca_task **out, ca_fn fn, void *arg,
         t->state = CA__T_RUNNING;
         l->slices++; /* the eager slice */
         tls_prev = self;
-        ca__coro_switch(&self->coro, &t->coro);
+        ca__coro_switch(&self->run->coro, &t->run->coro);
         after_switch(l);
         return 0;
     }
@@ -604,7 +621,7 @@ int ca_cancel(ca_task *t)
     if (t->state == CA__T_DONE)
         return 0;
     t->cancel_req = 1;
-    if (t->state == CA__T_WAITING && !t->shield)
+    if (t->state == CA__T_WAITING && !t->run->shield)
         ca__task_wake(t, -ECANCELED);
     return 0;
 }
@@ -709,7 +726,7 @@ int ca_yield(void)
     ca_task *self = l ? l->current : NULL;
     if (__builtin_expect(!self, 0))
         return ca__task_self("ca_yield") ? 0 : -EPERM;
-    if (__builtin_expect(self->cancel_req | self->nscopes, 0)) {
+    if (__builtin_expect(self->cancel_req | self->run->nscopes, 0)) {
         int r = ca__task_check(self);
         if (r < 0)
             return r;
@@ -745,10 +762,10 @@ int ca_sleep(double seconds)
 static int overflow_hook(void *addr, void *sp, char *buf, size_t len)
 {
     ca_loop *l = ca__loop();
-    if (!l || !l->current || !l->current->stack)
+    if (!l || !l->current || !l->current->run || !l->current->run->stack)
         return 0;
     ca_task *t = l->current;
-    if (!ca__stack_is_overflow(t->stack, addr, sp))
+    if (!ca__stack_is_overflow(t->run->stack, addr, sp))
         return 0;
     /* Signal context: no allocation, so no lazily made name. */
     char idname[32];
@@ -761,7 +778,7 @@ static int overflow_hook(void *addr, void *sp, char *buf, size_t len)
              "task '%s' (spawned at %s): stack of %u bytes exhausted (fault "
              "at %p, guard %s)",
              name, t->where ? t->where : "?", t->stack_size, addr,
-             ca__stack_guard_name((enum ca__guard_mode)t->stack->guard));
+             ca__stack_guard_name((enum ca__guard_mode)t->run->stack->guard));
     return 1;
 }
 
