@@ -852,6 +852,30 @@ static void test_million_live_tasks(void)
     printf("%ld live tasks in %.2f s\n", n, mono() - t0);
 }
 
+/* The same with the fallback guards: mprotect guards until a quarter of
+ * vm.max_map_count, then red zones.  Run in a child so the guard mode can
+ * be forced. */
+static int child_million(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    long n = 1000000;
+    return ca_run(million_main, &n);
+}
+
+static void test_million_live_tasks_fallback_guards(void)
+{
+    if (test_is_instrumented())
+        SKIP("too heavy under sanitizers and valgrind");
+    char buf[4096];
+    int st = run_child("million", "CAWAIT_STACK_GUARD=mprotect", buf,
+                       sizeof(buf));
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "child status %#x, stderr:\n%s\n", st, buf);
+        ASSERT(0);
+    }
+}
+
 static const struct test_case tests[] = {
     {"seed002_q12_order", test_seed002_q12_order, 10, 0},
     {"seed003_examples", test_seed003_examples, 10, 0},
@@ -874,6 +898,8 @@ static const struct test_case tests[] = {
     {"stack_overflow_canary", test_stack_overflow_canary, 20, 0},
     {"deep_stack_within_limit", test_deep_stack_within_limit, 10, 0},
     {"million_live_tasks", test_million_live_tasks, 120, 1},
+    {"million_live_tasks_fallback_guards",
+     test_million_live_tasks_fallback_guards, 120, 1},
     {NULL, NULL, 0, 0},
 };
 
@@ -883,6 +909,7 @@ static const struct test_child children[] = {
     {"slow", child_slow},
     {"overflow", child_overflow},
     {"overflow_shallow", child_overflow_shallow},
+    {"million", child_million},
     {NULL, NULL},
 };
 
