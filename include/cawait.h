@@ -151,7 +151,9 @@ CA_EXTERN int ca__spawn_ex(ca_task **out, ca_fn fn, void *arg,
 /*
  * Wait until t has finished and return its status (its return value, or
  * -ECANCELED if it was cancelled before it started).  Any number of tasks may
- * join the same task.  Joining marks a failure as retrieved.  Blocking; fails
+ * join the same task, and a joiner keeps t alive while it waits even if the
+ * last handle is released meanwhile.  Joining marks a failure as retrieved.
+ * Blocking; fails
  * with -ECANCELED or -ETIMEDOUT if the caller is cancelled or its deadline
  * passes (t keeps running), -EDEADLK if t is the caller, -EINVAL if t is
  * NULL, -EPERM outside a task.

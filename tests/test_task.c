@@ -256,6 +256,37 @@ static void test_join_many(void)
     ASSERT_EQ(ca_run(join_main, NULL), 0);
 }
 
+/* A joiner keeps the joined task alive even if its last handle is released
+ * while it waits. */
+static int release_later(void *a)
+{
+    ca_task *t = a;
+    ASSERT_EQ(ca_sleep(0.005), 0);
+    ca_task_release(t); /* the spawner's only handle */
+    return 0;
+}
+
+static int join_released_main(void *a)
+{
+    (void)a;
+    ca_task *t = ca_spawn(ret_val, (void *)7L); /* finishes after 10 ms */
+    ca_task *r = ca_spawn(release_later, t);
+    ASSERT_EQ(ca_join(t), 7);
+    /* t's memory went away only now; reuse the slot to make a stale read
+     * visible to ASan/valgrind if the reference were missing. */
+    ca_task *u = ca_spawn(ret_val, (void *)1L);
+    ASSERT_EQ(ca_join(u), 1);
+    ca_task_release(u);
+    ASSERT_EQ(ca_join(r), 0);
+    ca_task_release(r);
+    return 0;
+}
+
+static void test_join_survives_release(void)
+{
+    ASSERT_EQ(ca_run(join_released_main, NULL), 0);
+}
+
 /* ---- cancellation -------------------------------------------------------- */
 
 static int ran_body;
@@ -882,6 +913,7 @@ static const struct test_case tests[] = {
     {"spawn_order_and_eager", test_spawn_order_and_eager, 10, 0},
     {"yield_round_robin", test_yield_round_robin, 10, 0},
     {"join_many", test_join_many, 10, 0},
+    {"join_survives_release", test_join_survives_release, 10, 0},
     {"cancel_before_and_during_sleep", test_cancel_before_and_during_sleep, 10, 0},
     {"cancel_during_join", test_cancel_during_join, 10, 0},
     {"cancel_during_fd_wait", test_cancel_during_fd_wait, 10, 0},

@@ -603,15 +603,23 @@ int ca_join(ca_task *t)
         t->retrieved = 1;
         return t->status;
     }
+    /* Hold a reference while waiting: another task may release the last
+     * handle to t meanwhile, and t must outlive our look at its status. */
+    ca_loop *l = ca__loop();
+    t->refs++;
     ca__waiter w = {.task = self};
     ca__waitlist_push(&t->joiners, &w);
     int r = ca__task_park(self, INT64_MAX);
     if (r == 0 && t->state == CA__T_DONE) {
         t->retrieved = 1;
-        return t->status;
+        r = t->status;
+    } else {
+        ca__waitlist_remove(&t->joiners, &w);
+        if (r >= 0)
+            r = -EINTR;
     }
-    ca__waitlist_remove(&t->joiners, &w);
-    return r < 0 ? r : -EINTR;
+    task_unref(l, t);
+    return r;
 }
 
 int ca_cancel(ca_task *t)
