@@ -153,10 +153,10 @@ CA_EXTERN int ca__spawn_ex(ca_task **out, ca_fn fn, void *arg,
  * -ECANCELED if it was cancelled before it started).  Any number of tasks may
  * join the same task, and a joiner keeps t alive while it waits even if the
  * last handle is released meanwhile.  Joining marks a failure as retrieved.
- * Blocking; fails
- * with -ECANCELED or -ETIMEDOUT if the caller is cancelled or its deadline
- * passes (t keeps running), -EDEADLK if t is the caller, -EINVAL if t is
- * NULL, -EPERM outside a task.
+ * Blocking; fails with -ECANCELED or -ETIMEDOUT if the caller is cancelled
+ * or its deadline passes (t keeps running), -EDEADLK if t is the caller,
+ * -EINVAL if t is NULL, -EPERM outside a task.  Joining a task that has
+ * already finished does not block and is not a cancellation point.
  */
 CA_EXTERN int ca_join(ca_task *t);
 
