@@ -203,8 +203,9 @@ CA_EXTERN void ca_task_set_userdata(ca_task *t, void *p);
 /* Time, sleeping, deadlines, shields                                       */
 /* ------------------------------------------------------------------------ */
 
-/* The loop's monotonic time in seconds (CLOCK_MONOTONIC, cached once per
- * loop turn).  Outside a loop: the current monotonic time. */
+/* The loop's monotonic time in seconds: CLOCK_MONOTONIC, cached each time
+ * the loop polls for events (at least every 128 task slices), so it may lag
+ * inside a long slice.  Outside a loop: the current monotonic time. */
 CA_EXTERN double ca_now(void);
 /* The same in nanoseconds. */
 CA_EXTERN int64_t ca_now_ns(void);
@@ -262,8 +263,10 @@ typedef struct ca_handle {
 
 /*
  * Schedule cb(arg) on the current loop: at the next turn after what is
- * already ready (call_soon), `delay` seconds from now (call_later), or at
- * the absolute loop time `when` (call_at).  Callbacks never run inside the
+ * already ready (call_soon), `delay` seconds after ca_now() (call_later), or
+ * at the absolute loop time `when` (call_at).  Callbacks run on the loop's
+ * thread outside any task: they must not block (blocking calls return
+ * -EPERM there) but may spawn tasks.  Callbacks never run inside the
  * call that schedules them.  On success *h (if h is not NULL) receives a
  * handle and 0 is returned; otherwise -EINVAL (cb NULL, bad time),
  * CA_ENOLOOP, or -ENOMEM.  Never block.
@@ -319,8 +322,8 @@ CA_EXTERN int ca_close(int fd);
 /* ------------------------------------------------------------------------ */
 
 typedef struct ca_loop_stats {
-    uint64_t turns;        /* loop iterations */
-    uint64_t tasks_run;    /* task resumptions (slices) */
+    uint64_t turns;        /* loop turns (see docs/design.md) */
+    uint64_t tasks_run;    /* task slices: times a task was resumed */
     uint64_t callbacks_run;
     uint64_t tasks_spawned;
     uint64_t tasks_live;   /* tasks not yet collected */
