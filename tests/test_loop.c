@@ -229,6 +229,10 @@ static int threadsafe_main(void *a)
     ASSERT_EQ(order_errors, 0);
     for (int i = 0; i < THREADS; i++)
         ASSERT_EQ(received[i], PER_THREAD);
+    ca_loop_stats st;
+    ASSERT_EQ(ca_loop_stats_get(&st), 0);
+    ASSERT_GE(st.callbacks_run, (uint64_t)THREADS * PER_THREAD);
+    ASSERT_LT(st.tasks_run, st.turns + 1000000); /* no wrap-around */
     ASSERT_EQ(ca_call_soon_threadsafe(NULL, ts_cb, NULL), -EINVAL);
     ASSERT_EQ(ca_call_soon_threadsafe(ca_loop_current(), NULL, NULL), -EINVAL);
     return 0;

@@ -71,6 +71,7 @@ static void cbh_run(ca__ready *r)
 {
     ca__cbh *h = (ca__cbh *)((char *)r - offsetof(ca__cbh, ready));
     ca_loop *l = ca__loop();
+    l->cb_slices++;
     if (h->state == CBH_READY) {
         ca_cb cb = h->cb;
         void *arg = h->arg;
@@ -190,6 +191,7 @@ int ca_handle_cancel(ca_handle hd)
 static void ts_run(ca__ready *r)
 {
     ca_loop *l = (ca_loop *)((char *)r - offsetof(ca_loop, ts_node));
+    l->cb_slices++;
     pthread_mutex_lock(&l->ts_lock);
     struct tscall *items = l->ts_items;
     size_t n = l->ts_n, cap = l->ts_cap;
@@ -402,7 +404,7 @@ int ca_loop_stats_get(ca_loop_stats *out)
     if (!l)
         return -CA_ENOLOOP;
     *out = l->stats;
-    out->tasks_run = l->slices - l->stats.callbacks_run;
+    out->tasks_run = l->slices - l->cb_slices;
     /* Include the time run since the last poll. */
     out->run_ns += ca__clock_ns() - l->last_poll_end;
     return 0;

@@ -110,12 +110,13 @@ struct ca_loop {
     /* One counter drives turns and polls: every node run (a task slice or a
      * callback) increments `slices`; the current turn ends when it reaches
      * turn_end, and a poll is due CA__EVENT_INTERVAL slices after
-     * poll_slice.  Task slices = slices - callbacks.  `slices` must not sit
+     * poll_slice.  Task slices = slices - cb_slices.  `slices` must not sit
      * next to `nready`: GCC merges their updates into one 128-bit add right
      * after scalar stores, a store-forwarding stall on every switch. */
     uint64_t turn_end;
     uint64_t poll_slice;
     uint64_t slices;
+    uint64_t cb_slices;      /* slices that ran callbacks, not tasks */
     int check_canary;        /* some stacks rely on the red-zone check */
     /* Work owed right after a switch: CA__AFTER_WATCH (debug timing or
      * red-zone checks are on) and CA__AFTER_DEAD (a task just finished).
