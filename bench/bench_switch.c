@@ -6,7 +6,9 @@
  *
  * The time runs from before the two tasks are spawned to after both are
  * joined, inside the main task; at N = 10M spawning and joining two tasks
- * is noise.
+ * is noise.  The best of SWITCH_ROUNDS rounds is reported: on this shared
+ * VM the same binary measures 11.6 or 16 ns from one round to the next
+ * (vCPU placement, with or without ASLR).  The Go peer does the same.
  */
 #include <cawait.h>
 
@@ -27,9 +29,28 @@ static int yielder(void *arg)
     return 0;
 }
 
+#define SWITCH_ROUNDS 3
+
+static int one_round(size_t n, double *ns_per_switch);
+
 static int bench_main(void *arg)
 {
     size_t n = *(const size_t *)arg;
+    double best = 0;
+    for (int round = 0; round < SWITCH_ROUNDS; round++) {
+        double ns;
+        int r = one_round(n, &ns);
+        if (r < 0)
+            return r;
+        if (round == 0 || ns < best)
+            best = ns;
+    }
+    bench_report("switch", "cawait", best, 2, "ns");
+    return 0;
+}
+
+static int one_round(size_t n, double *ns_per_switch)
+{
     switch_args a = {n / 2};
     size_t total = 2 * a.yields;
 
@@ -50,8 +71,7 @@ static int bench_main(void *arg)
                 ca_strerror(r1 < 0 ? r1 : r2));
         return r1 < 0 ? r1 : r2;
     }
-    bench_report("switch", "cawait", (double)(t1ns - t0) / (double)total, 2,
-                 "ns");
+    *ns_per_switch = (double)(t1ns - t0) / (double)total;
     return 0;
 }
 

@@ -96,6 +96,8 @@ if [ -x "$PY" ]; then
 else
   note "$PY not found: skipping the asyncio and uvloop peers"
 fi
+note "switch: cawait and go report the best of 3 rounds of N switches (this VM"
+note "  varies ~40% between rounds); the Python peers run 1 round"
 
 # -------------------------------------------------------------- running ---
 
