@@ -119,12 +119,13 @@ static void test_timer_heap_random(void)
     static ca__timer tm[N];
     ca_loop *l = calloc(1, sizeof(*l));
     ASSERT(l);
+    l->tslot_free = CA__TIMER_IDLE;
     ca__tls_loop = l;
     unsigned seed = 12345;
     int live = 0;
     for (int i = 0; i < N; i++) {
         seed = seed * 1103515245u + 12345u;
-        tm[i].index = CA__TIMER_IDLE;
+        tm[i].slot = CA__TIMER_IDLE;
         tm[i].fire = heap_fire;
         ASSERT_EQ(ca__timer_arm(l, &tm[i], (int64_t)(seed % 100000)), 0);
         live++;
@@ -147,6 +148,7 @@ static void test_timer_heap_random(void)
     ASSERT_EQ((int)l->nheap, 0);
     ca__tls_loop = NULL;
     free(l->heap);
+    free(l->tslots);
     free(l);
 }
 

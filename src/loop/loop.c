@@ -46,7 +46,7 @@ static ca__cbh *cbh_alloc(ca_loop *l)
         l->cbh_slabs = s;
         for (int i = CBH_SLAB - 1; i >= 0; i--) {
             s->h[i].next_free = l->cbh_free;
-            s->h[i].timer.index = CA__TIMER_IDLE;
+            s->h[i].timer.slot = CA__TIMER_IDLE;
             l->cbh_free = &s->h[i];
         }
         l->cbh_nfree += CBH_SLAB;
@@ -274,6 +274,7 @@ ca_loop *ca__loop_new(void)
         return NULL;
     l->epfd = -1;
     l->wakefd = -1;
+    l->tslot_free = CA__TIMER_IDLE;
     l->backend = &ca__backend_epoll;
     pthread_mutex_init(&l->ts_lock, NULL);
     l->ts_node.run = ts_run;
@@ -313,6 +314,7 @@ void ca__loop_free(ca_loop *l)
     l->backend->fini(l);
     ca__fd_table_free(l);
     free(l->heap);
+    free(l->tslots);
     while (l->cbh_slabs) {
         struct cbh_slab *s = l->cbh_slabs;
         l->cbh_slabs = s->next;

@@ -4,8 +4,9 @@
  * One loop per thread.  It owns:
  *  - the ready queue: a FIFO of ca__ready nodes (tasks and callbacks), each
  *    run by its own function;
- *  - the timers: a binary min-heap keyed by (deadline, sequence) with the
- *    heap index stored in each timer for O(log n) cancel;
+ *  - the timers: a 4-ary min-heap keyed by (deadline, sequence); each armed
+ *    timer owns a slot in a dense table that records its heap position, for
+ *    O(log n) cancel without touching the timers themselves on every move;
  *  - the fd table: per fd, its registration with the backend, cached
  *    readiness (edge-triggered) and the list of waiters;
  *  - the backend (epoll today) behind ca__backend_ops;
@@ -43,14 +44,24 @@ struct ca__ready {
 };
 
 typedef struct ca__timer ca__timer;
+/* A heap entry: everything a comparison needs, inline.  seq is the arming
+ * order (compared with wrap-around), so equal deadlines fire FIFO. */
 struct ca__heap_ent {
     int64_t when;
+    uint32_t slot;
+    uint32_t seq;
+};
+/* The slot table maps an armed timer to its heap position.  Timers live in
+ * task stacks and callback handles, scattered over memory; keeping their
+ * heap positions here means a sift writes to two dense arrays only. */
+struct ca__timer_slot {
     ca__timer *t;
+    uint32_t index;     /* position in the heap */
+    uint32_t next_free; /* free-list link when unused */
 };
 struct ca__timer {
-    int64_t when;   /* loop time, ns */
-    uint64_t seq;   /* insertion order: equal deadlines fire FIFO */
-    uint32_t index; /* position in the heap, CA__TIMER_IDLE when unarmed */
+    int64_t when; /* loop time, ns */
+    uint32_t slot; /* slot in the table, CA__TIMER_IDLE when unarmed */
     void (*fire)(ca__timer *self);
 };
 #define CA__TIMER_IDLE UINT32_MAX
@@ -127,11 +138,13 @@ struct ca_loop {
     /* time */
     int64_t now;
 
-    /* timers: a 4-ary heap of {deadline, timer}; keys are inline so a level
-     * costs one cache line, not a pointer chase per child */
+    /* timers: a 4-ary heap of {deadline, slot, seq}; keys are inline so a
+     * level costs one cache line, not a pointer chase per child */
     struct ca__heap_ent *heap;
     size_t nheap, heap_cap;
-    uint64_t timer_seq;
+    struct ca__timer_slot *tslots;
+    uint32_t ntslots, tslot_cap, tslot_free;
+    uint32_t timer_seq;
 
     /* fds */
     ca__fdent *fds;
@@ -249,7 +262,7 @@ int ca__timer_arm(ca_loop *l, ca__timer *t, int64_t when);
 void ca__timer_cancel(ca_loop *l, ca__timer *t);
 static inline int ca__timer_armed(const ca__timer *t)
 {
-    return t->index != CA__TIMER_IDLE;
+    return t->slot != CA__TIMER_IDLE;
 }
 void ca__timers_fire(ca_loop *l);
 /* Earliest deadline, or INT64_MAX. */

@@ -308,7 +308,7 @@ static __attribute__((noinline)) int prepare_new(ca_loop *l, ca_task *t)
     memset(run, 0, sizeof(*run));
     run->task = t;
     run->stack = s;
-    run->timer.index = CA__TIMER_IDLE;
+    run->timer.slot = CA__TIMER_IDLE;
     run->timer.fire = task_timer_fire;
     t->run = run;
     if (ca__coro_init(&run->coro, s->lo, (size_t)((char *)run - (char *)s->lo),
