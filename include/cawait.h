@@ -52,7 +52,8 @@ extern "C" {
 #define CA_ERRNO_MAP(X)                                                        \
     X(CA_EUNKNOWN, 1, "unknown cawait error")                                  \
     X(CA_ESTACK, 2, "task stack could not be allocated")                      \
-    X(CA_ENOLOOP, 3, "no cawait loop is running on this thread")
+    X(CA_ENOLOOP, 3, "no cawait loop is running on this thread")              \
+    X(CA_EBROKEN, 4, "barrier is broken")
 
 enum {
 #define CA__ERR_ENUM(name, n, msg) name = CA_ERR_BASE + (n),
@@ -343,6 +344,10 @@ CA_EXTERN int ca_loop_stats_get(ca_loop_stats *out);
  * task's name, where it was spawned and how long it held the loop.  Returns
  * 0 or CA_ENOLOOP. */
 CA_EXTERN int ca_set_debug(int on, double slow_ms);
+
+/* Structured concurrency; synchronization, queues and generators. */
+#include "cawait/concurrency.h"
+#include "cawait/sync.h"
 
 #ifdef __cplusplus
 }

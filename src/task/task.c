@@ -85,6 +85,46 @@ ca__waiter *ca__waitlist_pop(ca__waitlist *l)
     return w;
 }
 
+static inline void waiter_wake(ca__waiter *w, int result)
+{
+    if (w->notify)
+        w->notify(w);
+    else
+        ca__task_wake(w->task, result);
+}
+
+int ca__waitlist_wake_one(ca__waitlist *l, int result)
+{
+    ca__waiter *w = ca__waitlist_pop(l);
+    if (!w)
+        return 0;
+    waiter_wake(w, result);
+    return 1;
+}
+
+int ca__waitlist_wake_all(ca__waitlist *l, int result)
+{
+    int n = 0;
+    ca__waiter *w;
+    while ((w = ca__waitlist_pop(l))) {
+        waiter_wake(w, result);
+        n++;
+    }
+    return n;
+}
+
+int ca__wait_in(ca__waitlist *l, ca__waiter *w)
+{
+    ca_task *self = ca__loop()->current;
+    w->task = self;
+    w->notify = NULL;
+    ca__waitlist_push(l, w);
+    int r = ca__task_park(self, INT64_MAX);
+    if (ca__waitlist_linked(l, w))
+        ca__waitlist_remove(l, w);
+    return r;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Allocation and collection                                                */
 /* ------------------------------------------------------------------------ */
@@ -261,9 +301,7 @@ static inline void after_switch(ca_loop *l)
 
 static void wake_joiners(ca_task *t)
 {
-    ca__waiter *w;
-    while ((w = ca__waitlist_pop(&t->joiners)))
-        ca__task_wake(w->task, 0);
+    ca__waitlist_wake_all(&t->joiners, 0);
 }
 
 /* Finish a task that never ran (cancelled first, or no stack). */

@@ -35,11 +35,19 @@ enum ca__task_state {
 /* ca__task_park's result when the wait's own timeout expired. */
 #define CA__WAIT_TIMEOUT 1
 
-/* A task waiting in a list (joiners; later locks, events, queues). */
+/*
+ * A task waiting in a list: joiners of a task, waiters of a lock, an event,
+ * a queue.  The node lives on the waiting task's stack.  Whoever wakes it
+ * unlinks it first.  `notify`, when set, is called instead of waking
+ * `task` (combinators that wait on many tasks count completions with it);
+ * `data` is free for the list's owner (a queue's item slot, a lock grant).
+ */
 typedef struct ca__waiter ca__waiter;
 struct ca__waiter {
     ca__waiter *next, *prev;
     ca_task *task;
+    void (*notify)(ca__waiter *w);
+    void *data;
 };
 
 typedef struct ca__waitlist {
@@ -81,7 +89,7 @@ struct ca_task {
     uint8_t state;
     uint8_t cancel_req;
     uint8_t retrieved;
-    uint8_t eager;
+    uint8_t shielded; /* ca_task_shield: combinators do not cancel it */
     uint32_t refs;
     uint32_t stack_size;
     ca__waitlist joiners;
@@ -115,6 +123,22 @@ ca_task *ca__task_self(const char *fn);
 void ca__waitlist_push(ca__waitlist *l, ca__waiter *w);
 void ca__waitlist_remove(ca__waitlist *l, ca__waiter *w);
 ca__waiter *ca__waitlist_pop(ca__waitlist *l);
+/* 1 if w is linked in l. */
+static inline int ca__waitlist_linked(const ca__waitlist *l,
+                                      const ca__waiter *w)
+{
+    return w->prev != NULL || l->head == w;
+}
+/* Pop the first waiter and wake its task with result (or notify it).
+ * Returns 1 if there was one. */
+int ca__waitlist_wake_one(ca__waitlist *l, int result);
+/* Wake every waiter; returns how many. */
+int ca__waitlist_wake_all(ca__waitlist *l, int result);
+
+/* Park the running task in list l until woken (result from the waker),
+ * cancelled or past its deadline; unlinks itself if it was not woken.
+ * Returns the wake result, -ECANCELED, -ETIMEDOUT; `w` may carry data. */
+int ca__wait_in(ca__waitlist *l, ca__waiter *w);
 
 /* Deadline helpers (deadline.c). */
 int64_t ca__task_deadline(const ca_task *t);

@@ -1,0 +1,136 @@
+/*
+ * cawait structured concurrency: gather, wait, wait_for, as_completed, task
+ * groups and task shields.  Included by <cawait.h>; do not include directly.
+ *
+ * The tasks passed in stay owned by the caller (no handle is released).  All
+ * functions here are blocking (task context only, -EPERM elsewhere) unless
+ * noted, and honour the caller's cancellation and deadline scopes.
+ */
+#ifndef CAWAIT_CONCURRENCY_H
+#define CAWAIT_CONCURRENCY_H
+
+/* ------------------------------------------------------------------------ */
+/* gather                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* ca_gather flags */
+#define CA_GATHER_ALL 0x1 /* wait for every task (return_exceptions=True) */
+
+/*
+ * asyncio.gather over n tasks.  Default: returns the first failure as soon
+ * as it happens (the other tasks keep running), or 0 when every task has
+ * succeeded.  CA_GATHER_ALL: waits for every task and returns 0, or the
+ * status of the first failed task in array order; each task's own status is
+ * readable with ca_task_status.  If the caller is cancelled (or its deadline
+ * passes) while gathering, the unfinished tasks are cancelled (except
+ * shielded ones, see ca_task_shield) and waited for, and -ECANCELED (or
+ * -ETIMEDOUT) is returned.  n == 0 returns 0.  -EINVAL for a NULL array or
+ * task.
+ */
+CA_EXTERN int ca_gather(ca_task **ts, size_t n, int flags);
+
+/* ------------------------------------------------------------------------ */
+/* wait                                                                     */
+/* ------------------------------------------------------------------------ */
+
+enum ca_wait_when {
+    CA_ALL_COMPLETED = 0,
+    CA_FIRST_COMPLETED,
+    CA_FIRST_EXCEPTION, /* first failure (status < 0), or all completed */
+};
+
+/*
+ * asyncio.wait: wait until the condition `when` holds or `timeout` seconds
+ * pass (timeout < 0: no timeout).  Never cancels anything.  Returns the
+ * number of tasks done (ca_task_done tells which), including on timeout, or
+ * -ECANCELED/-ETIMEDOUT (the caller's cancellation or deadline scope),
+ * -EINVAL, -EPERM.
+ */
+CA_EXTERN int ca_wait(ca_task **ts, size_t n, double timeout, int when);
+
+/* ------------------------------------------------------------------------ */
+/* wait_for                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * asyncio.wait_for: wait for t for up to `timeout` seconds.  Returns t's
+ * status if it finishes in time.  On timeout, cancels t, waits until it has
+ * really finished and returns -ETIMEDOUT — unless t finished in the same
+ * turn, in which case its result wins (asyncio bug #86296).  If the caller
+ * is cancelled, t is cancelled and waited for, and -ECANCELED is returned.
+ * A shielded t (ca_task_shield) is not cancelled: -ETIMEDOUT is returned
+ * and it keeps running.  -EINVAL for NULL or a NaN timeout.
+ */
+CA_EXTERN int ca_wait_for(ca_task *t, double timeout);
+
+/* ------------------------------------------------------------------------ */
+/* as_completed                                                             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct ca_as_completed ca_as_completed;
+
+/* An iterator that yields the n tasks in the order they finish, with an
+ * overall timeout (< 0: none) counted from creation.  Never blocks.
+ * Returns 0 and stores the iterator, or -EINVAL, -ENOMEM, -CA_ENOLOOP. */
+CA_EXTERN int ca_as_completed_new(ca_as_completed **out, ca_task **ts,
+                                  size_t n, double timeout);
+/* The next task to finish: returns 1 and stores it in *t, 0 when every task
+ * has been returned, -ETIMEDOUT when the overall timeout has passed,
+ * -ECANCELED, -EPERM.  Blocking. */
+CA_EXTERN int ca_as_completed_next(ca_as_completed *it, ca_task **t);
+/* Free the iterator (the tasks are untouched). */
+CA_EXTERN void ca_as_completed_free(ca_as_completed *it);
+
+/* ------------------------------------------------------------------------ */
+/* Task groups                                                              */
+/* ------------------------------------------------------------------------ */
+
+typedef struct ca_group ca_group;
+
+/* Create a group (asyncio.TaskGroup, a Trio nursery).  Returns 0 and stores
+ * it, or -ENOMEM, -CA_ENOLOOP. */
+CA_EXTERN int ca_group_new(ca_group **out);
+/*
+ * Spawn fn(arg) into g (and store the task in *out if out is not NULL; the
+ * group owns the task: do not release it).  Returns 0, -ESHUTDOWN if the
+ * group is closing (a child failed, it was cancelled, or ca_group_wait
+ * returned), -EINVAL, -ENOMEM.
+ */
+#define ca_group_spawn(g, out, fn, arg)                                        \
+    ca__group_spawn((g), (out), (fn), (arg), NULL, CA__WHERE)
+#define ca_group_spawn_ex(g, out, fn, arg, opts)                               \
+    ca__group_spawn((g), (out), (fn), (arg), (opts), CA__WHERE)
+CA_EXTERN int ca__group_spawn(ca_group *g, ca_task **out, ca_fn fn, void *arg,
+                              const ca_spawn_opts *opts, const char *where);
+/*
+ * Wait until every child has finished.  The first child to fail cancels all
+ * its siblings (at the moment it fails, whether or not anyone is waiting);
+ * the group then closes.  Returns 0 if every child succeeded, else the first
+ * failure.  If the caller is cancelled (or its deadline passes) while
+ * waiting, every child is cancelled, all are waited for, and -ECANCELED (or
+ * -ETIMEDOUT) is returned.  The group may be waited on again; it stays
+ * closed.  -EINVAL, -EPERM.
+ */
+CA_EXTERN int ca_group_wait(ca_group *g);
+/* Cancel every child and close the group.  Never blocks.  Returns 0 or
+ * -EINVAL. */
+CA_EXTERN int ca_group_cancel(ca_group *g);
+/* Children spawned so far, and the i-th of them (NULL if out of range), to
+ * read each child's status after ca_group_wait. */
+CA_EXTERN size_t ca_group_size(const ca_group *g);
+CA_EXTERN ca_task *ca_group_task(const ca_group *g, size_t i);
+/* Free g and release its tasks.  Children still running are cancelled and
+ * waited for first (blocking, not a cancellation point).  NULL is ignored. */
+CA_EXTERN void ca_group_free(ca_group *g);
+
+/* ------------------------------------------------------------------------ */
+/* Shielding a task                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* asyncio.shield: the combinators above (gather, wait_for, groups) no longer
+ * cancel t when their caller is cancelled or times out; only an explicit
+ * ca_cancel(t) does.  (ca_join never cancels the task it joins.)  Returns 0
+ * or -EINVAL.  Never blocks. */
+CA_EXTERN int ca_task_shield(ca_task *t);
+
+#endif /* CAWAIT_CONCURRENCY_H */

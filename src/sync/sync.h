@@ -1,0 +1,55 @@
+/*
+ * Synchronization primitives (internal): the layouts behind the public
+ * fixed-size storage of ca_lock, ca_event, ca_cond, ca_sem and ca_barrier.
+ * A zeroed storage is a valid unlocked lock, clear event, etc.
+ */
+#ifndef CA_SYNC_H
+#define CA_SYNC_H
+
+#include "task/task.h"
+
+struct lock_impl {
+    ca_task *owner;
+    ca__waitlist waiters;
+};
+
+struct event_impl {
+    int set;
+    ca__waitlist waiters;
+};
+
+struct cond_impl {
+    ca_lock *lock;
+    ca__waitlist waiters;
+};
+
+struct sem_impl {
+    unsigned value;
+    unsigned initial;
+    int bounded;
+    ca__waitlist waiters;
+};
+
+struct barrier_impl {
+    unsigned parties;
+    unsigned count;
+    int broken;
+    ca__waitlist waiters;
+};
+
+_Static_assert(sizeof(struct lock_impl) <= sizeof(ca_lock), "ca_lock size");
+_Static_assert(sizeof(struct event_impl) <= sizeof(ca_event), "ca_event size");
+_Static_assert(sizeof(struct cond_impl) <= sizeof(ca_cond), "ca_cond size");
+_Static_assert(sizeof(struct sem_impl) <= sizeof(ca_sem), "ca_sem size");
+_Static_assert(sizeof(struct barrier_impl) <= sizeof(ca_barrier),
+               "ca_barrier size");
+
+/* 1 if a blocking call of self must fail now (cancelled, deadline): used
+ * after a grant arrived, to hand it back (asyncio's rule that a cancelled
+ * acquire never keeps what it was granted in the same turn). */
+static inline int ca__sync_cancelled(ca_task *self)
+{
+    return ca__task_check(self) < 0;
+}
+
+#endif
