@@ -202,6 +202,19 @@ expect_absent "download done: video.mp4"
 expect_time "" 0.35
 done_example
 
+run seed003_gather_taskgroup "seed 003, advanced concurrency control: gather vs TaskGroup"
+expect_order "Task Results: ['Result of 1', 'Result of 2']" \
+  "Task Group Results: ['Result of 1', 'Result of 2']" \
+  "gather results: [EIO, 'Result of 2', 'Result of 3']" \
+  "fetch_data(2) cancelled" "fetch_data(3) cancelled" \
+  "task group results: [EIO, ECANCELED, ECANCELED]"
+done_example
+
+run seed003_semaphore "seed 003, image pipeline: Semaphore(4) caps concurrent downloads"
+expect_order "max concurrent downloads: 4"
+expect_time "" 0.30
+done_example
+
 # An example added to examples/ but not to this script is worth a warning.
 for src in "$here"/examples/*.c; do
   n=$(basename "$src" .c)
