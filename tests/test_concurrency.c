@@ -465,6 +465,56 @@ static void test_group_deadline_and_free(void)
     ASSERT_EQ(ca_run(group_deadline_main, NULL), 0);
 }
 
+/* Cancellation at the remaining blocking points: ca_wait never cancels
+ * what it waits for; as_completed_next likewise. */
+static struct job cw_jobs[2];
+static ca_task *cw_ts[2];
+
+static int waiter_wait(void *a)
+{
+    (void)a;
+    return ca_wait(cw_ts, 2, -1, CA_ALL_COMPLETED);
+}
+
+static int waiter_as_completed(void *a)
+{
+    (void)a;
+    ca_as_completed *it;
+    ASSERT_EQ(ca_as_completed_new(&it, cw_ts, 2, -1), 0);
+    ca_task *t;
+    int r = ca_as_completed_next(it, &t);
+    ca_as_completed_free(it);
+    return r;
+}
+
+static int cancel_points_main(void *a)
+{
+    (void)a;
+    for (int i = 0; i < 2; i++) {
+        cw_jobs[i] = (struct job){.secs = 0.2, .result = i};
+        cw_ts[i] = spawn_job(&cw_jobs[i]);
+    }
+    ca_task *w1 = ca_spawn(waiter_wait, NULL);
+    ca_task *w2 = ca_spawn(waiter_as_completed, NULL);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ca_cancel(w1);
+    ca_cancel(w2);
+    ASSERT_EQ(ca_join(w1), -ECANCELED);
+    ASSERT_EQ(ca_join(w2), -ECANCELED);
+    ASSERT(!ca_task_done(cw_ts[0]) && !ca_task_done(cw_ts[1]));
+    ASSERT_EQ(ca_gather(cw_ts, 2, 0), 0); /* they were not cancelled */
+    ASSERT(cw_jobs[0].finished && cw_jobs[1].finished);
+    ca_task_release(w1);
+    ca_task_release(w2);
+    release_all(cw_ts, 2);
+    return 0;
+}
+
+static void test_cancel_wait_and_as_completed(void)
+{
+    ASSERT_EQ(ca_run(cancel_points_main, NULL), 0);
+}
+
 static const struct test_case tests[] = {
     {"gather_100", test_gather_100, 10, 0},
     {"gather_failure_modes", test_gather_failure_modes, 10, 0},
@@ -478,6 +528,7 @@ static const struct test_case tests[] = {
     {"group_all_succeed", test_group_all_succeed, 10, 0},
     {"group_nested_and_owner_cancelled", test_group_nested_and_owner_cancelled, 10, 0},
     {"group_deadline_and_free", test_group_deadline_and_free, 10, 0},
+    {"cancel_wait_and_as_completed", test_cancel_wait_and_as_completed, 10, 0},
     {NULL, NULL, 0, 0},
 };
 
