@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """asyncio / uvloop peers of the cawait benchmarks.
 
-    /usr/bin/python3 asyncio_bench.py <bench> <N> [--uvloop]
+    /usr/bin/python3 asyncio_bench.py <bench> <N> [SECONDS] [--uvloop]
 
-bench is one of switch, spawn, sleepers, timers; each measures what the C
-program bench/bench_<bench>.c measures, the same way (CLOCK_MONOTONIC,
-timing inside the main coroutine, peak RSS from getrusage), and prints
+bench is one of switch, spawn, sleepers, timers, gather, queue, lock (only
+gather takes SECONDS, default 0.1); each measures what the C program
+bench/bench_<bench>.c measures, the same way (CLOCK_MONOTONIC, timing
+inside the main coroutine, peak RSS from getrusage), and prints
 
     BENCH <name> <impl> <value> <unit>
 
@@ -102,19 +103,91 @@ async def bench_timers(n, impl):
     report("timers", impl, elapsed / (n + n // 2), 2, "ns")
 
 
+GATHER_ROUNDS = 3
+
+
+async def bench_gather(n, impl, seconds=0.1):
+    """create_task n asyncio.sleep(seconds), then asyncio.gather them all.
+    Overhead = wall time (first create_task to gather's return) - seconds,
+    in ms; the best of GATHER_ROUNDS rounds, as bench_gather.c does."""
+    best = None
+    for _ in range(GATHER_ROUNDS):
+        t0 = now_ns()
+        tasks = [asyncio.create_task(asyncio.sleep(seconds)) for _ in range(n)]
+        await asyncio.gather(*tasks)
+        elapsed = now_ns() - t0
+        del tasks
+        ms = elapsed / 1e6 - seconds * 1e3
+        if best is None or ms < best:
+            best = ms
+    report("gather_overhead", impl, best, 3, "ms")
+
+
+async def bench_queue(n, impl):
+    """A producer task puts 0..n-1 into asyncio.Queue(maxsize=64); the main
+    coroutine gets them (checking the order).  ns per item."""
+    q = asyncio.Queue(maxsize=64)
+
+    async def producer():
+        put = q.put
+        for i in range(n):
+            await put(i)
+
+    get = q.get
+    t0 = now_ns()
+    p = asyncio.create_task(producer())
+    for i in range(n):
+        if await get() != i:
+            raise RuntimeError(f"queue: item {i} out of order")
+    await p
+    elapsed = now_ns() - t0
+    report("queue", impl, elapsed / n, 2, "ns")
+
+
+async def bench_lock(n, impl):
+    """Two tasks each take one asyncio.Lock n/2 times and await
+    asyncio.sleep(0) while holding it, so the other task finds it held and
+    waits.  ns per acquire/release pair."""
+    half = n // 2
+    lock = asyncio.Lock()
+    holder = [None]
+
+    async def worker(me):
+        for _ in range(half):
+            async with lock:
+                holder[0] = me
+                await asyncio.sleep(0)
+                if holder[0] is not me:
+                    raise RuntimeError("lock: two tasks inside the lock")
+
+    t0 = now_ns()
+    t1 = asyncio.create_task(worker(1))
+    t2 = asyncio.create_task(worker(2))
+    await t1
+    await t2
+    elapsed = now_ns() - t0
+    report("lock", impl, elapsed / (2 * half), 2, "ns")
+
+
 BENCHES = {
     "switch": bench_switch,
     "spawn": bench_spawn,
     "sleepers": bench_sleepers,
     "timers": bench_timers,
+    "gather": bench_gather,
+    "queue": bench_queue,
+    "lock": bench_lock,
 }
 
 
 def main(argv):
     args = [a for a in argv[1:] if not a.startswith("--")]
     flags = [a for a in argv[1:] if a.startswith("--")]
-    if len(args) != 2 or args[0] not in BENCHES or any(f != "--uvloop" for f in flags):
-        print(f"usage: {argv[0]} {{{','.join(BENCHES)}}} N [--uvloop]", file=sys.stderr)
+    nargs = 3 if args[:1] == ["gather"] else 2
+    if (len(args) not in (2, nargs) or args[0] not in BENCHES
+            or any(f != "--uvloop" for f in flags)):
+        print(f"usage: {argv[0]} {{{','.join(BENCHES)}}} N [--uvloop]\n"
+              f"       {argv[0]} gather N [SECONDS] [--uvloop]", file=sys.stderr)
         return 2
     try:
         n = int(args[1])
@@ -123,6 +196,16 @@ def main(argv):
     except ValueError:
         print(f"{argv[0]}: N must be a positive integer", file=sys.stderr)
         return 2
+    extra = []
+    if len(args) == 3:
+        try:
+            seconds = float(args[2])
+            if not seconds >= 0 or seconds == float("inf"):
+                raise ValueError
+        except ValueError:
+            print(f"{argv[0]}: SECONDS must be a number >= 0", file=sys.stderr)
+            return 2
+        extra.append(seconds)
     impl = "asyncio"
     loop_factory = asyncio.new_event_loop
     if "--uvloop" in flags:
@@ -136,7 +219,7 @@ def main(argv):
     loop = loop_factory()
     try:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(BENCHES[args[0]](n, impl))
+        loop.run_until_complete(BENCHES[args[0]](n, impl, *extra))
     finally:
         asyncio.set_event_loop(None)
         loop.close()

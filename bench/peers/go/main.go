@@ -1,10 +1,11 @@
 // Go peers of the cawait benchmarks (standard library only).
 //
 //	GOMAXPROCS=1 go_bench <bench> <N>
+//	GOMAXPROCS=1 go_bench gather <N> [SECONDS]
 //
-// bench is one of switch, spawn, sleepers, timers; each measures what the C
-// program bench/bench_<bench>.c measures, the same way (monotonic clock,
-// peak RSS from getrusage), and prints
+// bench is one of switch, spawn, sleepers, timers, gather, queue, lock; each
+// measures what the C program bench/bench_<bench>.c measures, the same way
+// (monotonic clock, peak RSS from getrusage), and prints
 //
 //	BENCH <name> go <value> <unit>
 //
@@ -140,27 +141,144 @@ func benchTimers(n int) {
 	report("timers", float64(elapsed.Nanoseconds())/float64(n+n/2), 2, "ns")
 }
 
+// Rounds of gather, queue and lock; the best round is reported, as the C
+// programs do (this is a noisy shared VM).
+const gatherRounds = 3
+const queueRounds = 3
+const lockRounds = 3
+
+// gather: n goroutines each time.Sleep(seconds), joined with a WaitGroup.
+// Overhead = wall time (first go statement to Wait's return) - seconds, in
+// ms; the best of gatherRounds rounds.
+func benchGather(n int, seconds float64) {
+	d := time.Duration(seconds * float64(time.Second))
+	best := 0.0
+	for round := 0; round < gatherRounds; round++ {
+		var wg sync.WaitGroup
+		sleeper := func() {
+			time.Sleep(d)
+			wg.Done()
+		}
+		t0 := time.Now()
+		wg.Add(n)
+		for i := 0; i < n; i++ {
+			go sleeper()
+		}
+		wg.Wait()
+		ms := float64(time.Since(t0).Nanoseconds())/1e6 - seconds*1e3
+		if round == 0 || ms < best {
+			best = ms
+		}
+	}
+	report("gather_overhead", best, 3, "ms")
+}
+
+// queue: a producer goroutine sends 0..n-1 into a channel buffered to 64;
+// main receives them (checking the order).  ns per item, best of
+// queueRounds rounds.
+func benchQueue(n int) {
+	best := 0.0
+	for round := 0; round < queueRounds; round++ {
+		ch := make(chan int, 64)
+		t0 := time.Now()
+		go func() {
+			for i := 0; i < n; i++ {
+				ch <- i
+			}
+		}()
+		for i := 0; i < n; i++ {
+			if v := <-ch; v != i {
+				fmt.Fprintf(os.Stderr, "go_bench queue: got %d, want %d\n", v, i)
+				os.Exit(1)
+			}
+		}
+		ns := float64(time.Since(t0).Nanoseconds()) / float64(n)
+		if round == 0 || ns < best {
+			best = ns
+		}
+	}
+	report("queue", best, 2, "ns")
+}
+
+// lock: two goroutines each take one sync.Mutex n/2 times and call
+// runtime.Gosched() while holding it, so the other one finds it held and
+// waits.  ns per Lock/Unlock pair, best of lockRounds rounds.
+func benchLock(n int) {
+	half := n / 2
+	best := 0.0
+	for round := 0; round < lockRounds; round++ {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		holder := 0
+		worker := func(me int) {
+			defer wg.Done()
+			for i := 0; i < half; i++ {
+				mu.Lock()
+				holder = me
+				runtime.Gosched()
+				if holder != me {
+					fmt.Fprintln(os.Stderr, "go_bench lock: two goroutines inside the lock")
+					os.Exit(1)
+				}
+				mu.Unlock()
+			}
+		}
+		t0 := time.Now()
+		wg.Add(2)
+		go worker(1)
+		go worker(2)
+		wg.Wait()
+		ns := float64(time.Since(t0).Nanoseconds()) / float64(2*half)
+		if round == 0 || ns < best {
+			best = ns
+		}
+	}
+	report("lock", best, 2, "ns")
+}
+
 func main() {
 	benches := map[string]func(int){
 		"switch":   benchSwitch,
 		"spawn":    benchSpawn,
 		"sleepers": benchSleepers,
 		"timers":   benchTimers,
+		"queue":    benchQueue,
+		"lock":     benchLock,
 	}
 	usage := func() {
-		fmt.Fprintf(os.Stderr, "usage: %s {switch,spawn,sleepers,timers} N\n", os.Args[0])
+		fmt.Fprintf(os.Stderr, "usage: %s {switch,spawn,sleepers,timers,queue,lock} N\n", os.Args[0])
+		fmt.Fprintf(os.Stderr, "       %s gather N [SECONDS]\n", os.Args[0])
 		os.Exit(2)
 	}
-	if len(os.Args) != 3 {
+	if len(os.Args) < 3 {
 		usage()
 	}
-	fn, ok := benches[os.Args[1]]
 	n, err := strconv.Atoi(os.Args[2])
-	if !ok || err != nil || n <= 0 {
+	if err != nil || n <= 0 {
 		usage()
+	}
+	var run func()
+	if os.Args[1] == "gather" {
+		if len(os.Args) > 4 {
+			usage()
+		}
+		seconds := 0.1
+		if len(os.Args) == 4 {
+			seconds, err = strconv.ParseFloat(os.Args[3], 64)
+			if err != nil || !(seconds >= 0) || seconds > 1e6 {
+				usage()
+			}
+		}
+		run = func() { benchGather(n, seconds) }
+	} else {
+		fn, ok := benches[os.Args[1]]
+		if !ok || len(os.Args) != 3 {
+			usage()
+		}
+		run = func() { fn(n) }
 	}
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
 	}
-	fn(n)
+	run()
 }
