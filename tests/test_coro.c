@@ -41,7 +41,7 @@ static void test_switch_pingpong(void)
     ASSERT_EQ(local, 42);
     ca__coro_destroy(&co_a);
     ca__coro_destroy(&main_ctx);
-    ca__stack_put(p, s);
+    ca__stack_put(p, s, 0);
     ca__stack_pool_free(p);
 }
 
@@ -77,7 +77,7 @@ static void test_fp_control_preserved(void)
     ca__coro_switch(&main_ctx, &co_b);
     ASSERT_EQ(entered, 2);
     ASSERT_EQ(fegetround(), FE_TONEAREST);
-    ca__stack_put(p, s);
+    ca__stack_put(p, s, 0);
     ca__stack_pool_free(p);
 #else
     SKIP("control words are saved only by the x86-64 switch");
@@ -92,7 +92,7 @@ static void test_stack_pool_reuse(void)
     ASSERT_EQ(a->size % 4096, 0);
     ASSERT_GE(a->size, 100000);
     ASSERT_EQ((uintptr_t)a->lo % 4096, 0);
-    ca__stack_put(p, a);
+    ca__stack_put(p, a, 0);
     ca__stack *b = ca__stack_get(p, 100000);
     ASSERT(a == b); /* LIFO: the hot stack comes back */
     ca__stack *c = ca__stack_get(p, 16384);
@@ -100,8 +100,8 @@ static void test_stack_pool_reuse(void)
     /* Touch every byte: lazily committed, fully usable. */
     memset(b->lo, 0xab, b->size);
     memset(c->lo, 0xcd, c->size);
-    ca__stack_put(p, b);
-    ca__stack_put(p, c);
+    ca__stack_put(p, b, 0);
+    ca__stack_put(p, c, 0);
     ca__stack_pool_free(p);
 }
 
@@ -120,9 +120,9 @@ static void test_stack_pool_many(void)
             ASSERT(s[i] != s[j]);
     /* Release in an interleaved order so whole chunks become free. */
     for (int i = 0; i < N; i += 2)
-        ca__stack_put(p, s[i]);
+        ca__stack_put(p, s[i], 0);
     for (int i = 1; i < N; i += 2)
-        ca__stack_put(p, s[i]);
+        ca__stack_put(p, s[i], 0);
     for (int i = 0; i < N; i++)
         ASSERT(ca__stack_get(p, 32 * 1024));
     ca__stack_pool_free(p);
@@ -136,17 +136,19 @@ static void test_stack_pool_trim(void)
     ca__stack_pool *p = ca__stack_pool_new();
     for (int i = 0; i < N; i++)
         ASSERT((s[i] = ca__stack_get(p, 256 * 1024)));
-    ASSERT_EQ(ca__stack_pool_trim(p, 100), 0); /* all in use */
+    ASSERT_EQ(ca__stack_pool_trim(p, 100, 0), 0); /* all in use */
     for (int i = 0; i < N; i++)
-        ca__stack_put(p, s[i]);
-    int released = ca__stack_pool_trim(p, 1000);
+        ca__stack_put(p, s[i], 0);
+    /* freed at t=0: too young to release at 0.5 s, released at 1 s */
+    ASSERT_EQ(ca__stack_pool_trim(p, 1000, CA__STACK_TRIM_AGE / 2), 0);
+    int released = ca__stack_pool_trim(p, 1000, CA__STACK_TRIM_AGE);
     ASSERT_GT(released, 0);
-    ASSERT_EQ(ca__stack_pool_trim(p, 1000), 0); /* the reserve stays */
+    ASSERT_EQ(ca__stack_pool_trim(p, 1000, CA__STACK_TRIM_AGE), 0); /* reserve */
     /* The pool still works after trimming. */
     for (int i = 0; i < N; i++)
         ASSERT((s[i] = ca__stack_get(p, 256 * 1024)));
     for (int i = 0; i < N; i++)
-        ca__stack_put(p, s[i]);
+        ca__stack_put(p, s[i], 0);
     ca__stack_pool_free(p);
 }
 
@@ -162,7 +164,7 @@ static void test_guard_detection(void)
     ASSERT(!ca__stack_in_guard(s, s->lo));
     ASSERT(ca__stack_in_guard(s, (char *)s->lo - CA__STACK_GUARD));
     ASSERT(!ca__stack_in_guard(s, (char *)s->lo - CA__STACK_GUARD - 1));
-    ca__stack_put(p, s);
+    ca__stack_put(p, s, 0);
     ca__stack_pool_free(p);
 }
 

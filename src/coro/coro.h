@@ -140,13 +140,15 @@ ca__stack_pool *ca__stack_pool_new(void);
 void ca__stack_pool_free(ca__stack_pool *p);
 /* A stack of at least `size` usable bytes (rounded up to pages), or NULL. */
 ca__stack *ca__stack_get(ca__stack_pool *p, size_t size);
-/* Return a stack to the pool.  The caller has checked the red zone of a
- * canary-mode stack with ca__stack_zone_check. */
-void ca__stack_put(ca__stack_pool *p, ca__stack *s);
+/* Return a stack to the pool at time `now` (ns).  The caller has checked
+ * the red zone of a canary-mode stack with ca__stack_zone_check. */
+void ca__stack_put(ca__stack_pool *p, ca__stack *s, int64_t now);
 
-/* Unmap up to max_chunks chunks whose stacks are all free, keeping a
- * reserve; call when idle.  Returns how many were released. */
-int ca__stack_pool_trim(ca__stack_pool *p, int max_chunks);
+/* Unmap up to max_chunks chunks whose stacks have all been free for at
+ * least CA__STACK_TRIM_AGE, keeping a reserve; call when idle.  Returns how
+ * many were released. */
+#define CA__STACK_TRIM_AGE (1000LL * 1000 * 1000)
+int ca__stack_pool_trim(ca__stack_pool *p, int max_chunks, int64_t now);
 
 /* For canary-mode stacks: 0 if the saved stack pointer sp and the red zone
  * are intact, -1 if the stack overflowed. */

@@ -73,6 +73,7 @@ struct ca__stack_chunk {
     struct ca__stack_chunk *prev, *next;
     struct ca__stack_chunk *empty_prev, *empty_next; /* in_use == 0 list */
     int on_empty;
+    int64_t empty_since; /* when in_use last dropped to 0 */
     struct size_class *cls;
     ca__stack slots[];
 };
@@ -426,7 +427,7 @@ int ca__stack_check(const ca__stack *s, const void *sp)
     return 0;
 }
 
-void ca__stack_put(ca__stack_pool *p, ca__stack *s)
+void ca__stack_put(ca__stack_pool *p, ca__stack *s, int64_t now)
 {
     (void)p;
     ca__stack_chunk *ch = s->chunk;
@@ -442,22 +443,30 @@ void ca__stack_put(ca__stack_pool *p, ca__stack *s)
      * the loop is idle: unmapping here would put munmap on the path of the
      * tasks finishing now, and their successors would fault the memory in
      * again. */
-    if (--ch->in_use == 0 && !ch->on_empty && ch->fresh > 0)
+    if (--ch->in_use == 0 && !ch->on_empty && ch->fresh > 0) {
+        ch->empty_since = now;
         empty_add(c, ch);
+    }
 }
 
-int ca__stack_pool_trim(ca__stack_pool *p, int max_chunks)
+int ca__stack_pool_trim(ca__stack_pool *p, int max_chunks, int64_t now)
 {
     int released = 0;
     for (size_t i = 0; p && i < p->nclasses; i++) {
         struct size_class *c = &p->classes[i];
-        while (released < max_chunks && c->empty) {
-            ca__stack_chunk *ch = c->empty;
-            /* Keep two chunks' worth of free stacks for the next burst. */
+        ca__stack_chunk *ch = c->empty;
+        while (released < max_chunks && ch) {
+            ca__stack_chunk *next = ch->empty_next;
+            /* Keep two chunks' worth of free stacks for the next burst, and
+             * any chunk that became free less than CA__STACK_TRIM_AGE ago:
+             * bursts that repeat sooner than that reuse warm stacks. */
             if (c->nfree < 2u * ch->n + ch->fresh)
                 break;
-            chunk_release(c, ch);
-            released++;
+            if (now - ch->empty_since >= CA__STACK_TRIM_AGE) {
+                chunk_release(c, ch);
+                released++;
+            }
+            ch = next;
         }
     }
     return released;

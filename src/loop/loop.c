@@ -340,7 +340,7 @@ static void poll_once(ca_loop *l)
         int64_t next = ca__timers_next(l);
         int64_t timeout = next == INT64_MAX ? -1 : (next > t0 ? next - t0 : 0);
         /* Idle for a while: give surplus stack memory back first. */
-        if (timeout != 0 && ca__stack_pool_trim(l->stacks, 8) > 0) {
+        if (timeout != 0 && ca__stack_pool_trim(l->stacks, 8, t0) > 0) {
             t0 = ca__clock_ns();
             timeout = next == INT64_MAX ? -1 : (next > t0 ? next - t0 : 0);
         }

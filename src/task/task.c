@@ -287,7 +287,7 @@ static __attribute__((noinline)) void after_switch_slow(ca_loop *l)
         ca__coro_destroy(&d->run->coro);
 #endif
         d->run = NULL;
-        ca__stack_put(l->stacks, l->dead_stack);
+        ca__stack_put(l->stacks, l->dead_stack, l->now);
         l->dead_stack = NULL;
         task_unref(l, d);
     }
@@ -352,7 +352,7 @@ static __attribute__((noinline)) int prepare_new(ca_loop *l, ca_task *t)
     if (ca__coro_init(&run->coro, s->lo, (size_t)((char *)run - (char *)s->lo),
                       task_entry, t) < 0) {
         t->run = NULL;
-        ca__stack_put(l->stacks, s);
+        ca__stack_put(l->stacks, s, l->now);
         finish_unstarted(l, t, -ENOMEM);
         return 0;
     }
