@@ -179,7 +179,9 @@ CA_EXTERN void ca_queue_free(ca_queue *q);
 /* Put an item: for elem_size 0, `item` is the pointer to enqueue; else it
  * points to elem_size bytes to copy.  Waits while the queue is full.
  * Returns 0, -ESHUTDOWN (queue shut down), -ECANCELED/-ETIMEDOUT (nothing
- * was put), -EINVAL, -EPERM.  Blocking. */
+ * was put; a slot granted in the same turn is passed to the next putter),
+ * -ENOMEM (an unbounded queue could not grow), -EINVAL, -EPERM (outside a
+ * task, even when it would not block).  Blocking. */
 CA_EXTERN int ca_queue_put(ca_queue *q, const void *item);
 /* Put without waiting: 0, -EAGAIN if full, -ESHUTDOWN, -ENOMEM, -EINVAL. */
 CA_EXTERN int ca_queue_put_nowait(ca_queue *q, const void *item);
@@ -194,7 +196,8 @@ CA_EXTERN int ca_queue_get_nowait(ca_queue *q, void *out);
  * or -EINVAL if called more times than items were put. */
 CA_EXTERN int ca_queue_task_done(ca_queue *q);
 /* Wait until every item put has been marked done.  Returns 0, -ECANCELED,
- * -ETIMEDOUT, -EPERM.  Blocking. */
+ * -ETIMEDOUT, -ESHUTDOWN (the queue was freed while waiting), -EPERM.
+ * Blocking. */
 CA_EXTERN int ca_queue_join(ca_queue *q);
 /* asyncio 3.13 Queue.shutdown: putters fail at once with -ESHUTDOWN; getters
  * drain the remaining items and then fail with -ESHUTDOWN.  immediate: the
@@ -229,17 +232,23 @@ CA_EXTERN int ca_gen_new(ca_gen **out, ca_gen_fn fn, void *arg);
  * producer is then left where it was.  Blocking. */
 CA_EXTERN int ca_gen_next(ca_gen *g, void **value);
 /* Like ca_gen_next, but ca_gen_yield in the producer receives `in` as the
- * value sent (generator.asend). */
+ * value sent (generator.asend).  Sending a non-NULL value to a generator
+ * that has not started yet is -EINVAL (nothing could receive it), as in
+ * Python.  Both return -EBUSY if another task is already waiting in
+ * next/send on g, -EDEADLK if called by the producer itself. */
 CA_EXTERN int ca_gen_send(ca_gen *g, void *in, void **value);
 /* In the producer: hand `value` to the consumer and wait for the next
  * request; *sent (if not NULL) receives the value sent with it (NULL for
  * ca_gen_next).  Returns 0, or -ECANCELED when the consumer closes the
- * generator (the producer should clean up and return).  Blocking. */
+ * generator (the producer should clean up and return), -EPERM when called
+ * from any task but the producer.  Blocking. */
 CA_EXTERN int ca_gen_yield(ca_gen *g, void *value, void **sent);
 /* Close the generator: cancel the producer if it is still running, wait
  * until it has returned, free g.  Returns the producer's status (0 for a
- * normal end or cancellation at a yield), or -EINVAL.  Blocking (but not a
- * cancellation point: it always completes). */
+ * normal end or cancellation at a yield), -EINVAL, -EBUSY while a consumer
+ * waits in next (g is not freed), -EDEADLK from the producer itself, -EPERM
+ * outside a task while the producer still runs (g is not freed).  Blocking
+ * (but not a cancellation point: it always completes). */
 CA_EXTERN int ca_gen_close(ca_gen *g);
 
 #endif /* CAWAIT_SYNC_H */

@@ -51,40 +51,6 @@ static void task_timer_fire(ca__timer *tm);
 /* Wait lists                                                               */
 /* ------------------------------------------------------------------------ */
 
-void ca__waitlist_push(ca__waitlist *l, ca__waiter *w)
-{
-    w->next = NULL;
-    w->prev = l->tail;
-    if (l->tail)
-        l->tail->next = w;
-    else
-        l->head = w;
-    l->tail = w;
-}
-
-void ca__waitlist_remove(ca__waitlist *l, ca__waiter *w)
-{
-    if (w->prev)
-        w->prev->next = w->next;
-    else if (l->head == w)
-        l->head = w->next;
-    else
-        return; /* not linked */
-    if (w->next)
-        w->next->prev = w->prev;
-    else
-        l->tail = w->prev;
-    w->next = w->prev = NULL;
-}
-
-ca__waiter *ca__waitlist_pop(ca__waitlist *l)
-{
-    ca__waiter *w = l->head;
-    if (w)
-        ca__waitlist_remove(l, w);
-    return w;
-}
-
 static inline void waiter_wake(ca__waiter *w, int result)
 {
     if (w->notify)
@@ -469,7 +435,7 @@ static void task_entry(void *arg)
 /* Park and wake                                                            */
 /* ------------------------------------------------------------------------ */
 
-int ca__task_check(ca_task *self)
+int ca__task_check_slow(ca_task *self)
 {
     if (self->cancel_req && !self->run->shield)
         return -ECANCELED;
@@ -488,9 +454,12 @@ int ca__task_park(ca_task *self, int64_t until)
 {
     ca_loop *l = ca__loop();
     struct ca__task_run *run = self->run;
-    if (self->cancel_req && !run->shield)
-        return -ECANCELED;
-    int64_t dl = ca__task_deadline(self);
+    int64_t dl = INT64_MAX;
+    if (__builtin_expect(self->cancel_req | run->nscopes, 0)) {
+        if (self->cancel_req && !run->shield)
+            return -ECANCELED;
+        dl = ca__task_deadline(self);
+    }
     if (dl != INT64_MAX) {
         int64_t now = ca__clock_ns();
         if (dl <= now) {
@@ -542,7 +511,7 @@ static int debug_env(void)
     return e && *e && strcmp(e, "0") != 0;
 }
 
-ca_task *ca__task_self(const char *fn)
+ca_task *ca__task_self_slow(const char *fn)
 {
     ca_loop *l = ca__loop();
     if (l && l->current)
@@ -776,6 +745,13 @@ int ca_yield(void)
         int r = ca__task_check(self);
         if (r < 0)
             return r;
+    }
+    /* Nothing else ready, no poll due, no timer due: yielding would put
+     * this task at the head of an empty queue and take it out again. */
+    if (l->nready == 0 && l->slices - l->poll_slice < CA__EVENT_INTERVAL - 1 &&
+        !(l->nheap && l->heap[0].when <= l->now)) {
+        l->slices++;
+        return 0;
     }
     self->state = CA__T_READY;
     ca__ready_push(l, &self->ready);

@@ -115,14 +115,63 @@ int ca__task_park(ca_task *self, int64_t until);
 /* Wake t if it is waiting; ignored otherwise. */
 void ca__task_wake(ca_task *t, int result);
 /* -ECANCELED / -ETIMEDOUT if a blocking call of self must fail now, else 0. */
-int ca__task_check(ca_task *self);
+int ca__task_check_slow(ca_task *self);
+static inline int ca__task_check(ca_task *self)
+{
+    if (__builtin_expect(!(self->cancel_req | self->run->nscopes), 1))
+        return 0;
+    return ca__task_check_slow(self);
+}
 /* The running task; if none, returns NULL and reports misuse of `fn` in
  * debug mode. */
-ca_task *ca__task_self(const char *fn);
+ca_task *ca__task_self_slow(const char *fn);
+static inline ca_task *ca__task_self(const char *fn)
+{
+    ca_loop *l = ca__loop();
+    if (__builtin_expect(l && l->current, 1))
+        return l->current;
+    return ca__task_self_slow(fn);
+}
 
-void ca__waitlist_push(ca__waitlist *l, ca__waiter *w);
-void ca__waitlist_remove(ca__waitlist *l, ca__waiter *w);
-ca__waiter *ca__waitlist_pop(ca__waitlist *l);
+static inline void ca__waitlist_push(ca__waitlist *l, ca__waiter *w)
+{
+    w->next = NULL;
+    w->prev = l->tail;
+    if (l->tail)
+        l->tail->next = w;
+    else
+        l->head = w;
+    l->tail = w;
+}
+
+static inline void ca__waitlist_remove(ca__waitlist *l, ca__waiter *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else if (l->head == w)
+        l->head = w->next;
+    else
+        return; /* not linked */
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        l->tail = w->prev;
+    w->next = w->prev = NULL;
+}
+
+static inline ca__waiter *ca__waitlist_pop(ca__waitlist *l)
+{
+    ca__waiter *w = l->head;
+    if (w) {
+        l->head = w->next;
+        if (l->head)
+            l->head->prev = NULL;
+        else
+            l->tail = NULL;
+        w->next = w->prev = NULL;
+    }
+    return w;
+}
 /* 1 if w is linked in l. */
 static inline int ca__waitlist_linked(const ca__waitlist *l,
                                       const ca__waiter *w)
