@@ -142,6 +142,10 @@ expect_child() {
 run_suite test_coro
 run_suite test_loop
 run_suite test_task
+run_suite test_concurrency
+run_suite test_sync
+run_suite test_queue
+run_suite test_generator
 
 # What the re-executing overflow tests check (SIGSEGV handled on the
 # alternate signal stack, the sp read from the AArch64 ucontext, the
