@@ -210,6 +210,18 @@ expect_order "Task Results: ['Result of 1', 'Result of 2']" \
   "task group results: [EIO, ECANCELED, ECANCELED]"
 done_example
 
+run seed002_generators "seed 002, Q5 and Q6: generators, send(), and async for"
+expect_order "received: hello" "received: world" "A" "1" "B 10" "2" \
+  "tick 0" "tick 1" "tick 2" "tick 3" "tick 4"
+expect_absent "C 10"
+expect_time "" 0.25
+done_example
+
+run queue_workers "asyncio.Queue: producers, workers, join and shutdown"
+expect_order "all jobs processed: worker 0 did 8, worker 1 did 7"
+expect_time "" 0.16
+done_example
+
 run seed003_semaphore "seed 003, image pipeline: Semaphore(4) caps concurrent downloads"
 expect_order "max concurrent downloads: 4"
 expect_time "" 0.30
