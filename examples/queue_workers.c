@@ -54,8 +54,8 @@ static int amain(void *arg)
     r = ca_gather(p, 3, 0);
     if (r == 0)
         r = ca_queue_join(q); /* every job put has been processed */
-    printf("all jobs processed: worker 0 did %d, worker 1 did %d\n",
-           processed[0], processed[1]);
+    printf("all %d jobs processed\n", processed[0] + processed[1]);
+    printf("worker 0 did %d, worker 1 did %d\n", processed[0], processed[1]);
     ca_queue_shutdown(q, 0);
     int rw = ca_gather(w, 2, CA_GATHER_ALL);
     printf("total: %.2f s\n", ca_now() - t0);
