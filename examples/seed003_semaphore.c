@@ -11,7 +11,7 @@
 #define DOWNLOAD_LIMIT 4
 #define N_IMAGES 12
 
-static ca_sem dl_semaphore;
+static ca_sem dl_semaphore = CA_SEM_INIT(DOWNLOAD_LIMIT);
 static int active, max_active, done;
 
 static int download_image(void *arg)
@@ -37,7 +37,6 @@ static int amain(void *arg)
     (void)arg;
     printf("seed 003: %d downloads, Semaphore(%d) (simulated, 0.1 s each)\n",
            N_IMAGES, DOWNLOAD_LIMIT);
-    ca_sem_init(&dl_semaphore, DOWNLOAD_LIMIT, 0);
     ca_group *tg;
     int r = ca_group_new(&tg);
     if (r < 0)

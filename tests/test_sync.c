@@ -153,7 +153,7 @@ static void test_event(void)
 /* ---- condition ----------------------------------------------------------- */
 
 static ca_lock cl;
-static ca_cond cv;
+static ca_cond cv = CA_COND_INIT(&cl);
 static int items;
 static int consumed;
 
@@ -180,8 +180,7 @@ static int cond_consumer(void *a)
 static int cond_main(void *a)
 {
     (void)a;
-    ASSERT_EQ(ca_cond_init(&cv, &cl), 0);
-    ca_task *c[4];
+    ca_task *c[4]; /* cv is statically initialised */
     for (int i = 0; i < 4; i++)
         c[i] = ca_spawn(cond_consumer, NULL);
     ASSERT_EQ(ca_sleep(0.01), 0);
@@ -223,7 +222,7 @@ static void test_condition(void)
 
 /* ---- semaphore ----------------------------------------------------------- */
 
-static ca_sem sem;
+static ca_sem sem = CA_SEM_INIT(4); /* seed 003: Semaphore(4) */
 static int running, max_running;
 
 static int download(void *a)
@@ -245,7 +244,6 @@ static int sem_main(void *a)
 {
     (void)a;
     /* seed 003: Semaphore(4) caps concurrent downloads at 4 */
-    ASSERT_EQ(ca_sem_init(&sem, 4, 0), 0);
     enum { N = 20 };
     ca_task *ts[N];
     for (int i = 0; i < N; i++)
@@ -257,8 +255,7 @@ static int sem_main(void *a)
         ca_task_release(ts[i]);
 
     /* bounded: over-release is an error */
-    ca_sem b;
-    ASSERT_EQ(ca_sem_init(&b, 1, 1), 0);
+    ca_sem b = CA_BOUNDED_SEM_INIT(1);
     ASSERT_EQ(ca_sem_release(&b), -EOVERFLOW);
     ASSERT_EQ(ca_sem_try_acquire(&b), 0);
     ASSERT_EQ(ca_sem_try_acquire(&b), -EAGAIN);
@@ -289,7 +286,7 @@ static void test_semaphore(void)
 
 /* ---- barrier ------------------------------------------------------------- */
 
-static ca_barrier bar;
+static ca_barrier bar = CA_BARRIER_INIT(3);
 static int arrivals[8];
 
 static int party(void *a)
@@ -304,8 +301,7 @@ static int party(void *a)
 static int barrier_main(void *a)
 {
     (void)a;
-    ASSERT_EQ(ca_barrier_init(&bar, 3), 0);
-    ca_task *t[3];
+    ca_task *t[3]; /* bar is statically initialised for 3 parties */
     for (long i = 0; i < 2; i++)
         t[i] = ca_spawn(party, (void *)i);
     ASSERT_EQ(ca_sleep(0.01), 0);

@@ -73,13 +73,18 @@ CA_EXTERN int ca_event_wait(ca_event *e);
 /* Condition                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* A condition variable bound to a lock (asyncio.Condition). */
+/* A condition variable bound to a lock (asyncio.Condition).  The fields are
+ * private; they are spelled out only so that CA_COND_INIT can be static. */
 typedef struct ca_cond {
-    uint64_t opaque_[3];
+    ca_lock *lock_;
+    void *private_[2];
 } ca_cond;
+#define CA_COND_INIT(lockp)                                                    \
+    {                                                                          \
+        (lockp), { NULL, NULL }                                                \
+    }
 
-/* Bind c to lock l (which the caller owns).  A zeroed ca_cond must be
- * initialised before use.  Returns 0 or -EINVAL. */
+/* Bind c to lock l (or use CA_COND_INIT(&l)).  Returns 0 or -EINVAL. */
 CA_EXTERN int ca_cond_init(ca_cond *c, ca_lock *l);
 /* Release the lock, wait for a notify, re-acquire the lock, return 0.  The
  * caller must hold the lock (-EPERM otherwise).  On -ECANCELED/-ETIMEDOUT
@@ -98,12 +103,26 @@ CA_EXTERN int ca_cond_notify_all(ca_cond *c);
 /* Semaphore and BoundedSemaphore                                           */
 /* ------------------------------------------------------------------------ */
 
+/* Private fields, spelled out only so that the initialisers can be static:
+ * `static ca_sem s = CA_SEM_INIT(4);` is asyncio.Semaphore(4). */
 typedef struct ca_sem {
-    uint64_t opaque_[4];
+    unsigned value_;
+    unsigned initial_;
+    int bounded_;
+    void *private_[2];
 } ca_sem;
+#define CA_SEM_INIT(n)                                                         \
+    {                                                                          \
+        (n), (n), 0, { NULL, NULL }                                            \
+    }
+#define CA_BOUNDED_SEM_INIT(n)                                                 \
+    {                                                                          \
+        (n), (n), 1, { NULL, NULL }                                            \
+    }
 
-/* Initialise s with `value` permits; bounded: releasing above the initial
- * value is an error (asyncio.BoundedSemaphore).  Returns 0 or -EINVAL. */
+/* Initialise s with `value` permits (or use the initialisers above);
+ * bounded: releasing above the initial value is an error
+ * (asyncio.BoundedSemaphore).  Returns 0 or -EINVAL. */
 CA_EXTERN int ca_sem_init(ca_sem *s, unsigned value, int bounded);
 /* Take a permit, waiting in FIFO order.  Returns 0, -ECANCELED, -ETIMEDOUT
  * (no permit taken), -EINVAL, -EPERM.  Blocking. */
@@ -120,11 +139,20 @@ CA_EXTERN unsigned ca_sem_value(const ca_sem *s);
 /* Barrier                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* Private fields, spelled out only so that CA_BARRIER_INIT can be static. */
 typedef struct ca_barrier {
-    uint64_t opaque_[4];
+    unsigned parties_;
+    unsigned count_;
+    int broken_;
+    void *private_[2];
 } ca_barrier;
+#define CA_BARRIER_INIT(parties)                                               \
+    {                                                                          \
+        (parties), 0, 0, { NULL, NULL }                                        \
+    }
 
-/* Initialise b for `parties` tasks (>= 1).  Returns 0 or -EINVAL. */
+/* Initialise b for `parties` tasks (>= 1), or use CA_BARRIER_INIT.  Returns
+ * 0 or -EINVAL. */
 CA_EXTERN int ca_barrier_init(ca_barrier *b, unsigned parties);
 /* Wait until `parties` tasks are waiting, then release them all.  Returns
  * this task's arrival index (0 .. parties-1), -CA_EBROKEN if the barrier is
