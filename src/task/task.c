@@ -79,17 +79,6 @@ int ca__waitlist_wake_all(ca__waitlist *l, int result)
     return n;
 }
 
-int ca__wait_in(ca__waitlist *l, ca__waiter *w)
-{
-    ca_task *self = ca__loop()->current;
-    w->task = self;
-    w->notify = NULL;
-    ca__waitlist_push(l, w);
-    int r = ca__task_park(self, INT64_MAX);
-    if (ca__waitlist_linked(l, w))
-        ca__waitlist_remove(l, w);
-    return r;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Allocation and collection                                                */
@@ -477,19 +466,6 @@ int ca__task_park(ca_task *self, int64_t until)
     self->state = CA__T_WAITING;
     switch_away(l, self, 0);
     return self->run->wake_result;
-}
-
-void ca__task_wake(ca_task *t, int result)
-{
-    if (t->state != CA__T_WAITING)
-        return;
-    ca_loop *l = ca__loop();
-    struct ca__task_run *run = t->run;
-    if (ca__timer_armed(&run->timer))
-        ca__timer_cancel(l, &run->timer);
-    run->wake_result = result;
-    t->state = CA__T_READY;
-    ca__ready_push(l, &t->ready);
 }
 
 static void task_timer_fire(ca__timer *tm)

@@ -113,7 +113,18 @@ static inline ca_task *ca__task_of_ready(ca__ready *r)
  * waiter when the result did not come from that waiter. */
 int ca__task_park(ca_task *self, int64_t until);
 /* Wake t if it is waiting; ignored otherwise. */
-void ca__task_wake(ca_task *t, int result);
+static inline void ca__task_wake(ca_task *t, int result)
+{
+    if (t->state != CA__T_WAITING)
+        return;
+    ca_loop *l = ca__loop();
+    struct ca__task_run *run = t->run;
+    if (ca__timer_armed(&run->timer))
+        ca__timer_cancel(l, &run->timer);
+    run->wake_result = result;
+    t->state = CA__T_READY;
+    ca__ready_push(l, &t->ready);
+}
 /* -ECANCELED / -ETIMEDOUT if a blocking call of self must fail now, else 0. */
 int ca__task_check_slow(ca_task *self);
 static inline int ca__task_check(ca_task *self)
@@ -187,7 +198,17 @@ int ca__waitlist_wake_all(ca__waitlist *l, int result);
 /* Park the running task in list l until woken (result from the waker),
  * cancelled or past its deadline; unlinks itself if it was not woken.
  * Returns the wake result, -ECANCELED, -ETIMEDOUT; `w` may carry data. */
-int ca__wait_in(ca__waitlist *l, ca__waiter *w);
+static inline int ca__wait_in(ca__waitlist *l, ca__waiter *w)
+{
+    ca_task *self = ca__loop()->current;
+    w->task = self;
+    w->notify = NULL;
+    ca__waitlist_push(l, w);
+    int r = ca__task_park(self, INT64_MAX);
+    if (__builtin_expect(ca__waitlist_linked(l, w), 0))
+        ca__waitlist_remove(l, w);
+    return r;
+}
 
 /* Deadline helpers (deadline.c). */
 int64_t ca__task_deadline(const ca_task *t);
