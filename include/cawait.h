@@ -53,7 +53,10 @@ extern "C" {
     X(CA_EUNKNOWN, 1, "unknown cawait error")                                  \
     X(CA_ESTACK, 2, "task stack could not be allocated")                      \
     X(CA_ENOLOOP, 3, "no cawait loop is running on this thread")              \
-    X(CA_EBROKEN, 4, "barrier is broken")
+    X(CA_EBROKEN, 4, "barrier is broken")                                     \
+    X(CA_ENORESOLVER, 5, "host names other than numeric and localhost need "  \
+                         "the resolver")                                       \
+    X(CA_EINCOMPLETE, 6, "stream ended before the expected data")
 
 enum {
 #define CA__ERR_ENUM(name, n, msg) name = CA_ERR_BASE + (n),
@@ -347,6 +350,7 @@ CA_EXTERN int ca_set_debug(int on, double slow_ms);
 
 /* Structured concurrency; synchronization, queues and generators. */
 #include "cawait/concurrency.h"
+#include "cawait/net.h"
 #include "cawait/sync.h"
 
 #ifdef __cplusplus

@@ -1,0 +1,160 @@
+/*
+ * cawait networking: TCP and Unix stream sockets, buffered streams, and
+ * servers with a task per connection.  Included by <cawait.h>.
+ *
+ * All I/O is optimistic: the syscall is tried first and the task parks on
+ * the fd only on EAGAIN.  Blocking calls honour cancellation and deadline
+ * scopes and return -EPERM outside a task.  Every fd these functions create
+ * is non-blocking and close-on-exec.
+ *
+ * Host names: this version resolves numeric IPv4/IPv6 addresses and
+ * "localhost" only; other names fail with -CA_ENORESOLVER (the asynchronous
+ * resolver comes with the DNS layer).
+ */
+#ifndef CAWAIT_NET_H
+#define CAWAIT_NET_H
+
+#include <sys/socket.h>
+#include <sys/types.h>
+
+/* ------------------------------------------------------------------------ */
+/* Sockets                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Connect a TCP socket to host:port (IPv6 first for "localhost" and
+ * dual names, then IPv4).  Returns the fd, or -ECONNREFUSED, -ETIMEDOUT (a
+ * deadline scope), -ECANCELED, -CA_ENORESOLVER, -EINVAL, -EPERM...  The
+ * caller owns the fd (close it with ca_close).  Blocking. */
+CA_EXTERN int ca_tcp_connect(const char *host, unsigned port);
+
+typedef struct ca_listen_opts {
+    int backlog;    /* 0: SOMAXCONN */
+    int reuse_port; /* SO_REUSEPORT: several loops/processes share a port */
+    int v6_only;    /* IPv6 listeners: IPV6_V6ONLY */
+} ca_listen_opts;
+
+/* Listen on host:port (host NULL or empty: all IPv4 addresses; port 0: any
+ * free port, see ca_sock_port).  SO_REUSEADDR is always set.  Returns the
+ * listening fd or a negative errno.  Never blocks. */
+CA_EXTERN int ca_tcp_listen(const char *host, unsigned port,
+                            const ca_listen_opts *opts);
+/* Listen on a Unix stream socket at path (a leading '@' makes an abstract
+ * name).  Returns the fd or a negative errno. */
+CA_EXTERN int ca_unix_listen(const char *path, const ca_listen_opts *opts);
+/* Connect to a Unix stream socket ('@' for abstract names).  Blocking. */
+CA_EXTERN int ca_unix_connect(const char *path);
+
+/* Accept a connection: returns the new fd (non-blocking, close-on-exec)
+ * and fills *peer and *len when they are not NULL.  Waits while none is
+ * pending.  -ECANCELED, -ETIMEDOUT, -EMFILE/-ENFILE (out of descriptors),
+ * -EINVAL...  Blocking. */
+CA_EXTERN int ca_accept(int lfd, struct sockaddr *peer, socklen_t *len);
+
+/* The local port of a bound socket, or a negative errno. */
+CA_EXTERN int ca_sock_port(int fd);
+
+/* Read up to n bytes: returns the count (0 at end of file) or a negative
+ * errno; waits while nothing is available.  Blocking. */
+CA_EXTERN ssize_t ca_read(int fd, void *buf, size_t n);
+/* Write all n bytes, waiting whenever the kernel buffer is full.  Returns n
+ * or a negative errno (-EPIPE, -ECONNRESET, -ECANCELED: then some bytes may
+ * have been written).  Blocking. */
+CA_EXTERN ssize_t ca_write(int fd, const void *buf, size_t n);
+
+/* ------------------------------------------------------------------------ */
+/* Streams (asyncio StreamReader / StreamWriter)                            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct ca_stream ca_stream;
+
+typedef struct ca_stream_opts {
+    /* Largest line or separator-delimited record readline/readuntil will
+     * return; 0: 64 KiB (asyncio's limit). */
+    size_t limit;
+    /* Write buffer high-water mark: ca_stream_drain waits while more than
+     * this many bytes are buffered; 0: 64 KiB.  The low-water mark is a
+     * quarter of it. */
+    size_t high_water;
+} ca_stream_opts;
+
+/* Wrap a connected stream fd (a socket or a pipe) in a stream; the stream
+ * owns the fd from then on (also on failure).  Returns 0 or -ENOMEM,
+ * -EINVAL, -CA_ENOLOOP. */
+CA_EXTERN int ca_stream_open(ca_stream **out, int fd,
+                             const ca_stream_opts *opts);
+/* ca_tcp_connect + ca_stream_open (asyncio.open_connection).  Blocking. */
+CA_EXTERN int ca_open_connection(ca_stream **out, const char *host,
+                                 unsigned port, const ca_stream_opts *opts);
+
+/* Read up to n bytes (what is buffered, else what one read returns).
+ * Returns the count, 0 at end of stream, or a negative errno.  Blocking. */
+CA_EXTERN ssize_t ca_stream_read(ca_stream *s, void *buf, size_t n);
+/* Read exactly n bytes.  Returns 0, or -CA_EINCOMPLETE if the stream ended
+ * first (the partial bytes stay buffered and readable), or an error.
+ * Blocking. */
+CA_EXTERN int ca_stream_readexactly(ca_stream *s, void *buf, size_t n);
+/* Read through the next "\n" (included) into buf (cap bytes; NUL-added if
+ * room).  Returns the length; at end of stream, the rest without "\n" (0
+ * if none).  -EMSGSIZE if no "\n" within the limit or cap: nothing is
+ * consumed, the data stays buffered.  Blocking. */
+CA_EXTERN ssize_t ca_stream_readline(ca_stream *s, char *buf, size_t cap);
+/* The same with any separator (seplen >= 1).  At end of stream without the
+ * separator: -CA_EINCOMPLETE, the bytes stay buffered.  Blocking. */
+CA_EXTERN ssize_t ca_stream_readuntil(ca_stream *s, const void *sep,
+                                      size_t seplen, void *buf, size_t cap);
+/* 1 once the peer has closed and everything buffered has been read. */
+CA_EXTERN int ca_stream_at_eof(const ca_stream *s);
+
+/* Queue n bytes for sending (asyncio's write: never blocks; it sends at
+ * once what the kernel takes and buffers the rest).  Returns 0, -EPIPE
+ * after write_eof/close or a failed send, -ENOMEM. */
+CA_EXTERN int ca_stream_write(ca_stream *s, const void *buf, size_t n);
+/* Wait until the write buffer is at or below the low-water mark (back
+ * pressure: a peer that never reads blocks the writer here, memory stays
+ * bounded).  Returns 0 or the send error.  Blocking. */
+CA_EXTERN int ca_stream_drain(ca_stream *s);
+/* Flush the buffer, then shut down the sending side (half close).
+ * Blocking. */
+CA_EXTERN int ca_stream_write_eof(ca_stream *s);
+/* Bytes waiting in the write buffer. */
+CA_EXTERN size_t ca_stream_write_buffered(const ca_stream *s);
+/* The stream's fd (owned by the stream). */
+CA_EXTERN int ca_stream_fd(const ca_stream *s);
+/* Try to flush what is buffered (within a deadline scope if one is open:
+ * a peer that never reads must not hold us), close the fd and free s.
+ * Returns 0 or the first error.  NULL is ignored.  Blocking. */
+CA_EXTERN int ca_stream_close(ca_stream *s);
+
+/* ------------------------------------------------------------------------ */
+/* Servers (asyncio.start_server)                                           */
+/* ------------------------------------------------------------------------ */
+
+typedef struct ca_server ca_server;
+/* A connection handler: runs as its own task with the connection's stream;
+ * the server closes the stream after it returns. */
+typedef int (*ca_conn_fn)(ca_stream *s, void *arg);
+
+typedef struct ca_server_opts {
+    ca_listen_opts listen;
+    ca_stream_opts stream;
+    /* Most connections handled at once; more wait in the kernel's backlog.
+     * 0: unlimited. */
+    size_t max_connections;
+} ca_server_opts;
+
+/* Listen on host:port and serve every connection with fn(stream, arg) in a
+ * new task.  Accept errors are handled: out of descriptors backs off
+ * (without spinning, the listener stays), aborted connections are ignored.
+ * Returns 0 and stores the server, or a negative errno. */
+CA_EXTERN int ca_serve(ca_server **out, const char *host, unsigned port,
+                       ca_conn_fn fn, void *arg, const ca_server_opts *opts);
+/* The port the server listens on. */
+CA_EXTERN int ca_server_port(const ca_server *srv);
+/* Connections being handled now. */
+CA_EXTERN size_t ca_server_connections(const ca_server *srv);
+/* Graceful shutdown: stop accepting, let handlers finish for up to `grace`
+ * seconds, then cancel the rest and wait for them, close everything and
+ * free srv.  Returns 0 or -EINVAL.  Blocking (not a cancellation point). */
+CA_EXTERN int ca_server_close(ca_server *srv, double grace);
+
+#endif /* CAWAIT_NET_H */

@@ -1,0 +1,490 @@
+/*
+ * Buffered streams over a connected fd (asyncio's StreamReader and
+ * StreamWriter in one object).
+ *
+ * Reading: one growable buffer [rstart, rend).  Every read call first uses
+ * what is buffered and reads from the fd only when it needs more; a record
+ * (line, separator) larger than the limit fails with -EMSGSIZE and leaves
+ * the data buffered, so the buffer never grows past limit + one read.
+ *
+ * Writing: ca_stream_write sends at once what the kernel takes and keeps the
+ * rest in [wstart, wend).  While data is buffered, a non-task fd waiter
+ * (flush_waiter) sends more whenever the fd becomes writable, in the loop's
+ * own context: like asyncio's transport, the data goes out even if nobody
+ * calls drain.  ca_stream_drain is the back pressure: it parks the caller
+ * while more than high_water bytes are buffered, until at most low_water
+ * remain.  A hard ceiling (16 x high_water) makes a writer that never
+ * drains get -ENOBUFS instead of growing memory without bound.
+ */
+#include "loop/loop.h"
+#include "task/task.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define DEFAULT_LIMIT (64u * 1024u)
+#define DEFAULT_HIGH (64u * 1024u)
+#define READ_CHUNK (16u * 1024u)
+#define EXACT_MAX (16u * 1024u * 1024u)
+
+struct ca_stream {
+    int fd;
+    int eof;       /* the peer closed its side */
+    int rerr;      /* sticky read error */
+    int werr;      /* sticky write error */
+    int wclosed;   /* write_eof or close started */
+    int is_socket;
+    char *rbuf;
+    size_t rstart, rend, rcap;
+    char *wbuf;
+    size_t wstart, wend, wcap;
+    size_t limit, high, low;
+    ca__fdwait flush_waiter;
+    int flush_armed;
+};
+
+static size_t rlen(const ca_stream *s)
+{
+    return s->rend - s->rstart;
+}
+
+static size_t wlen(const ca_stream *s)
+{
+    return s->wend - s->wstart;
+}
+
+int ca_stream_open(ca_stream **out, int fd, const ca_stream_opts *opts)
+{
+    if (!out || fd < 0) {
+        if (fd >= 0)
+            ca_close(fd);
+        return -EINVAL;
+    }
+    *out = NULL;
+    if (!ca__loop()) {
+        close(fd);
+        return -CA_ENOLOOP;
+    }
+    ca_stream *s = calloc(1, sizeof(*s));
+    if (!s) {
+        ca_close(fd);
+        return -ENOMEM;
+    }
+    s->fd = fd;
+    s->limit = opts && opts->limit ? opts->limit : DEFAULT_LIMIT;
+    s->high = opts && opts->high_water ? opts->high_water : DEFAULT_HIGH;
+    s->low = s->high / 4;
+    int type;
+    socklen_t tl = sizeof(type);
+    s->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0;
+    *out = s;
+    return 0;
+}
+
+int ca_open_connection(ca_stream **out, const char *host, unsigned port,
+                       const ca_stream_opts *opts)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    int fd = ca_tcp_connect(host, port);
+    if (fd < 0)
+        return fd;
+    return ca_stream_open(out, fd, opts);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reading                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Make room for at least `want` more bytes after rend (compacting first),
+ * never beyond `ceiling` total buffered bytes. */
+static int rreserve(ca_stream *s, size_t want, size_t ceiling)
+{
+    if (s->rstart > 0 && s->rstart == s->rend)
+        s->rstart = s->rend = 0;
+    if (s->rcap - s->rend >= want)
+        return 0;
+    if (s->rstart > 0) {
+        memmove(s->rbuf, s->rbuf + s->rstart, rlen(s));
+        s->rend -= s->rstart;
+        s->rstart = 0;
+        if (s->rcap - s->rend >= want)
+            return 0;
+    }
+    size_t need = s->rend + want;
+    if (need > ceiling)
+        need = ceiling;
+    if (need <= s->rcap)
+        return s->rcap > s->rend ? 0 : -EMSGSIZE;
+    size_t cap = s->rcap ? s->rcap : READ_CHUNK;
+    while (cap < need)
+        cap *= 2;
+    if (cap > ceiling)
+        cap = ceiling;
+    char *b = realloc(s->rbuf, cap);
+    if (!b)
+        return -ENOMEM;
+    s->rbuf = b;
+    s->rcap = cap;
+    return 0;
+}
+
+/* Read once from the fd into the buffer, waiting if nothing is available.
+ * Returns bytes added (0: end of stream) or a negative errno. */
+static ssize_t fill(ca_stream *s, size_t ceiling)
+{
+    if (s->eof)
+        return 0;
+    if (s->rerr)
+        return s->rerr;
+    int r = rreserve(s, READ_CHUNK, ceiling);
+    if (r < 0)
+        return r;
+    for (;;) {
+        ssize_t n = read(s->fd, s->rbuf + s->rend, s->rcap - s->rend);
+        if (n > 0) {
+            s->rend += (size_t)n;
+            return n;
+        }
+        if (n == 0) {
+            s->eof = 1;
+            return 0;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN) {
+            s->rerr = -errno;
+            return s->rerr;
+        }
+        int w = ca_wait_fd(s->fd, CA_READ);
+        if (w < 0)
+            return w;
+    }
+}
+
+static size_t take(ca_stream *s, void *buf, size_t n)
+{
+    if (n > rlen(s))
+        n = rlen(s);
+    memcpy(buf, s->rbuf + s->rstart, n);
+    s->rstart += n;
+    return n;
+}
+
+ssize_t ca_stream_read(ca_stream *s, void *buf, size_t n)
+{
+    if (!s || (!buf && n))
+        return -EINVAL;
+    if (n == 0)
+        return 0;
+    if (rlen(s) == 0) {
+        if (s->eof)
+            return 0;
+        if (s->rerr)
+            return s->rerr;
+        if (!ca__task_self("ca_stream_read"))
+            return -EPERM;
+        /* Nothing buffered: read straight into the caller's buffer when it
+         * is large, saving a copy (the echo path). */
+        if (n >= READ_CHUNK) {
+            for (;;) {
+                ssize_t r = read(s->fd, buf, n);
+                if (r > 0)
+                    return r;
+                if (r == 0) {
+                    s->eof = 1;
+                    return 0;
+                }
+                if (errno == EINTR)
+                    continue;
+                if (errno != EAGAIN)
+                    return s->rerr = -errno;
+                int w = ca_wait_fd(s->fd, CA_READ);
+                if (w < 0)
+                    return w;
+            }
+        }
+        ssize_t r = fill(s, s->limit + READ_CHUNK);
+        if (r <= 0)
+            return r;
+    }
+    return (ssize_t)take(s, buf, n);
+}
+
+int ca_stream_readexactly(ca_stream *s, void *buf, size_t n)
+{
+    if (!s || (!buf && n))
+        return -EINVAL;
+    if (n > EXACT_MAX)
+        return -EMSGSIZE;
+    while (rlen(s) < n) {
+        if (!ca__task_self("ca_stream_readexactly"))
+            return -EPERM;
+        ssize_t r = fill(s, n > s->limit ? n : s->limit + READ_CHUNK);
+        if (r < 0)
+            return (int)r;
+        if (r == 0)
+            return -CA_EINCOMPLETE; /* the partial bytes stay buffered */
+    }
+    take(s, buf, n);
+    return 0;
+}
+
+static ssize_t read_until(ca_stream *s, const void *sep, size_t seplen,
+                          void *buf, size_t cap, int partial_at_eof)
+{
+    size_t scanned = 0;
+    for (;;) {
+        const char *base = s->rbuf ? s->rbuf + s->rstart : NULL;
+        size_t have = rlen(s);
+        size_t from = scanned > seplen - 1 ? scanned - (seplen - 1) : 0;
+        const char *hit =
+            have >= seplen ? memmem(base + from, have - from, sep, seplen)
+                           : NULL;
+        if (hit) {
+            size_t len = (size_t)(hit - base) + seplen;
+            if (len > s->limit || len > cap)
+                return -EMSGSIZE; /* nothing consumed */
+            take(s, buf, len);
+            if (len < cap)
+                ((char *)buf)[len] = '\0';
+            return (ssize_t)len;
+        }
+        scanned = have;
+        if (have > s->limit)
+            return -EMSGSIZE; /* no separator within the limit */
+        if (s->eof) {
+            if (!partial_at_eof)
+                return have ? -CA_EINCOMPLETE : 0;
+            if (have > cap)
+                return -EMSGSIZE;
+            take(s, buf, have);
+            if (have < cap)
+                ((char *)buf)[have] = '\0';
+            return (ssize_t)have;
+        }
+        if (!ca__task_self("ca_stream_readuntil"))
+            return -EPERM;
+        ssize_t r = fill(s, s->limit + seplen + READ_CHUNK);
+        if (r < 0)
+            return r;
+    }
+}
+
+ssize_t ca_stream_readline(ca_stream *s, char *buf, size_t cap)
+{
+    if (!s || !buf || cap == 0)
+        return -EINVAL;
+    return read_until(s, "\n", 1, buf, cap, 1);
+}
+
+ssize_t ca_stream_readuntil(ca_stream *s, const void *sep, size_t seplen,
+                            void *buf, size_t cap)
+{
+    if (!s || !sep || seplen == 0 || !buf || cap == 0)
+        return -EINVAL;
+    ssize_t r = read_until(s, sep, seplen, buf, cap, 0);
+    return r == 0 && s->eof ? -CA_EINCOMPLETE : r;
+}
+
+int ca_stream_at_eof(const ca_stream *s)
+{
+    return s && s->eof && rlen(s) == 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Writing                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Send what the kernel takes without waiting.  0, or the sticky error. */
+static int send_some(ca_stream *s)
+{
+    while (wlen(s) > 0) {
+        ssize_t n = s->is_socket
+                        ? send(s->fd, s->wbuf + s->wstart, wlen(s),
+                               MSG_NOSIGNAL)
+                        : write(s->fd, s->wbuf + s->wstart, wlen(s));
+        if (n > 0) {
+            s->wstart += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            break;
+        s->werr = n < 0 ? -errno : -EPIPE;
+        s->wstart = s->wend = 0;
+        return s->werr;
+    }
+    if (wlen(s) == 0)
+        s->wstart = s->wend = 0;
+    return 0;
+}
+
+static void arm_flush(ca_stream *s);
+
+/* The fd became writable (or was forgotten): send more in the loop's
+ * context, and wait again if data remains. */
+static void flush_wake(ca__fdwait *w, int result)
+{
+    ca_stream *s = (ca_stream *)((char *)w - offsetof(ca_stream, flush_waiter));
+    s->flush_armed = 0;
+    if (result < 0) {
+        s->werr = result;
+        return;
+    }
+    if (send_some(s) == 0 && wlen(s) > 0)
+        arm_flush(s);
+}
+
+static void arm_flush(ca_stream *s)
+{
+    ca_loop *l = ca__loop();
+    if (s->flush_armed || !l || ca__fd_register(l, s->fd) < 0)
+        return;
+    s->flush_waiter = (ca__fdwait){.fd = s->fd, .events = CA_WRITE,
+                                   .wake = flush_wake};
+    s->flush_armed = 1;
+    ca__fd_add_waiter(l, &s->flush_waiter);
+}
+
+static void disarm_flush(ca_stream *s)
+{
+    ca_loop *l = ca__loop();
+    if (s->flush_armed && l)
+        ca__fd_remove_waiter(l, &s->flush_waiter);
+    s->flush_armed = 0;
+}
+
+int ca_stream_write(ca_stream *s, const void *buf, size_t n)
+{
+    if (!s || (!buf && n))
+        return -EINVAL;
+    if (s->werr)
+        return s->werr;
+    if (s->wclosed)
+        return -EPIPE;
+    if (n == 0)
+        return 0;
+    const char *p = buf;
+    if (wlen(s) == 0) {
+        /* Nothing queued: try the kernel first (the common case). */
+        for (;;) {
+            ssize_t k = s->is_socket ? send(s->fd, p, n, MSG_NOSIGNAL)
+                                     : write(s->fd, p, n);
+            if (k >= 0) {
+                p += k;
+                n -= (size_t)k;
+                if (n == 0)
+                    return 0;
+                continue;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN)
+                break;
+            return s->werr = -errno;
+        }
+    }
+    if (wlen(s) + n > 16 * s->high)
+        return -ENOBUFS; /* the writer never drains: refuse to grow */
+    if (s->wcap - s->wend < n) {
+        if (s->wstart > 0) {
+            memmove(s->wbuf, s->wbuf + s->wstart, wlen(s));
+            s->wend -= s->wstart;
+            s->wstart = 0;
+        }
+        if (s->wcap - s->wend < n) {
+            size_t cap = s->wcap ? s->wcap : 4096;
+            while (cap - s->wend < n)
+                cap *= 2;
+            char *b = realloc(s->wbuf, cap);
+            if (!b)
+                return -ENOMEM;
+            s->wbuf = b;
+            s->wcap = cap;
+        }
+    }
+    memcpy(s->wbuf + s->wend, p, n);
+    s->wend += n;
+    arm_flush(s);
+    return 0;
+}
+
+/* Wait until at most `target` bytes are buffered. */
+static int flush_to(ca_stream *s, size_t target)
+{
+    for (;;) {
+        int r = send_some(s);
+        if (r < 0)
+            return r;
+        if (wlen(s) <= target)
+            return 0;
+        r = ca_wait_fd(s->fd, CA_WRITE);
+        if (r < 0)
+            return r;
+    }
+}
+
+int ca_stream_drain(ca_stream *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->werr)
+        return s->werr;
+    if (wlen(s) <= s->high)
+        return 0;
+    if (!ca__task_self("ca_stream_drain"))
+        return -EPERM;
+    return flush_to(s, s->low);
+}
+
+int ca_stream_write_eof(ca_stream *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (!ca__task_self("ca_stream_write_eof"))
+        return -EPERM;
+    if (s->wclosed)
+        return 0;
+    int r = s->werr ? s->werr : flush_to(s, 0);
+    s->wclosed = 1;
+    disarm_flush(s);
+    if (r == 0 && s->is_socket && shutdown(s->fd, SHUT_WR) < 0)
+        r = -errno;
+    return r;
+}
+
+size_t ca_stream_write_buffered(const ca_stream *s)
+{
+    return s ? wlen(s) : 0;
+}
+
+int ca_stream_fd(const ca_stream *s)
+{
+    return s ? s->fd : -EINVAL;
+}
+
+int ca_stream_close(ca_stream *s)
+{
+    if (!s)
+        return 0;
+    int r = s->werr;
+    s->wclosed = 1;
+    if (!r && wlen(s) > 0) {
+        if (ca__loop() && ca__loop()->current)
+            r = flush_to(s, 0);
+        else
+            r = send_some(s) < 0 ? s->werr : (wlen(s) ? -EAGAIN : 0);
+    }
+    disarm_flush(s);
+    int c = ca_close(s->fd);
+    free(s->rbuf);
+    free(s->wbuf);
+    free(s);
+    return r ? r : c;
+}

@@ -1,0 +1,441 @@
+/* Networking: sockets, streams and servers on loopback. */
+#include "cawait.h"
+#include "runner.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* An echo handler: lines back, upper-cased first letter, until EOF. */
+static int echo_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = ca_stream_read(s, buf, sizeof(buf));
+        if (n <= 0)
+            return (int)n;
+        int r = ca_stream_write(s, buf, (size_t)n);
+        if (r == 0)
+            r = ca_stream_drain(s);
+        if (r < 0)
+            return r;
+    }
+}
+
+static int echo_main(void *a)
+{
+    (void)a;
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, echo_handler, NULL, NULL), 0);
+    int port = ca_server_port(srv);
+    ASSERT_GT(port, 0);
+
+    ca_stream *c;
+    ASSERT_EQ(ca_open_connection(&c, "127.0.0.1", (unsigned)port, NULL), 0);
+    ASSERT_EQ(ca_stream_write(c, "hello\nworld\npartial", 19), 0);
+    char line[64];
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 6);
+    ASSERT_STREQ(line, "hello\n");
+    ASSERT_EQ(ca_stream_readuntil(c, "ld\n", 3, line, sizeof(line)), 6);
+    ASSERT(memcmp(line, "world\n", 6) == 0);
+    char part[7];
+    ASSERT_EQ(ca_stream_readexactly(c, part, 7), 0);
+    ASSERT(memcmp(part, "partial", 7) == 0);
+
+    /* a large payload round trip (several reads, back pressure) */
+    enum { BIG = 1 << 20 };
+    static char out[BIG], in[BIG];
+    for (int i = 0; i < BIG; i++)
+        out[i] = (char)(i * 7);
+    ASSERT_EQ(ca_stream_write(c, out, BIG), 0);
+    ASSERT_EQ(ca_stream_drain(c), 0);
+    ASSERT_EQ(ca_stream_readexactly(c, in, BIG), 0);
+    ASSERT(memcmp(in, out, BIG) == 0);
+
+    /* half close: the server sees EOF and closes; we see EOF */
+    ASSERT_EQ(ca_stream_write(c, "tail", 4), 0);
+    ASSERT_EQ(ca_stream_write_eof(c), 0);
+    ASSERT_EQ(ca_stream_write(c, "x", 1), -EPIPE);
+    char rest[16];
+    ASSERT_EQ(ca_stream_readexactly(c, rest, 8), -CA_EINCOMPLETE);
+    ASSERT_EQ(ca_stream_read(c, rest, sizeof(rest)), 4); /* kept readable */
+    ASSERT(memcmp(rest, "tail", 4) == 0);
+    ASSERT_EQ(ca_stream_read(c, rest, sizeof(rest)), 0);
+    ASSERT(ca_stream_at_eof(c));
+    ASSERT_EQ(ca_stream_close(c), 0);
+
+    /* localhost tries ::1 first, then 127.0.0.1 */
+    ASSERT_EQ(ca_open_connection(&c, "localhost", (unsigned)port, NULL), 0);
+    ASSERT_EQ(ca_stream_write(c, "ping\n", 5), 0);
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 5);
+    ASSERT_EQ(ca_stream_close(c), 0);
+    ASSERT_EQ(ca_server_close(srv, 1.0), 0);
+
+    /* errors */
+    ASSERT_EQ(ca_tcp_connect("127.0.0.1", (unsigned)port), -ECONNREFUSED);
+    ASSERT_EQ(ca_tcp_connect("example.invalid", 80), -CA_ENORESOLVER);
+    ASSERT_EQ(ca_tcp_connect(NULL, 80), -EINVAL);
+    ASSERT_EQ(ca_tcp_connect("127.0.0.1", 70000), -EINVAL);
+    ASSERT_EQ(ca_serve(NULL, NULL, 0, echo_handler, NULL, NULL), -EINVAL);
+    return 0;
+}
+
+static void test_echo_and_stream_reads(void)
+{
+    ASSERT_EQ(ca_run(echo_main, NULL), 0);
+}
+
+/* ---- limits: records larger than the limit fail without losing data ---- */
+
+static int limit_main(void *a)
+{
+    (void)a;
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                         0, sv),
+              0);
+    ca_stream *s;
+    ca_stream_opts o = {.limit = 16};
+    ASSERT_EQ(ca_stream_open(&s, sv[0], &o), 0);
+    const char *msg = "0123456789abcdefghijXYZ\nshort\n";
+    ASSERT_EQ(ca_write(sv[1], msg, strlen(msg)), (ssize_t)strlen(msg));
+    char line[64];
+    ASSERT_EQ(ca_stream_readline(s, line, sizeof(line)), -EMSGSIZE);
+    /* nothing was consumed: the bytes are still there */
+    char head[10];
+    ASSERT_EQ(ca_stream_readexactly(s, head, 10), 0);
+    ASSERT(memcmp(head, "0123456789", 10) == 0);
+    ASSERT_EQ(ca_stream_readline(s, line, sizeof(line)), 14);
+    ASSERT_STREQ(line, "abcdefghijXYZ\n");
+    ASSERT_EQ(ca_stream_readline(s, line, 4), -EMSGSIZE); /* buffer too small */
+    ASSERT_EQ(ca_stream_readline(s, line, sizeof(line)), 6);
+    ca_close(sv[1]);
+    ASSERT_EQ(ca_stream_readline(s, line, sizeof(line)), 0); /* EOF */
+    ASSERT_EQ(ca_stream_readuntil(s, "", 0, line, 8), -EINVAL);
+    ASSERT_EQ(ca_stream_close(s), 0);
+    return 0;
+}
+
+static void test_stream_limits(void)
+{
+    ASSERT_EQ(ca_run(limit_main, NULL), 0);
+}
+
+/* ---- Unix sockets ---------------------------------------------------------- */
+
+static int unix_server(void *a)
+{
+    int lfd = *(int *)a;
+    int fd = ca_accept(lfd, NULL, NULL);
+    if (fd < 0)
+        return fd;
+    char buf[16];
+    ssize_t n = ca_read(fd, buf, sizeof(buf));
+    if (n > 0)
+        ca_write(fd, buf, (size_t)n);
+    ca_close(fd);
+    return (int)n;
+}
+
+static int unix_main(void *a)
+{
+    (void)a;
+    const char *paths[2] = {"/tmp/cawait-test.sock", "@cawait-test-abstract"};
+    for (int i = 0; i < 2; i++) {
+        int lfd = ca_unix_listen(paths[i], NULL);
+        ASSERT_GE(lfd, 0);
+        ca_task *t = ca_spawn(unix_server, &lfd);
+        int fd = ca_unix_connect(paths[i]);
+        ASSERT_GE(fd, 0);
+        ASSERT_EQ(ca_write(fd, "unix", 4), 4);
+        char buf[8];
+        ASSERT_EQ(ca_read(fd, buf, sizeof(buf)), 4);
+        ASSERT(memcmp(buf, "unix", 4) == 0);
+        ASSERT_EQ(ca_join(t), 4);
+        ca_task_release(t);
+        ca_close(fd);
+        ca_close(lfd);
+    }
+    unlink(paths[0]);
+    ASSERT_EQ(ca_unix_connect("/tmp/cawait-no-such.sock"), -ENOENT);
+    ASSERT_EQ(ca_unix_listen("", NULL), -EINVAL);
+    return 0;
+}
+
+static void test_unix_sockets(void)
+{
+    ASSERT_EQ(ca_run(unix_main, NULL), 0);
+}
+
+/* ---- back pressure: a peer that never reads ------------------------------ */
+
+static size_t max_buffered;
+
+static int flood(void *a)
+{
+    ca_stream *s = a;
+    static char chunk[16384];
+    for (;;) {
+        int r = ca_stream_write(s, chunk, sizeof(chunk));
+        if (r < 0)
+            return r;
+        size_t b = ca_stream_write_buffered(s);
+        if (b > max_buffered)
+            max_buffered = b;
+        r = ca_stream_drain(s); /* blocks: the peer never reads */
+        if (r < 0)
+            return r;
+    }
+}
+
+static int backpressure_main(void *a)
+{
+    (void)a;
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                         0, sv),
+              0);
+    ca_stream *s;
+    ca_stream_opts o = {.high_water = 64 * 1024};
+    ASSERT_EQ(ca_stream_open(&s, sv[0], &o), 0);
+    ca_task *t = ca_spawn(flood, s);
+    ASSERT_EQ(ca_sleep(0.1), 0);
+    ASSERT(!ca_task_done(t));                 /* stuck in drain */
+    ASSERT_LE(max_buffered, 64 * 1024 + 16384); /* memory stays bounded */
+    ca_cancel(t);
+    ASSERT_EQ(ca_join(t), -ECANCELED);        /* cancellation frees it */
+    ca_task_release(t);
+    /* closing with unsent data inside a deadline does not hang */
+    ASSERT_EQ(ca_deadline_push(0.05), 0);
+    int r = ca_stream_close(s);
+    ASSERT(r == -ETIMEDOUT || r == 0);
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    ca_close(sv[1]);
+    return 0;
+}
+
+static void test_backpressure(void)
+{
+    ASSERT_EQ(ca_run(backpressure_main, NULL), 0);
+}
+
+/* ---- a peer that resets the connection ------------------------------------ */
+
+static int reset_seen;
+
+static int reader_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    char buf[256];
+    ssize_t n;
+    while ((n = ca_stream_read(s, buf, sizeof(buf))) > 0)
+        ;
+    if (n == -ECONNRESET)
+        reset_seen = 1;
+    return (int)n;
+}
+
+static int reset_main(void *a)
+{
+    (void)a;
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, reader_handler, NULL, NULL), 0);
+    int fd = ca_tcp_connect("127.0.0.1", (unsigned)ca_server_port(srv));
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(ca_write(fd, "some bytes", 10), 10);
+    ASSERT_EQ(ca_sleep(0.02), 0);
+    struct linger lg = {1, 0}; /* close with RST */
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    ca_close(fd);
+    for (int i = 0; i < 100 && ca_server_connections(srv) > 0; i++)
+        ca_sleep(0.01);
+    ASSERT_EQ(ca_server_connections(srv), 0);
+    ASSERT(reset_seen);
+    ASSERT_EQ(ca_server_close(srv, 1), 0);
+    return 0;
+}
+
+static void test_peer_reset(void)
+{
+    ASSERT_EQ(ca_run(reset_main, NULL), 0);
+}
+
+/* ---- graceful shutdown and connection limits ------------------------------- */
+
+static int finished_handlers, cancelled_handlers;
+
+static int slow_handler(ca_stream *s, void *arg)
+{
+    double secs = *(double *)arg;
+    (void)s;
+    int r = ca_sleep(secs);
+    if (r == -ECANCELED)
+        cancelled_handlers++;
+    else
+        finished_handlers++;
+    return r;
+}
+
+static int graceful_main(void *a)
+{
+    (void)a;
+    /* handlers that finish within the grace period are let finish */
+    double quick = 0.05;
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, slow_handler, &quick, NULL), 0);
+    int port = ca_server_port(srv);
+    int fds[3];
+    for (int i = 0; i < 3; i++)
+        ASSERT_GE(fds[i] = ca_tcp_connect("127.0.0.1", (unsigned)port), 0);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ASSERT_EQ(ca_server_connections(srv), 3);
+    double t0 = mono();
+    ASSERT_EQ(ca_server_close(srv, 1.0), 0);
+    ASSERT_LT(mono() - t0, 0.5);
+    ASSERT_EQ(finished_handlers, 3);
+    ASSERT_EQ(ca_tcp_connect("127.0.0.1", (unsigned)port), -ECONNREFUSED);
+    for (int i = 0; i < 3; i++)
+        ca_close(fds[i]);
+
+    /* stragglers are cancelled after the grace period */
+    double slow = 10;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, slow_handler, &slow, NULL), 0);
+    port = ca_server_port(srv);
+    for (int i = 0; i < 3; i++)
+        ASSERT_GE(fds[i] = ca_tcp_connect("127.0.0.1", (unsigned)port), 0);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    t0 = mono();
+    ASSERT_EQ(ca_server_close(srv, 0.05), 0);
+    double dt = mono() - t0;
+    ASSERT_GE(dt, 0.05);
+    ASSERT_LT(dt, 1.0);
+    ASSERT_EQ(cancelled_handlers, 3);
+    for (int i = 0; i < 3; i++)
+        ca_close(fds[i]);
+
+    /* max_connections: the third client waits in the backlog */
+    ca_server_opts o = {.max_connections = 2};
+    double mid = 0.1;
+    finished_handlers = 0;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, slow_handler, &mid, &o), 0);
+    port = ca_server_port(srv);
+    for (int i = 0; i < 3; i++)
+        ASSERT_GE(fds[i] = ca_tcp_connect("127.0.0.1", (unsigned)port), 0);
+    ASSERT_EQ(ca_sleep(0.03), 0);
+    ASSERT_EQ(ca_server_connections(srv), 2);
+    ASSERT_EQ(ca_sleep(0.12), 0);
+    ASSERT_EQ(ca_server_connections(srv), 1); /* the third got its turn */
+    ASSERT_EQ(ca_server_close(srv, 1.0), 0);
+    ASSERT_EQ(finished_handlers, 3);
+    for (int i = 0; i < 3; i++)
+        ca_close(fds[i]);
+    return 0;
+}
+
+static void test_graceful_shutdown_and_limits(void)
+{
+    ASSERT_EQ(ca_run(graceful_main, NULL), 0);
+}
+
+/* ---- a slow client: one byte every 10 ms ---------------------------------- */
+
+static char slow_line[64];
+
+static int line_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    return (int)ca_stream_readline(s, slow_line, sizeof(slow_line));
+}
+
+static int slow_client_main(void *a)
+{
+    (void)a;
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, line_handler, NULL, NULL), 0);
+    int fd = ca_tcp_connect("127.0.0.1", (unsigned)ca_server_port(srv));
+    ASSERT_GE(fd, 0);
+    const char *msg = "slow line\n";
+    for (size_t i = 0; i < strlen(msg); i++) {
+        ASSERT_EQ(ca_write(fd, msg + i, 1), 1);
+        ASSERT_EQ(ca_sleep(0.01), 0);
+    }
+    for (int i = 0; i < 100 && !slow_line[0]; i++)
+        ca_sleep(0.01);
+    ASSERT_STREQ(slow_line, "slow line\n");
+    ca_close(fd);
+    ASSERT_EQ(ca_server_close(srv, 1), 0);
+    return 0;
+}
+
+static void test_slow_client(void)
+{
+    ASSERT_EQ(ca_run(slow_client_main, NULL), 0);
+}
+
+/* ---- an accept storm beyond the descriptor limit --------------------------- */
+
+static int storm_main(void *a)
+{
+    (void)a;
+    struct rlimit rl = {96, 96};
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        SKIP("cannot lower RLIMIT_NOFILE here (valgrind reserves its own)");
+    double forever = 10;
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, slow_handler, &forever, NULL), 0);
+    int port = ca_server_port(srv);
+    /* open connections until we (and the server) run out of fds */
+    int fds[200], n = 0;
+    for (; n < 200; n++) {
+        fds[n] = ca_tcp_connect("127.0.0.1", (unsigned)port);
+        if (fds[n] < 0)
+            break;
+    }
+    ASSERT_GT(n, 10);
+    ASSERT_EQ(ca_sleep(0.2), 0); /* the server backs off, not spins */
+    ca_loop_stats st;
+    ca_loop_stats_get(&st);
+    ASSERT_LT(st.turns, 20000);
+    /* recover: close our side; the server accepts the waiting ones */
+    for (int i = 0; i < n; i++)
+        ca_close(fds[i]);
+    ASSERT_EQ(ca_sleep(0.3), 0);
+    int fd = ca_tcp_connect("127.0.0.1", (unsigned)port);
+    ASSERT_GE(fd, 0);
+    ca_close(fd);
+    ASSERT_EQ(ca_server_close(srv, 0), 0);
+    return 0;
+}
+
+static void test_accept_storm(void)
+{
+    ASSERT_EQ(ca_run(storm_main, NULL), 0);
+}
+
+static const struct test_case tests[] = {
+    {"echo_and_stream_reads", test_echo_and_stream_reads, 20, 0},
+    {"stream_limits", test_stream_limits, 10, 0},
+    {"unix_sockets", test_unix_sockets, 10, 0},
+    {"backpressure", test_backpressure, 10, 0},
+    {"peer_reset", test_peer_reset, 10, 0},
+    {"graceful_shutdown_and_limits", test_graceful_shutdown_and_limits, 20, 0},
+    {"slow_client", test_slow_client, 10, 0},
+    {"accept_storm", test_accept_storm, 20, 0},
+    {NULL, NULL, 0, 0},
+};
+
+int main(int argc, char **argv)
+{
+    return runner_main(argc, argv, tests, NULL);
+}
