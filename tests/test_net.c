@@ -3,9 +3,13 @@
 #include "runner.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/socket.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <sys/resource.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -423,6 +427,206 @@ static void test_accept_storm(void)
     ASSERT_EQ(ca_run(storm_main, NULL), 0);
 }
 
+/* ---- UDP, Unix datagrams, fd passing, sendfile --------------------------- */
+
+static int udp_echo(void *a)
+{
+    int fd = *(int *)a;
+    char buf[64];
+    struct sockaddr_storage from;
+    socklen_t len = sizeof(from);
+    ssize_t n = ca_recvfrom(fd, buf, sizeof(buf), (struct sockaddr *)&from,
+                            &len);
+    if (n < 0)
+        return (int)n;
+    return (int)ca_sendto(fd, buf, (size_t)n, (struct sockaddr *)&from, len);
+}
+
+static int dgram_main(void *a)
+{
+    (void)a;
+    int srv = ca_udp_bind("127.0.0.1", 0);
+    ASSERT_GE(srv, 0);
+    int port = ca_sock_port(srv);
+    ca_task *t = ca_spawn(udp_echo, &srv);
+    int cli = ca_udp_connect("127.0.0.1", (unsigned)port);
+    ASSERT_GE(cli, 0);
+    ASSERT_EQ(ca_sendto(cli, "datagram", 8, NULL, 0), 8);
+    char buf[64];
+    ASSERT_EQ(ca_recvfrom(cli, buf, sizeof(buf), NULL, NULL), 8);
+    ASSERT(memcmp(buf, "datagram", 8) == 0);
+    ASSERT_EQ(ca_join(t), 8);
+    ca_task_release(t);
+    /* a receive that never completes honours deadlines */
+    ASSERT_EQ(ca_deadline_push(0.02), 0);
+    ASSERT_EQ(ca_recvfrom(cli, buf, sizeof(buf), NULL, NULL), -ETIMEDOUT);
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    ca_close(cli);
+    ca_close(srv);
+
+    /* Unix datagrams */
+    int u1 = ca_unix_dgram("@cawait-dgram-test");
+    int u2 = ca_unix_dgram(NULL);
+    ASSERT_GE(u1, 0);
+    ASSERT_GE(u2, 0);
+    struct sockaddr_un to = {.sun_family = AF_UNIX};
+    memcpy(to.sun_path + 1, "cawait-dgram-test", 17);
+    socklen_t tolen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 18);
+    ASSERT_EQ(ca_sendto(u2, "unix-dg", 7, (struct sockaddr *)&to, tolen), 7);
+    ASSERT_EQ(ca_recvfrom(u1, buf, sizeof(buf), NULL, NULL), 7);
+    ca_close(u1);
+    ca_close(u2);
+
+    /* fd passing: send one end of a pipe across a socketpair */
+    int sv[2], p[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                         0, sv),
+              0);
+    ASSERT_EQ(pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+    ASSERT_EQ(ca_send_fd(sv[0], p[1]), 0);
+    int got = ca_recv_fd(sv[1]);
+    ASSERT_GE(got, 0);
+    ASSERT_EQ(ca_write(got, "via fd", 6), 6);
+    ASSERT_EQ(ca_read(p[0], buf, sizeof(buf)), 6);
+    ASSERT_EQ(ca_write(sv[0], "x", 1), 1);
+    ASSERT_EQ(ca_recv_fd(sv[1]), -EBADMSG); /* data without a descriptor */
+    ca_close(got);
+    ca_close(p[0]);
+    ca_close(p[1]);
+
+    /* sendfile into a stream, after buffered data */
+    char path[] = "/tmp/cawait-sendfile-XXXXXX";
+    int f = mkstemp(path);
+    ASSERT_GE(f, 0);
+    unlink(path);
+    static char data[100000];
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (char)(i % 251);
+    ASSERT_EQ(write(f, data, sizeof(data)), (ssize_t)sizeof(data));
+    ca_stream *s;
+    ASSERT_EQ(ca_stream_open(&s, sv[0], NULL), 0);
+    ASSERT_EQ(ca_stream_write(s, "HDR", 3), 0);
+    ca_stream *r;
+    ASSERT_EQ(ca_stream_open(&r, sv[1], NULL), 0);
+    ASSERT_EQ(ca_stream_sendfile(s, f, 0, 0), (ssize_t)sizeof(data));
+    char hdr[3];
+    ASSERT_EQ(ca_stream_readexactly(r, hdr, 3), 0);
+    ASSERT(memcmp(hdr, "HDR", 3) == 0);
+    static char back[100000];
+    ASSERT_EQ(ca_stream_readexactly(r, back, sizeof(back)), 0);
+    ASSERT(memcmp(back, data, sizeof(data)) == 0);
+    ASSERT_EQ(ca_stream_sendfile(s, f, 99990, 100), 10); /* short file */
+    close(f);
+    ASSERT_EQ(ca_stream_close(s), 0);
+    ASSERT_EQ(ca_stream_close(r), 0);
+    return 0;
+}
+
+static void test_datagrams_fd_passing_sendfile(void)
+{
+    ASSERT_EQ(ca_run(dgram_main, NULL), 0);
+}
+
+/* ---- 10,000 concurrent connections on loopback ----------------------------- */
+
+/* The server (this process) holds every connection until the client closes
+ * it; the client is a forked child with its own descriptor table, since
+ * both ends of 10,000 connections exceed the 20,000 hard limit of one
+ * process here. */
+static int hold_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    char c;
+    if (ca_stream_read(s, &c, 1) == 1) {
+        ca_stream_write(s, &c, 1);
+        while (ca_stream_read(s, &c, 1) > 0) /* until the client closes */
+            ;
+    }
+    return 0;
+}
+
+static void raise_nofile(rlim_t want)
+{
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+/* The child: plain blocking sockets, no loop. */
+static int client_proc(int port, long n)
+{
+    raise_nofile((rlim_t)n + 64);
+    int *fds = malloc((size_t)n * sizeof(int));
+    if (!fds)
+        return 2;
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    for (long i = 0; i < n; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        if (fds[i] < 0 || connect(fds[i], (struct sockaddr *)&a, sizeof(a)) < 0)
+            return 3;
+    }
+    for (long i = 0; i < n; i++)
+        if (write(fds[i], "k", 1) != 1)
+            return 4;
+    char c;
+    for (long i = 0; i < n; i++)
+        if (read(fds[i], &c, 1) != 1 || c != 'k')
+            return 5;
+    usleep(300 * 1000); /* hold them all open */
+    for (long i = 0; i < n; i++)
+        close(fds[i]);
+    free(fds);
+    return 0;
+}
+
+static long many_n;
+
+static int many_main(void *a)
+{
+    (void)a;
+    ca_server *srv;
+    ca_server_opts o = {.listen = {.backlog = 4096}};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, hold_handler, NULL, &o), 0);
+    int port = ca_server_port(srv);
+    fflush(stdout);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0)
+        _exit(client_proc(port, many_n));
+    size_t most = 0;
+    int status = 0;
+    double t0 = mono();
+    for (;;) {
+        size_t c = ca_server_connections(srv);
+        if (c > most)
+            most = c;
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid)
+            break;
+        ASSERT_LT(mono() - t0, 60);
+        ca_sleep(0.01);
+    }
+    ASSERT(WIFEXITED(status));
+    ASSERT_EQ(WEXITSTATUS(status), 0);
+    printf("most concurrent connections: %zu\n", most);
+    ASSERT_EQ(most, (size_t)many_n);
+    ASSERT_EQ(ca_server_close(srv, 5), 0);
+    return 0;
+}
+
+static void test_10k_connections(void)
+{
+    many_n = test_is_instrumented() ? 1000 : 10000;
+    raise_nofile((rlim_t)many_n + 64);
+    double t0 = mono();
+    ASSERT_EQ(ca_run(many_main, NULL), 0);
+    printf("%ld connections set up, used and closed in %.2f s\n", many_n,
+           mono() - t0);
+}
+
 static const struct test_case tests[] = {
     {"echo_and_stream_reads", test_echo_and_stream_reads, 20, 0},
     {"stream_limits", test_stream_limits, 10, 0},
@@ -432,6 +636,8 @@ static const struct test_case tests[] = {
     {"graceful_shutdown_and_limits", test_graceful_shutdown_and_limits, 20, 0},
     {"slow_client", test_slow_client, 10, 0},
     {"accept_storm", test_accept_storm, 20, 0},
+    {"datagrams_fd_passing_sendfile", test_datagrams_fd_passing_sendfile, 10, 0},
+    {"10k_connections", test_10k_connections, 120, 1},
     {NULL, NULL, 0, 0},
 };
 

@@ -62,6 +62,35 @@ CA_EXTERN ssize_t ca_read(int fd, void *buf, size_t n);
 CA_EXTERN ssize_t ca_write(int fd, const void *buf, size_t n);
 
 /* ------------------------------------------------------------------------ */
+/* Datagrams and descriptor passing                                         */
+/* ------------------------------------------------------------------------ */
+
+/* A UDP socket bound to host:port (port 0: any; see ca_sock_port).  Returns
+ * the fd or a negative errno.  Never blocks. */
+CA_EXTERN int ca_udp_bind(const char *host, unsigned port);
+/* A UDP socket connected to host:port (send/recv with ca_sendto(fd, ...,
+ * NULL, 0) / ca_recvfrom(fd, ..., NULL, NULL)).  Never blocks. */
+CA_EXTERN int ca_udp_connect(const char *host, unsigned port);
+/* A Unix datagram socket, bound to path if not NULL ('@' abstract). */
+CA_EXTERN int ca_unix_dgram(const char *path);
+/* Send one datagram (to NULL: the connected peer).  Returns the bytes sent
+ * or a negative errno.  Waits while the socket buffer is full.  Blocking. */
+CA_EXTERN ssize_t ca_sendto(int fd, const void *buf, size_t n,
+                            const struct sockaddr *to, socklen_t tolen);
+/* Receive one datagram (truncated to n bytes); the sender's address goes
+ * to *from and *fromlen when not NULL.  Returns its length or a negative errno.
+ * Waits while none is queued.  Blocking. */
+CA_EXTERN ssize_t ca_recvfrom(int fd, void *buf, size_t n,
+                              struct sockaddr *from, socklen_t *fromlen);
+/* Pass an open descriptor over a Unix socket (SCM_RIGHTS) with one byte of
+ * data.  Returns 0 or a negative errno.  Blocking. */
+CA_EXTERN int ca_send_fd(int sock, int fd);
+/* Receive a descriptor sent with ca_send_fd.  Returns the new fd
+ * (close-on-exec), -EPIPE at end of stream, -EBADMSG if the message carried
+ * no descriptor, or a negative errno.  Blocking. */
+CA_EXTERN int ca_recv_fd(int sock);
+
+/* ------------------------------------------------------------------------ */
 /* Streams (asyncio StreamReader / StreamWriter)                            */
 /* ------------------------------------------------------------------------ */
 
@@ -118,6 +147,11 @@ CA_EXTERN int ca_stream_drain(ca_stream *s);
 CA_EXTERN int ca_stream_write_eof(ca_stream *s);
 /* Bytes waiting in the write buffer. */
 CA_EXTERN size_t ca_stream_write_buffered(const ca_stream *s);
+/* Send `count` bytes of the file in_fd from `offset` with sendfile(2),
+ * after what is buffered (count 0: to the end of the file).  Returns the
+ * bytes sent or a negative errno.  Blocking. */
+CA_EXTERN ssize_t ca_stream_sendfile(ca_stream *s, int in_fd, off_t offset,
+                                     size_t count);
 /* The stream's fd (owned by the stream). */
 CA_EXTERN int ca_stream_fd(const ca_stream *s);
 /* Try to flush what is buffered (within a deadline scope if one is open:

@@ -22,7 +22,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DEFAULT_LIMIT (64u * 1024u)
@@ -457,6 +459,48 @@ int ca_stream_write_eof(ca_stream *s)
     if (r == 0 && s->is_socket && shutdown(s->fd, SHUT_WR) < 0)
         r = -errno;
     return r;
+}
+
+ssize_t ca_stream_sendfile(ca_stream *s, int in_fd, off_t offset,
+                           size_t count)
+{
+    if (!s || in_fd < 0 || offset < 0)
+        return -EINVAL;
+    if (s->werr)
+        return s->werr;
+    if (s->wclosed)
+        return -EPIPE;
+    if (!ca__task_self("ca_stream_sendfile"))
+        return -EPERM;
+    if (count == 0) {
+        struct stat st;
+        if (fstat(in_fd, &st) < 0)
+            return -errno;
+        if (st.st_size <= offset)
+            return 0;
+        count = (size_t)(st.st_size - offset);
+    }
+    int r = flush_to(s, 0); /* what was written before goes first */
+    if (r < 0)
+        return r;
+    size_t sent = 0;
+    while (sent < count) {
+        ssize_t n = sendfile(s->fd, in_fd, &offset, count - sent);
+        if (n > 0) {
+            sent += (size_t)n;
+            continue;
+        }
+        if (n == 0)
+            break; /* the file is shorter than asked */
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN)
+            return sent ? (ssize_t)sent : -errno;
+        int w = ca_wait_fd(s->fd, CA_WRITE);
+        if (w < 0)
+            return w;
+    }
+    return (ssize_t)sent;
 }
 
 size_t ca_stream_write_buffered(const ca_stream *s)
