@@ -56,7 +56,10 @@ extern "C" {
     X(CA_EBROKEN, 4, "barrier is broken")                                     \
     X(CA_ENORESOLVER, 5, "host names other than numeric and localhost need "  \
                          "the resolver")                                       \
-    X(CA_EINCOMPLETE, 6, "stream ended before the expected data")
+    X(CA_EINCOMPLETE, 6, "stream ended before the expected data")            \
+    X(CA_ENOTFOUND, 7, "host name not found")                                  \
+    X(CA_EDNSFAIL, 8, "DNS server failure")                                    \
+    X(CA_EDNS, 9, "DNS lookup failed")
 
 enum {
 #define CA__ERR_ENUM(name, n, msg) name = CA_ERR_BASE + (n),

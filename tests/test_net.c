@@ -88,7 +88,6 @@ static int echo_main(void *a)
 
     /* errors */
     ASSERT_EQ(ca_tcp_connect("127.0.0.1", (unsigned)port), -ECONNREFUSED);
-    ASSERT_EQ(ca_tcp_connect("example.invalid", 80), -CA_ENORESOLVER);
     ASSERT_EQ(ca_tcp_connect(NULL, 80), -EINVAL);
     ASSERT_EQ(ca_tcp_connect("127.0.0.1", 70000), -EINVAL);
     ASSERT_EQ(ca_serve(NULL, NULL, 0, echo_handler, NULL, NULL), -EINVAL);

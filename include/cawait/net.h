@@ -7,15 +7,56 @@
  * scopes and return -EPERM outside a task.  Every fd these functions create
  * is non-blocking and close-on-exec.
  *
- * Host names: this version resolves numeric IPv4/IPv6 addresses and
- * "localhost" only; other names fail with -CA_ENORESOLVER (the asynchronous
- * resolver comes with the DNS layer).
+ * Host names are resolved without blocking by c-ares driven by the loop
+ * (ca_getaddrinfo).  A build without c-ares resolves numeric addresses and
+ * "localhost" only; other names then fail with -CA_ENORESOLVER.
  */
 #ifndef CAWAIT_NET_H
 #define CAWAIT_NET_H
 
 #include <sys/socket.h>
 #include <sys/types.h>
+
+/* ------------------------------------------------------------------------ */
+/* DNS                                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* One resolved address. */
+typedef struct ca_addrinfo {
+    struct ca_addrinfo *next;
+    int family;   /* AF_INET, AF_INET6 */
+    int socktype; /* SOCK_STREAM, SOCK_DGRAM */
+    int protocol;
+    socklen_t addrlen;
+    struct sockaddr_storage addr; /* port included */
+} ca_addrinfo;
+
+/*
+ * Resolve host (a name, a numeric address or "localhost") for `port`, like
+ * getaddrinfo(3) but without blocking the loop: /etc/hosts first, then the
+ * DNS servers.  family: AF_UNSPEC, AF_INET or AF_INET6; socktype: 0,
+ * SOCK_STREAM or SOCK_DGRAM.  Stores a list in *out (free it with
+ * ca_freeaddrinfo) and returns 0, or -CA_ENOTFOUND (no such name / no
+ * address of that family), -CA_EDNSFAIL (server failure), -ETIMEDOUT (no
+ * answer, or a deadline scope), -ECANCELED (the lookup is cancelled in
+ * c-ares too), -CA_ENORESOLVER (built without c-ares and not numeric),
+ * -EINVAL, -ENOMEM, -EPERM.  Blocking.
+ */
+CA_EXTERN int ca_getaddrinfo(const char *host, unsigned port, int family,
+                             int socktype, ca_addrinfo **out);
+CA_EXTERN void ca_freeaddrinfo(ca_addrinfo *ai);
+
+typedef struct ca_dns_opts {
+    /* Servers as "ip[:port],ip[:port]" (IPv6 as "[ip]:port"); NULL: the
+     * system's (/etc/resolv.conf). */
+    const char *servers;
+    int timeout_ms; /* per try; 0: c-ares' default (5 s) */
+    int tries;      /* 0: c-ares' default (4) */
+} ca_dns_opts;
+
+/* Configure lookups made by this loop from now on (opts NULL: defaults).
+ * Returns 0, -EINVAL, -ENOMEM, -CA_ENOLOOP. */
+CA_EXTERN int ca_dns_configure(const ca_dns_opts *opts);
 
 /* ------------------------------------------------------------------------ */
 /* Sockets                                                                  */

@@ -111,6 +111,11 @@ static void detect_guard_mode(void)
         fclose(f);
     }
     mprotect_budget = max_maps / 4;
+#ifdef CAWAIT_HAVE_VALGRIND_H
+    /* valgrind 3.19 knows neither pidfd_open nor process_madvise. */
+    if (RUNNING_ON_VALGRIND)
+        have_process_madvise = 0;
+#endif
 
     const char *env = getenv("CAWAIT_STACK_GUARD");
     if (env && strcmp(env, "mprotect") == 0) {

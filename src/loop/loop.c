@@ -322,6 +322,7 @@ void ca__loop_free(ca_loop *l)
     }
     free(l->ts_items);
     free(l->ts_spare);
+    free(l->dns_servers);
     pthread_mutex_destroy(&l->ts_lock);
     ca__stack_pool_free(l->stacks);
     free(l);

@@ -183,6 +183,11 @@ struct ca_loop {
     void *task_free;         /* task struct free list (task layer) */
     size_t task_nfree;
 
+    /* DNS configuration (src/net/dns.c) */
+    char *dns_servers;       /* "ip[:port],...", NULL: /etc/resolv.conf */
+    int dns_timeout_ms;      /* per try; 0: c-ares' default */
+    int dns_tries;           /* 0: c-ares' default */
+
     /* debug and statistics */
     int debug;
     int64_t slow_ns;

@@ -77,36 +77,190 @@ static int connect_fd(int fd, const struct sockaddr *addr, socklen_t len)
     return -err;
 }
 
+/*
+ * Happy Eyeballs (RFC 8305): connection attempts to the addresses in order
+ * (families interleaved, IPv6 first), each started 250 ms after the
+ * previous one or as soon as it fails; the first to connect wins and the
+ * others are cancelled.
+ */
+#define HE_DELAY 0.25
+#define HE_MAX 8
+
+struct race {
+    struct sockaddr_storage addrs[HE_MAX];
+    socklen_t lens[HE_MAX];
+    int n;
+    int winner;  /* fd of the first connection, or -1 */
+    int failed;  /* attempts that failed */
+    int err;     /* the last failure */
+    ca_event changed;
+};
+
+struct attempt {
+    struct race *race;
+    int i;
+};
+
+static int attempt_main(void *arg)
+{
+    struct attempt *a = arg;
+    struct race *rc = a->race;
+    int fd = socket(rc->addrs[a->i].ss_family,
+                    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int r = fd < 0 ? -errno : 0;
+    if (fd >= 0) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        r = connect_fd(fd, (struct sockaddr *)&rc->addrs[a->i], rc->lens[a->i]);
+    }
+    if (r == 0 && rc->winner < 0) {
+        rc->winner = fd;
+    } else {
+        if (fd >= 0)
+            ca_close(fd); /* failed, or lost the race */
+        if (r < 0) {
+            rc->failed++;
+            rc->err = r;
+        }
+    }
+    ca_event_set(&rc->changed);
+    return 0;
+}
+
+static void order_families(struct race *rc)
+{
+    /* Interleave: first address of the first family, then of the other. */
+    struct sockaddr_storage a[HE_MAX];
+    socklen_t l[HE_MAX];
+    int used[HE_MAX] = {0}, k = 0;
+    int fam = rc->addrs[0].ss_family;
+    while (k < rc->n) {
+        int found = 0;
+        for (int i = 0; i < rc->n; i++)
+            if (!used[i] && rc->addrs[i].ss_family == fam) {
+                a[k] = rc->addrs[i];
+                l[k++] = rc->lens[i];
+                used[i] = found = 1;
+                break;
+            }
+        fam = fam == AF_INET6 ? AF_INET : AF_INET6;
+        if (!found) {
+            for (int i = 0; i < rc->n; i++)
+                if (!used[i]) {
+                    a[k] = rc->addrs[i];
+                    l[k++] = rc->lens[i];
+                    used[i] = 1;
+                    break;
+                }
+        }
+    }
+    memcpy(rc->addrs, a, sizeof(a[0]) * (size_t)rc->n);
+    memcpy(rc->lens, l, sizeof(l[0]) * (size_t)rc->n);
+}
+
+static int race_connect(struct race *rc)
+{
+    order_families(rc);
+    rc->winner = -1;
+    rc->err = -ECONNREFUSED;
+    struct attempt att[HE_MAX];
+    ca_task *tasks[HE_MAX] = {0};
+    int started = 0, r = 0;
+    while (rc->winner < 0 && rc->failed < rc->n) {
+        if (started < rc->n && started == rc->failed + (started > 0)) {
+            /* nothing running (the first, or all so far failed) */
+        }
+        if (started < rc->n) {
+            att[started] = (struct attempt){rc, started};
+            if (ca_spawn_ex(&tasks[started], attempt_main, &att[started],
+                            NULL) < 0) {
+                r = -ENOMEM;
+                break;
+            }
+            started++;
+        }
+        /* Wait for a result, or for the stagger delay to start the next. */
+        int before = rc->failed;
+        while (rc->winner < 0 && rc->failed == before &&
+               rc->failed < rc->n) {
+            ca_event_clear(&rc->changed);
+            if (started < rc->n) {
+                ca_deadline_push(HE_DELAY);
+                r = ca_event_wait(&rc->changed);
+                int fired = ca_deadline_pop();
+                if (r == -ETIMEDOUT && fired == -ETIMEDOUT) {
+                    r = 0; /* our stagger, not the caller's deadline */
+                    break;
+                }
+            } else {
+                r = ca_event_wait(&rc->changed);
+            }
+            if (r < 0)
+                goto out;
+        }
+    }
+out:
+    /* Cancel the attempts still running and wait for them. */
+    ca_shield_push();
+    for (int i = 0; i < started; i++) {
+        ca_cancel(tasks[i]);
+        ca_join(tasks[i]);
+        ca_task_release(tasks[i]);
+    }
+    ca_shield_pop();
+    if (rc->winner >= 0) {
+        if (r < 0) {
+            ca_close(rc->winner); /* the caller gave up meanwhile */
+            return r;
+        }
+        return rc->winner;
+    }
+    return r < 0 ? r : rc->err;
+}
+
 int ca_tcp_connect(const char *host, unsigned port)
 {
     if (!host || !*host || port == 0 || port > 65535)
         return -EINVAL;
     if (!ca__task_self("ca_tcp_connect"))
         return -EPERM;
-    struct sockaddr_storage addrs[4];
-    socklen_t lens[4];
-    int n = resolve(host, port, 0, addrs, lens, 4);
+    struct race rc;
+    memset(&rc, 0, sizeof(rc));
+    int n = resolve(host, port, 0, rc.addrs, rc.lens, HE_MAX);
+    if (n == -CA_ENORESOLVER) {
+        /* A name: ask the resolver. */
+        ca_addrinfo *res;
+        int r = ca_getaddrinfo(host, port, AF_UNSPEC, SOCK_STREAM, &res);
+        if (r < 0)
+            return r;
+        n = 0;
+        for (ca_addrinfo *ai = res; ai && n < HE_MAX; ai = ai->next) {
+            rc.addrs[n] = ai->addr;
+            rc.lens[n++] = ai->addrlen;
+        }
+        ca_freeaddrinfo(res);
+    }
     if (n < 0)
         return n;
-    int err = -ECONNREFUSED;
-    for (int i = 0; i < n; i++) {
-        int fd = socket(addrs[i].ss_family,
+    if (n == 0)
+        return -CA_ENOTFOUND;
+    rc.n = n;
+    if (n == 1) {
+        /* One address: no race needed. */
+        int fd = socket(rc.addrs[0].ss_family,
                         SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            err = -errno;
-            continue;
-        }
+        if (fd < 0)
+            return -errno;
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        int r = connect_fd(fd, (struct sockaddr *)&addrs[i], lens[i]);
-        if (r == 0)
-            return fd;
-        ca_close(fd);
-        err = r;
-        if (r == -ECANCELED || r == -ETIMEDOUT)
-            break; /* the caller's cancellation or deadline */
+        int r = connect_fd(fd, (struct sockaddr *)&rc.addrs[0], rc.lens[0]);
+        if (r < 0) {
+            ca_close(fd);
+            return r;
+        }
+        return fd;
     }
-    return err;
+    return race_connect(&rc);
 }
 
 static int listen_fd(int fd, const ca_listen_opts *opts)

@@ -1,0 +1,372 @@
+/*
+ * Asynchronous DNS: c-ares driven by the loop.
+ *
+ * Each lookup gets its own c-ares channel, so cancelling one lookup
+ * (ares_cancel) cancels it in c-ares without touching the others, and
+ * destroying the channel leaves nothing behind.  The channel's sockets are
+ * watched with non-task fd waiters (sock_state_cb tells which it wants),
+ * its timeouts with one loop timer (ares_timeout after every call); both
+ * call ares_process_fd in the loop's context, and the completion callback
+ * wakes the waiting task.  ARES_FLAG_NOCHECKRESP keeps a SERVFAIL from one
+ * server from failing every other query on it (c-ares 1.18).
+ */
+#include "loop/loop.h"
+#include "task/task.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int ca_dns_configure(const ca_dns_opts *opts)
+{
+    ca_loop *l = ca__loop();
+    if (!l)
+        return -CA_ENOLOOP;
+    if (opts && (opts->timeout_ms < 0 || opts->tries < 0))
+        return -EINVAL;
+    char *servers = NULL;
+    if (opts && opts->servers && !(servers = strdup(opts->servers)))
+        return -ENOMEM;
+    free(l->dns_servers);
+    l->dns_servers = servers;
+    l->dns_timeout_ms = opts ? opts->timeout_ms : 0;
+    l->dns_tries = opts ? opts->tries : 0;
+    return 0;
+}
+
+void ca_freeaddrinfo(ca_addrinfo *ai)
+{
+    while (ai) {
+        ca_addrinfo *next = ai->next;
+        free(ai);
+        ai = next;
+    }
+}
+
+#ifdef CAWAIT_HAVE_CARES
+
+#include <ares.h>
+
+#define MAX_SOCKS 8
+
+struct dns_sock {
+    ca__fdwait w;
+    struct dns_query *q;
+    int fd;
+    int events; /* CA_READ | CA_WRITE wanted, 0: slot free */
+    int armed;
+};
+
+struct dns_query {
+    ares_channel ch;
+    ca_loop *loop;
+    ca_task *task;
+    int done;
+    int status;
+    struct ares_addrinfo *res;
+    ca__timer timer;
+    struct dns_sock socks[MAX_SOCKS];
+};
+
+static void update_timer(struct dns_query *q);
+
+static void sock_arm(struct dns_sock *s)
+{
+    if (s->armed || !s->events)
+        return;
+    if (ca__fd_register(s->q->loop, s->fd) < 0)
+        return;
+    s->w = (ca__fdwait){.fd = s->fd, .events = s->events, .wake = s->w.wake};
+    s->armed = 1;
+    ca__fd_add_waiter(s->q->loop, &s->w);
+}
+
+static void sock_disarm(struct dns_sock *s)
+{
+    if (s->armed)
+        ca__fd_remove_waiter(s->q->loop, &s->w);
+    s->armed = 0;
+}
+
+static void sock_wake(ca__fdwait *w, int result)
+{
+    struct dns_sock *s = (struct dns_sock *)w;
+    struct dns_query *q = s->q;
+    s->armed = 0;
+    ares_socket_t rfd = ARES_SOCKET_BAD, wfd = ARES_SOCKET_BAD;
+    if (result < 0 || (result & (CA_READ | CA_ERROR | CA_HANGUP)))
+        rfd = s->fd;
+    if (result > 0 && (result & CA_WRITE))
+        wfd = s->fd;
+    ares_process_fd(q->ch, rfd, wfd);
+    /* The callback may have changed what this slot wants (or freed it). */
+    sock_arm(s);
+    update_timer(q);
+}
+
+/* c-ares tells which of its sockets it wants watched, and for what. */
+static void sock_state(void *data, ares_socket_t fd, int readable,
+                       int writable)
+{
+    struct dns_query *q = data;
+    struct dns_sock *s = NULL, *free_slot = NULL;
+    for (int i = 0; i < MAX_SOCKS; i++) {
+        if (q->socks[i].events && q->socks[i].fd == fd)
+            s = &q->socks[i];
+        else if (!q->socks[i].events && !free_slot)
+            free_slot = &q->socks[i];
+    }
+    int events = (readable ? CA_READ : 0) | (writable ? CA_WRITE : 0);
+    if (!s) {
+        if (!events || !free_slot)
+            return;
+        s = free_slot;
+        s->fd = fd;
+        s->q = q;
+        s->w.wake = sock_wake;
+    }
+    sock_disarm(s);
+    s->events = events;
+    if (events) {
+        sock_arm(s);
+    } else {
+        /* c-ares is about to close it: drop our registration first. */
+        ca__fd_forget(q->loop, fd);
+    }
+}
+
+static void timer_fire(ca__timer *t)
+{
+    struct dns_query *q =
+        (struct dns_query *)((char *)t - offsetof(struct dns_query, timer));
+    ares_process_fd(q->ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+    update_timer(q);
+}
+
+static void update_timer(struct dns_query *q)
+{
+    if (q->done) {
+        ca__timer_cancel(q->loop, &q->timer);
+        return;
+    }
+    struct timeval tv, *tvp = ares_timeout(q->ch, NULL, &tv);
+    if (!tvp) {
+        ca__timer_cancel(q->loop, &q->timer);
+        return;
+    }
+    int64_t when = ca__clock_ns() + (int64_t)tvp->tv_sec * 1000000000 +
+                   (int64_t)tvp->tv_usec * 1000;
+    ca__timer_arm(q->loop, &q->timer, when);
+}
+
+static void on_result(void *arg, int status, int timeouts,
+                      struct ares_addrinfo *res)
+{
+    (void)timeouts;
+    struct dns_query *q = arg;
+    q->done = 1;
+    q->status = status;
+    q->res = res;
+    if (q->task)
+        ca__task_wake(q->task, 0);
+}
+
+static int map_status(int st)
+{
+    switch (st) {
+    case ARES_SUCCESS:
+        return 0;
+    case ARES_ENOTFOUND:
+    case ARES_ENONAME:
+    case ARES_ENODATA:
+        return -CA_ENOTFOUND;
+    case ARES_ESERVFAIL:
+    case ARES_EREFUSED:
+        return -CA_EDNSFAIL;
+    case ARES_ETIMEOUT:
+        return -ETIMEDOUT;
+    case ARES_ECONNREFUSED:
+        return -ECONNREFUSED;
+    case ARES_ENOMEM:
+        return -ENOMEM;
+    case ARES_ECANCELLED:
+    case ARES_EDESTRUCTION:
+        return -ECANCELED;
+    case ARES_EBADNAME:
+    case ARES_EBADFAMILY:
+        return -EINVAL;
+    default:
+        return -CA_EDNS;
+    }
+}
+
+static int convert(const struct ares_addrinfo *res, int socktype,
+                   ca_addrinfo **out)
+{
+    ca_addrinfo *head = NULL, **tail = &head;
+    for (const struct ares_addrinfo_node *n = res ? res->nodes : NULL; n;
+         n = n->ai_next) {
+        if (n->ai_addrlen > sizeof(struct sockaddr_storage))
+            continue;
+        ca_addrinfo *ai = calloc(1, sizeof(*ai));
+        if (!ai) {
+            ca_freeaddrinfo(head);
+            return -ENOMEM;
+        }
+        ai->family = n->ai_family;
+        ai->socktype = n->ai_socktype ? n->ai_socktype : socktype;
+        ai->protocol = n->ai_protocol;
+        ai->addrlen = n->ai_addrlen;
+        memcpy(&ai->addr, n->ai_addr, n->ai_addrlen);
+        *tail = ai;
+        tail = &ai->next;
+    }
+    if (!head)
+        return -CA_ENOTFOUND;
+    *out = head;
+    return 0;
+}
+
+static pthread_once_t ares_once = PTHREAD_ONCE_INIT;
+static int ares_init_status;
+
+static void library_init(void)
+{
+    ares_init_status = ares_library_init(ARES_LIB_INIT_ALL);
+}
+
+int ca_getaddrinfo(const char *host, unsigned port, int family, int socktype,
+                   ca_addrinfo **out)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    if (!host || !*host || port > 65535 ||
+        (family != AF_UNSPEC && family != AF_INET && family != AF_INET6) ||
+        (socktype != 0 && socktype != SOCK_STREAM && socktype != SOCK_DGRAM))
+        return -EINVAL;
+    ca_task *self = ca__task_self("ca_getaddrinfo");
+    if (!self)
+        return -EPERM;
+    pthread_once(&ares_once, library_init);
+    if (ares_init_status != ARES_SUCCESS)
+        return -CA_EDNS;
+    ca_loop *l = ca__loop();
+    struct dns_query *q = calloc(1, sizeof(*q));
+    if (!q)
+        return -ENOMEM;
+    q->loop = l;
+    q->timer.slot = CA__TIMER_IDLE;
+    q->timer.fire = timer_fire;
+    struct ares_options o = {.flags = ARES_FLAG_NOCHECKRESP,
+                             .sock_state_cb = sock_state,
+                             .sock_state_cb_data = q};
+    int mask = ARES_OPT_FLAGS | ARES_OPT_SOCK_STATE_CB;
+    if (l->dns_timeout_ms > 0) {
+        o.timeout = l->dns_timeout_ms;
+        mask |= ARES_OPT_TIMEOUTMS;
+    }
+    if (l->dns_tries > 0) {
+        o.tries = l->dns_tries;
+        mask |= ARES_OPT_TRIES;
+    }
+    int st = ares_init_options(&q->ch, &o, mask);
+    if (st != ARES_SUCCESS) {
+        free(q);
+        return map_status(st);
+    }
+    if (l->dns_servers &&
+        ares_set_servers_ports_csv(q->ch, l->dns_servers) != ARES_SUCCESS) {
+        ares_destroy(q->ch);
+        free(q);
+        return -EINVAL;
+    }
+    char svc[16];
+    snprintf(svc, sizeof(svc), "%u", port);
+    struct ares_addrinfo_hints hints = {.ai_family = family,
+                                        .ai_socktype = socktype,
+                                        .ai_flags = ARES_AI_NUMERICSERV};
+    /* "localhost" is answered without asking anyone (RFC 6761). */
+    const char *name = host;
+    q->task = self;
+    ares_getaddrinfo(q->ch, name, svc, &hints, on_result, q);
+    update_timer(q);
+    int r = 0;
+    while (!q->done) {
+        r = ca__task_park(self, INT64_MAX);
+        if (r < 0 && !q->done) {
+            ares_cancel(q->ch); /* runs on_result with ARES_ECANCELLED */
+            break;
+        }
+    }
+    q->task = NULL;
+    if (r >= 0 || q->status != ARES_ECANCELLED)
+        r = map_status(q->status);
+    if (r == 0)
+        r = convert(q->res, socktype, out);
+    if (q->res)
+        ares_freeaddrinfo(q->res);
+    ca__timer_cancel(l, &q->timer);
+    for (int i = 0; i < MAX_SOCKS; i++)
+        sock_disarm(&q->socks[i]);
+    ares_destroy(q->ch);
+    free(q);
+    return r;
+}
+
+#else /* !CAWAIT_HAVE_CARES */
+
+/* Without c-ares: numeric addresses and "localhost" only. */
+int ca_getaddrinfo(const char *host, unsigned port, int family, int socktype,
+                   ca_addrinfo **out)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    if (!host || !*host || port > 65535)
+        return -EINVAL;
+    const char *names[2] = {host, NULL};
+    if (strcmp(host, "localhost") == 0) {
+        names[0] = "::1";
+        names[1] = "127.0.0.1";
+    }
+    char svc[16];
+    snprintf(svc, sizeof(svc), "%u", port);
+    ca_addrinfo *head = NULL, **tail = &head;
+    for (int i = 0; i < 2 && names[i]; i++) {
+        struct addrinfo hints = {.ai_family = family, .ai_socktype = socktype,
+                                 .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
+        struct addrinfo *res;
+        int g = getaddrinfo(names[i], svc, &hints, &res);
+        if (g == EAI_NONAME) {
+            ca_freeaddrinfo(head);
+            return -CA_ENORESOLVER;
+        }
+        if (g != 0)
+            continue;
+        for (struct addrinfo *a = res; a; a = a->ai_next) {
+            ca_addrinfo *ai = calloc(1, sizeof(*ai));
+            if (!ai) {
+                freeaddrinfo(res);
+                ca_freeaddrinfo(head);
+                return -ENOMEM;
+            }
+            ai->family = a->ai_family;
+            ai->socktype = a->ai_socktype;
+            ai->protocol = a->ai_protocol;
+            ai->addrlen = a->ai_addrlen;
+            memcpy(&ai->addr, a->ai_addr, a->ai_addrlen);
+            *tail = ai;
+            tail = &ai->next;
+        }
+        freeaddrinfo(res);
+    }
+    if (!head)
+        return -CA_ENOTFOUND;
+    *out = head;
+    return 0;
+}
+
+#endif
