@@ -222,6 +222,10 @@ expect_order "all 15 jobs processed"
 expect_time "" 0.16
 done_example
 
+run seed001_1000_requests "seed 001: 1000 concurrent requests on one thread (real TCP)"
+expect_order "responses: 1000/1000 OK"
+done_example
+
 run seed003_semaphore "seed 003, image pipeline: Semaphore(4) caps concurrent downloads"
 expect_order "max concurrent downloads: 4"
 expect_time "" 0.30
