@@ -195,9 +195,12 @@ static int shielded_yielder(ca_gen *g, void *arg)
     return 0;
 }
 
+static int slow_started;
+
 static int slow_producer(ca_gen *g, void *arg)
 {
     (void)arg;
+    slow_started = 1;
     int r = ca_sleep(10); /* mid-production when closed */
     note(r == -ECANCELED ? "sleep-cancelled" : "sleep-done");
     if (r < 0)
@@ -241,6 +244,11 @@ static int close_main(void *a)
     ASSERT_EQ(ca_deadline_push(0.005), 0);
     ASSERT_EQ(ca_gen_next(g, &v), -ETIMEDOUT);
     ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    /* the request stays open: the producer starts (however slow the
+     * machine) and is mid-production when we close */
+    for (int i = 0; i < 2000 && !slow_started; i++)
+        ASSERT_EQ(ca_sleep(0.001), 0);
+    ASSERT(slow_started);
     ASSERT_EQ(ca_gen_close(g), 0); /* -ECANCELED from the producer: 0 */
     ASSERT_STREQ(trace, "sleep-cancelled ");
 
