@@ -54,7 +54,8 @@ else
   cmake -S . -B "$B" \
     -DCMAKE_TOOLCHAIN_FILE="$PWD/cmake/toolchain-aarch64-linux-gnu.cmake" \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DCAWAIT_BENCH=OFF -DCAWAIT_EXAMPLES=ON
+    -DCAWAIT_BENCH=OFF -DCAWAIT_EXAMPLES=ON \
+    -DCAWAIT_WITH_CARES=OFF
   cmake --build "$B" -j"$(nproc)"
 
   if ! can_exec && [ "${CAWAIT_QEMU_BINFMT_NS:-1}" = 1 ] &&
@@ -146,6 +147,8 @@ run_suite test_concurrency
 run_suite test_sync
 run_suite test_queue
 run_suite test_generator
+run_suite test_net
+run_suite test_dns
 
 # What the re-executing overflow tests check (SIGSEGV handled on the
 # alternate signal stack, the sp read from the AArch64 ucontext, the
