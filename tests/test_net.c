@@ -381,6 +381,59 @@ static int slow_client_main(void *a)
     return 0;
 }
 
+static int peer_ok;
+
+static int peer_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    if (ca_stream_peer(s, (struct sockaddr *)&a, &len) == 0 &&
+        a.sin_family == AF_INET && ntohl(a.sin_addr.s_addr) == 0x7f000001)
+        peer_ok++;
+    char c;
+    return (int)ca_stream_read(s, &c, 1); /* until cancelled or EOF */
+}
+
+static int clients_main(void *a)
+{
+    (void)a;
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, peer_handler, NULL, NULL), 0);
+    int port = ca_server_port(srv);
+    int fds[4];
+    for (int i = 0; i < 4; i++)
+        ASSERT_GE(fds[i] = ca_tcp_connect("127.0.0.1", (unsigned)port), 0);
+    ASSERT_EQ(ca_sleep(0.02), 0);
+    ASSERT_EQ(peer_ok, 4);
+    ASSERT_EQ(ca_server_connections(srv), 4);
+    /* close_clients: handlers cancelled, connections closed (EOF) */
+    ASSERT_EQ(ca_server_close_clients(srv), 0);
+    ASSERT_EQ(ca_sleep(0.02), 0);
+    ASSERT_EQ(ca_server_connections(srv), 0);
+    char c;
+    ASSERT_EQ(ca_read(fds[0], &c, 1), 0);
+    for (int i = 0; i < 4; i++)
+        ca_close(fds[i]);
+    /* abort_clients: the peers see a reset */
+    for (int i = 0; i < 2; i++)
+        ASSERT_GE(fds[i] = ca_tcp_connect("127.0.0.1", (unsigned)port), 0);
+    ASSERT_EQ(ca_sleep(0.02), 0);
+    ASSERT_EQ(ca_server_abort_clients(srv), 0);
+    ASSERT_EQ(ca_sleep(0.02), 0);
+    ssize_t r = ca_read(fds[0], &c, 1);
+    ASSERT(r == -ECONNRESET || r == 0);
+    for (int i = 0; i < 2; i++)
+        ca_close(fds[i]);
+    ASSERT_EQ(ca_server_close(srv, 1), 0);
+    return 0;
+}
+
+static void test_peer_and_close_abort_clients(void)
+{
+    ASSERT_EQ(ca_run(clients_main, NULL), 0);
+}
+
 static void test_slow_client(void)
 {
     ASSERT_EQ(ca_run(slow_client_main, NULL), 0);
@@ -634,6 +687,7 @@ static const struct test_case tests[] = {
     {"peer_reset", test_peer_reset, 10, 0},
     {"graceful_shutdown_and_limits", test_graceful_shutdown_and_limits, 20, 0},
     {"slow_client", test_slow_client, 10, 0},
+    {"peer_and_close_abort_clients", test_peer_and_close_abort_clients, 10, 0},
     {"accept_storm", test_accept_storm, 20, 0},
     {"datagrams_fd_passing_sendfile", test_datagrams_fd_passing_sendfile, 10, 0},
     {"10k_connections", test_10k_connections, 120, 1},

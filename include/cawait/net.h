@@ -193,8 +193,11 @@ CA_EXTERN size_t ca_stream_write_buffered(const ca_stream *s);
  * bytes sent or a negative errno.  Blocking. */
 CA_EXTERN ssize_t ca_stream_sendfile(ca_stream *s, int in_fd, off_t offset,
                                      size_t count);
-/* The stream's fd (owned by the stream). */
+/* The stream's fd (owned by the stream): use it for socket options. */
 CA_EXTERN int ca_stream_fd(const ca_stream *s);
+/* The peer's address (getpeername).  Returns 0 or a negative errno. */
+CA_EXTERN int ca_stream_peer(const ca_stream *s, struct sockaddr *addr,
+                             socklen_t *len);
 /* Try to flush what is buffered (within a deadline scope if one is open:
  * a peer that never reads must not hold us), close the fd and free s.
  * Returns 0 or the first error.  NULL is ignored.  Blocking. */
@@ -227,6 +230,12 @@ CA_EXTERN int ca_serve(ca_server **out, const char *host, unsigned port,
 CA_EXTERN int ca_server_port(const ca_server *srv);
 /* Connections being handled now. */
 CA_EXTERN size_t ca_server_connections(const ca_server *srv);
+/* asyncio's Server.close_clients: cancel every connection handler now (their
+ * streams are flushed briefly and closed).  Never blocks.  Returns 0. */
+CA_EXTERN int ca_server_close_clients(ca_server *srv);
+/* asyncio's Server.abort_clients: reset every connection (RST, unsent data
+ * dropped) and cancel its handler.  Never blocks.  Returns 0. */
+CA_EXTERN int ca_server_abort_clients(ca_server *srv);
 /* Graceful shutdown: stop accepting, let handlers finish for up to `grace`
  * seconds, then cancel the rest and wait for them, close everything and
  * free srv.  Returns 0 or -EINVAL.  Blocking (not a cancellation point). */

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 struct conn {
@@ -164,6 +165,28 @@ int ca_server_port(const ca_server *srv)
 size_t ca_server_connections(const ca_server *srv)
 {
     return srv ? srv->nconn : 0;
+}
+
+int ca_server_close_clients(ca_server *srv)
+{
+    if (!srv)
+        return -EINVAL;
+    for (struct conn *c = srv->conns; c; c = c->next)
+        ca_cancel(c->task);
+    return 0;
+}
+
+int ca_server_abort_clients(ca_server *srv)
+{
+    if (!srv)
+        return -EINVAL;
+    struct linger lg = {1, 0}; /* close() then sends RST, drops our data */
+    for (struct conn *c = srv->conns; c; c = c->next) {
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        shutdown(c->fd, SHUT_RDWR);
+        ca_cancel(c->task);
+    }
+    return 0;
 }
 
 int ca_server_close(ca_server *srv, double grace)

@@ -513,6 +513,13 @@ int ca_stream_fd(const ca_stream *s)
     return s ? s->fd : -EINVAL;
 }
 
+int ca_stream_peer(const ca_stream *s, struct sockaddr *addr, socklen_t *len)
+{
+    if (!s || !addr || !len)
+        return -EINVAL;
+    return getpeername(s->fd, addr, len) == 0 ? 0 : -errno;
+}
+
 int ca_stream_close(ca_stream *s)
 {
     if (!s)
