@@ -12,10 +12,24 @@ inside the main coroutine, peak RSS from getrusage), and prints
 
 with impl "asyncio" or "uvloop".  Random delays come from random.seed(42)
 and are drawn before the clock starts, like the C benchmarks.
+
+Echo servers for the echo and idle benchmarks (bench/run.sh drives them
+with bench/echo_client.c and bench/idle_client.c):
+
+    /usr/bin/python3 asyncio_bench.py echo_streams PORT [--uvloop]
+    /usr/bin/python3 asyncio_bench.py echo_protocol PORT [--uvloop]
+
+listen on 127.0.0.1:PORT (0: any free port), print "listening on <port>"
+and echo every byte back until SIGINT or SIGTERM: echo_streams with
+asyncio.start_server and a read / write / drain loop per connection (what
+bench/echo_server.c does with cawait's streams), echo_protocol with an
+asyncio.Protocol whose data_received writes the data back.  Both raise
+RLIMIT_NOFILE to the hard limit.
 """
 import asyncio
 import random
 import resource
+import signal
 import sys
 import time
 
@@ -180,14 +194,68 @@ BENCHES = {
 }
 
 
+# ------------------------------------------------------------ echo servers
+
+# Read size of the streams server: the size bench/echo_server.c reads with.
+ECHO_READ_SIZE = 16384
+
+
+async def echo_streams_handler(reader, writer):
+    try:
+        while True:
+            data = await reader.read(ECHO_READ_SIZE)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass  # the idle benchmark's client resets its connections
+    finally:
+        writer.close()
+
+
+class EchoProtocol(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+async def echo_server(kind, port):
+    """Serve until SIGINT / SIGTERM."""
+    loop = asyncio.get_running_loop()
+    if kind == "echo_streams":
+        server = await asyncio.start_server(echo_streams_handler, "127.0.0.1", port)
+    else:
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"listening on {server.sockets[0].getsockname()[1]}", flush=True)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv):
     args = [a for a in argv[1:] if not a.startswith("--")]
     flags = [a for a in argv[1:] if a.startswith("--")]
+    if args[:1] in (["echo_streams"], ["echo_protocol"]):
+        return main_echo(argv, args, flags)
     nargs = 3 if args[:1] == ["gather"] else 2
     if (len(args) not in (2, nargs) or args[0] not in BENCHES
             or any(f != "--uvloop" for f in flags)):
         print(f"usage: {argv[0]} {{{','.join(BENCHES)}}} N [--uvloop]\n"
-              f"       {argv[0]} gather N [SECONDS] [--uvloop]", file=sys.stderr)
+              f"       {argv[0]} gather N [SECONDS] [--uvloop]\n"
+              f"       {argv[0]} {{echo_streams,echo_protocol}} PORT [--uvloop]",
+              file=sys.stderr)
         return 2
     try:
         n = int(args[1])
@@ -206,6 +274,11 @@ def main(argv):
             print(f"{argv[0]}: SECONDS must be a number >= 0", file=sys.stderr)
             return 2
         extra.append(seconds)
+    return run_loop(argv, flags, lambda impl: BENCHES[args[0]](n, impl, *extra))
+
+
+def run_loop(argv, flags, make_coro):
+    """Run make_coro(impl) on a new asyncio or (--uvloop) uvloop loop."""
     impl = "asyncio"
     loop_factory = asyncio.new_event_loop
     if "--uvloop" in flags:
@@ -219,11 +292,22 @@ def main(argv):
     loop = loop_factory()
     try:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(BENCHES[args[0]](n, impl, *extra))
+        loop.run_until_complete(make_coro(impl))
     finally:
         asyncio.set_event_loop(None)
         loop.close()
     return 0
+
+
+def main_echo(argv, args, flags):
+    port = -1
+    if len(args) == 2 and args[1].isdigit():
+        port = int(args[1])
+    if not 0 <= port <= 65535 or any(f != "--uvloop" for f in flags):
+        print(f"usage: {argv[0]} {{echo_streams,echo_protocol}} PORT [--uvloop]", file=sys.stderr)
+        return 2
+    raise_nofile()
+    return run_loop(argv, flags, lambda impl: echo_server(args[0], port))
 
 
 if __name__ == "__main__":

@@ -382,8 +382,13 @@ int ca_accept(int lfd, struct sockaddr *peer, socklen_t *len)
         return -EPERM;
     for (;;) {
         int fd = accept4(lfd, peer, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0)
+        if (fd >= 0) {
+            /* Like asyncio, uvloop and Go: no Nagle delay on accepted TCP
+             * connections (a Unix socket just refuses the option). */
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
             return fd;
+        }
         switch (errno) {
         case EAGAIN:
             break;

@@ -30,6 +30,9 @@
 #define DEFAULT_LIMIT (64u * 1024u)
 #define DEFAULT_HIGH (64u * 1024u)
 #define READ_CHUNK (16u * 1024u)
+/* A plain read of at least this many bytes with nothing buffered goes
+ * straight into the caller's buffer. */
+#define DIRECT_READ 1024u
 #define EXACT_MAX (16u * 1024u * 1024u)
 
 struct ca_stream {
@@ -174,6 +177,13 @@ static size_t take(ca_stream *s, void *buf, size_t n)
         n = rlen(s);
     memcpy(buf, s->rbuf + s->rstart, n);
     s->rstart += n;
+    if (s->rstart == s->rend) {
+        /* Drained: give the buffer back, so an idle connection (an HTTP
+         * keep-alive waiting for its next request) holds no read memory. */
+        free(s->rbuf);
+        s->rbuf = NULL;
+        s->rstart = s->rend = s->rcap = 0;
+    }
     return n;
 }
 
@@ -191,8 +201,8 @@ ssize_t ca_stream_read(ca_stream *s, void *buf, size_t n)
         if (!ca__task_self("ca_stream_read"))
             return -EPERM;
         /* Nothing buffered: read straight into the caller's buffer when it
-         * is large, saving a copy (the echo path). */
-        if (n >= READ_CHUNK) {
+         * is not tiny, saving a copy and the buffer (the echo path). */
+        if (n >= DIRECT_READ) {
             for (;;) {
                 ssize_t r = read(s->fd, buf, n);
                 if (r > 0)

@@ -2,6 +2,7 @@
 //
 //	GOMAXPROCS=1 go_bench <bench> <N>
 //	GOMAXPROCS=1 go_bench gather <N> [SECONDS]
+//	GOMAXPROCS=1 go_bench echo <PORT>
 //
 // bench is one of switch, spawn, sleepers, timers, gather, queue, lock; each
 // measures what the C program bench/bench_<bench>.c measures, the same way
@@ -13,12 +14,22 @@
 // clock starts, like the C benchmarks.  GOMAXPROCS defaults to 1 when the
 // environment does not set it, so goroutines share one thread like cawait's
 // tasks.
+//
+// echo is the Go server of the echo and idle benchmarks (bench/run.sh drives
+// it with bench/echo_client.c and bench/idle_client.c): it listens on
+// 127.0.0.1:PORT (0: any free port), prints "listening on <port>", and
+// serves every connection in its own goroutine with a read / write loop
+// (the buffer size bench/echo_server.c reads with) until SIGINT or SIGTERM.
+// Go sets TCP_NODELAY on every connection, and since Go 1.19 raises
+// RLIMIT_NOFILE to the hard limit by itself.
 package main
 
 import (
 	"fmt"
 	"math/rand"
+	"net"
 	"os"
+	"os/signal"
 	"runtime"
 	"strconv"
 	"sync"
@@ -236,7 +247,65 @@ func benchLock(n int) {
 	report("lock", best, 2, "ns")
 }
 
+// Read size of the echo server: the size bench/echo_server.c reads with.
+const echoBufSize = 16384
+
+func echoConn(c net.Conn) {
+	defer c.Close()
+	buf := make([]byte, echoBufSize)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return // io.EOF, or the idle benchmark's client reset it
+		}
+	}
+}
+
+// echo: serve on 127.0.0.1:port until SIGINT or SIGTERM.
+func echoServer(port int) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "go_bench echo: %v\n", err)
+		os.Exit(1)
+	}
+	fmt.Printf("listening on %d\n", ln.Addr().(*net.TCPAddr).Port)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		ln.Close()
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Temporary() {
+				time.Sleep(10 * time.Millisecond) // out of descriptors
+				continue
+			}
+			return // closed by the signal
+		}
+		go echoConn(c)
+	}
+}
+
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "echo" {
+		port, err := strconv.Atoi(os.Args[2])
+		if err != nil || port < 0 || port > 65535 {
+			fmt.Fprintf(os.Stderr, "usage: %s echo PORT   (0: any free port)\n", os.Args[0])
+			os.Exit(2)
+		}
+		if os.Getenv("GOMAXPROCS") == "" {
+			runtime.GOMAXPROCS(1)
+		}
+		echoServer(port)
+		return
+	}
 	benches := map[string]func(int){
 		"switch":   benchSwitch,
 		"spawn":    benchSpawn,
@@ -248,6 +317,7 @@ func main() {
 	usage := func() {
 		fmt.Fprintf(os.Stderr, "usage: %s {switch,spawn,sleepers,timers,queue,lock} N\n", os.Args[0])
 		fmt.Fprintf(os.Stderr, "       %s gather N [SECONDS]\n", os.Args[0])
+		fmt.Fprintf(os.Stderr, "       %s echo PORT\n", os.Args[0])
 		os.Exit(2)
 	}
 	if len(os.Args) < 3 {
