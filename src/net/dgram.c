@@ -1,4 +1,5 @@
 /* Datagram sockets (UDP, Unix) and descriptor passing over Unix sockets. */
+#include "net/io.h"
 #include "task/task.h"
 
 #include <errno.h>
@@ -108,13 +109,9 @@ ssize_t ca_sendto(int fd, const void *buf, size_t n, const struct sockaddr *to,
         ssize_t r = sendto(fd, buf, n, MSG_NOSIGNAL, to, tolen);
         if (r >= 0)
             return r;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN)
-            return -errno;
-        int w = ca_wait_fd(fd, CA_WRITE);
-        if (w < 0)
-            return w;
+        int a = ca__io_again(fd, CA_WRITE);
+        if (a < 0)
+            return a;
     }
 }
 
@@ -129,13 +126,9 @@ ssize_t ca_recvfrom(int fd, void *buf, size_t n, struct sockaddr *from,
         ssize_t r = recvfrom(fd, buf, n, 0, from, fromlen);
         if (r >= 0)
             return r;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN)
-            return -errno;
-        int w = ca_wait_fd(fd, CA_READ);
-        if (w < 0)
-            return w;
+        int a = ca__io_again(fd, CA_READ);
+        if (a < 0)
+            return a;
     }
 }
 
@@ -162,13 +155,11 @@ int ca_send_fd(int sock, int fd)
         ssize_t r = sendmsg(sock, &msg, MSG_NOSIGNAL);
         if (r == 1)
             return 0;
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0 && errno != EAGAIN)
-            return -errno;
-        int w = ca_wait_fd(sock, CA_WRITE);
-        if (w < 0)
-            return w;
+        if (r >= 0)
+            return -EIO; /* a one-byte message cannot be partly sent */
+        int a = ca__io_again(sock, CA_WRITE);
+        if (a < 0)
+            return a;
     }
 }
 
@@ -199,12 +190,8 @@ int ca_recv_fd(int sock)
             memcpy(&fd, CMSG_DATA(c), sizeof(int));
             return fd;
         }
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN)
-            return -errno;
-        int w = ca_wait_fd(sock, CA_READ);
-        if (w < 0)
-            return w;
+        int a = ca__io_again(sock, CA_READ);
+        if (a < 0)
+            return a;
     }
 }

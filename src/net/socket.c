@@ -3,6 +3,7 @@
  * Every call is optimistic: try the syscall, park on EAGAIN with
  * ca_wait_fd (which registers the fd with the backend once).
  */
+#include "net/io.h"
 #include "task/task.h"
 
 #include <errno.h>
@@ -425,13 +426,9 @@ ssize_t ca_read(int fd, void *buf, size_t n)
         ssize_t r = read(fd, buf, n);
         if (r >= 0)
             return r;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN)
-            return -errno;
-        int w = ca_wait_fd(fd, CA_READ);
-        if (w < 0)
-            return w;
+        int a = ca__io_again(fd, CA_READ);
+        if (a < 0)
+            return a;
     }
 }
 
@@ -449,13 +446,9 @@ ssize_t ca_write(int fd, const void *buf, size_t n)
             done += (size_t)r;
             continue;
         }
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN)
-            return -errno;
-        int w = ca_wait_fd(fd, CA_WRITE);
-        if (w < 0)
-            return w;
+        int a = ca__io_again(fd, CA_WRITE);
+        if (a < 0)
+            return a;
     }
     return (ssize_t)n;
 }
