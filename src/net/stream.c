@@ -35,7 +35,21 @@
 #define DIRECT_READ 1024u
 #define EXACT_MAX (16u * 1024u * 1024u)
 
+/*
+ * The transport under a stream: a plain fd today, TLS next (curl's
+ * connection filters: each layer a small vtable over the one below).
+ * recv/send return a count (recv: 0 at end of stream), or -EAGAIN with
+ * *want set to the readiness (CA_READ or CA_WRITE) to wait for before
+ * trying again, or another negative errno.
+ */
+struct ca__transport {
+    ssize_t (*recv)(ca_stream *s, void *buf, size_t n, int *want);
+    ssize_t (*send)(ca_stream *s, const void *buf, size_t n, int *want);
+    int (*shutdown_write)(ca_stream *s); /* after everything is flushed */
+};
+
 struct ca_stream {
+    const struct ca__transport *tp;
     int fd;
     int eof;       /* the peer closed its side */
     int rerr;      /* sticky read error */
@@ -47,9 +61,64 @@ struct ca_stream {
     char *wbuf;
     size_t wstart, wend, wcap;
     size_t limit, high, low;
+    int want_w; /* readiness the transport wants before it can send more */
     ca__fdwait flush_waiter;
     int flush_armed;
 };
+
+static ssize_t fd_recv(ca_stream *s, void *buf, size_t n, int *want)
+{
+    for (;;) {
+        ssize_t r = read(s->fd, buf, n);
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            continue;
+        *want = CA_READ;
+        return -errno;
+    }
+}
+
+static ssize_t fd_send(ca_stream *s, const void *buf, size_t n, int *want)
+{
+    for (;;) {
+        ssize_t r = s->is_socket ? send(s->fd, buf, n, MSG_NOSIGNAL)
+                                 : write(s->fd, buf, n);
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            continue;
+        *want = CA_WRITE;
+        return -errno;
+    }
+}
+
+static int fd_shutdown_write(ca_stream *s)
+{
+    if (s->is_socket && shutdown(s->fd, SHUT_WR) < 0)
+        return -errno;
+    return 0;
+}
+
+static const struct ca__transport fd_transport = {
+    .recv = fd_recv,
+    .send = fd_send,
+    .shutdown_write = fd_shutdown_write,
+};
+
+/* Receive into buf, waiting while the transport has nothing. */
+static ssize_t recv_wait(ca_stream *s, void *buf, size_t n)
+{
+    for (;;) {
+        int want = CA_READ;
+        ssize_t r = s->tp->recv(s, buf, n, &want);
+        if (r != -EAGAIN)
+            return r;
+        int w = ca_wait_fd(s->fd, want);
+        if (w < 0)
+            return w;
+    }
+}
 
 static size_t rlen(const ca_stream *s)
 {
@@ -79,6 +148,7 @@ int ca_stream_open(ca_stream **out, int fd, const ca_stream_opts *opts)
         return -ENOMEM;
     }
     s->fd = fd;
+    s->tp = &fd_transport;
     s->limit = opts && opts->limit ? opts->limit : DEFAULT_LIMIT;
     s->high = opts && opts->high_water ? opts->high_water : DEFAULT_HIGH;
     s->low = s->high / 4;
@@ -149,26 +219,18 @@ static ssize_t fill(ca_stream *s, size_t ceiling)
     int r = rreserve(s, READ_CHUNK, ceiling);
     if (r < 0)
         return r;
-    for (;;) {
-        ssize_t n = read(s->fd, s->rbuf + s->rend, s->rcap - s->rend);
-        if (n > 0) {
-            s->rend += (size_t)n;
-            return n;
-        }
-        if (n == 0) {
-            s->eof = 1;
-            return 0;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN) {
-            s->rerr = -errno;
-            return s->rerr;
-        }
-        int w = ca_wait_fd(s->fd, CA_READ);
-        if (w < 0)
-            return w;
+    ssize_t n = recv_wait(s, s->rbuf + s->rend, s->rcap - s->rend);
+    if (n > 0) {
+        s->rend += (size_t)n;
+        return n;
     }
+    if (n == 0) {
+        s->eof = 1;
+        return 0;
+    }
+    if (n != -ECANCELED && n != -ETIMEDOUT)
+        s->rerr = (int)n; /* a transport error sticks */
+    return n;
 }
 
 static size_t take(ca_stream *s, void *buf, size_t n)
@@ -203,22 +265,12 @@ ssize_t ca_stream_read(ca_stream *s, void *buf, size_t n)
         /* Nothing buffered: read straight into the caller's buffer when it
          * is not tiny, saving a copy and the buffer (the echo path). */
         if (n >= DIRECT_READ) {
-            for (;;) {
-                ssize_t r = read(s->fd, buf, n);
-                if (r > 0)
-                    return r;
-                if (r == 0) {
-                    s->eof = 1;
-                    return 0;
-                }
-                if (errno == EINTR)
-                    continue;
-                if (errno != EAGAIN)
-                    return s->rerr = -errno;
-                int w = ca_wait_fd(s->fd, CA_READ);
-                if (w < 0)
-                    return w;
-            }
+            ssize_t r = recv_wait(s, buf, n);
+            if (r == 0)
+                s->eof = 1;
+            else if (r < 0 && r != -ECANCELED && r != -ETIMEDOUT)
+                s->rerr = (int)r;
+            return r;
         }
         ssize_t r = fill(s, s->limit + READ_CHUNK);
         if (r <= 0)
@@ -316,19 +368,17 @@ int ca_stream_at_eof(const ca_stream *s)
 static int send_some(ca_stream *s)
 {
     while (wlen(s) > 0) {
-        ssize_t n = s->is_socket
-                        ? send(s->fd, s->wbuf + s->wstart, wlen(s),
-                               MSG_NOSIGNAL)
-                        : write(s->fd, s->wbuf + s->wstart, wlen(s));
+        int want = CA_WRITE;
+        ssize_t n = s->tp->send(s, s->wbuf + s->wstart, wlen(s), &want);
         if (n > 0) {
             s->wstart += (size_t)n;
             continue;
         }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
+        if (n == -EAGAIN) {
+            s->want_w = want;
             break;
-        s->werr = n < 0 ? -errno : -EPIPE;
+        }
+        s->werr = n < 0 ? (int)n : -EPIPE;
         s->wstart = s->wend = 0;
         return s->werr;
     }
@@ -358,7 +408,8 @@ static void arm_flush(ca_stream *s)
     ca_loop *l = ca__loop();
     if (s->flush_armed || !l || ca__fd_register(l, s->fd) < 0)
         return;
-    s->flush_waiter = (ca__fdwait){.fd = s->fd, .events = CA_WRITE,
+    s->flush_waiter = (ca__fdwait){.fd = s->fd,
+                                   .events = s->want_w ? s->want_w : CA_WRITE,
                                    .wake = flush_wake};
     s->flush_armed = 1;
     ca__fd_add_waiter(l, &s->flush_waiter);
@@ -386,8 +437,8 @@ int ca_stream_write(ca_stream *s, const void *buf, size_t n)
     if (wlen(s) == 0) {
         /* Nothing queued: try the kernel first (the common case). */
         for (;;) {
-            ssize_t k = s->is_socket ? send(s->fd, p, n, MSG_NOSIGNAL)
-                                     : write(s->fd, p, n);
+            int want = CA_WRITE;
+            ssize_t k = s->tp->send(s, p, n, &want);
             if (k >= 0) {
                 p += k;
                 n -= (size_t)k;
@@ -395,11 +446,11 @@ int ca_stream_write(ca_stream *s, const void *buf, size_t n)
                     return 0;
                 continue;
             }
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN)
+            if (k == -EAGAIN) {
+                s->want_w = want;
                 break;
-            return s->werr = -errno;
+            }
+            return s->werr = (int)k;
         }
     }
     if (wlen(s) + n > 16 * s->high)
@@ -436,7 +487,7 @@ static int flush_to(ca_stream *s, size_t target)
             return r;
         if (wlen(s) <= target)
             return 0;
-        r = ca_wait_fd(s->fd, CA_WRITE);
+        r = ca_wait_fd(s->fd, s->want_w ? s->want_w : CA_WRITE);
         if (r < 0)
             return r;
     }
@@ -466,8 +517,8 @@ int ca_stream_write_eof(ca_stream *s)
     int r = s->werr ? s->werr : flush_to(s, 0);
     s->wclosed = 1;
     disarm_flush(s);
-    if (r == 0 && s->is_socket && shutdown(s->fd, SHUT_WR) < 0)
-        r = -errno;
+    if (r == 0)
+        r = s->tp->shutdown_write(s);
     return r;
 }
 
@@ -482,6 +533,8 @@ ssize_t ca_stream_sendfile(ca_stream *s, int in_fd, off_t offset,
         return -EPIPE;
     if (!ca__task_self("ca_stream_sendfile"))
         return -EPERM;
+    if (s->tp != &fd_transport)
+        return -EOPNOTSUPP; /* the bytes must pass through the transport */
     if (count == 0) {
         struct stat st;
         if (fstat(in_fd, &st) < 0)
