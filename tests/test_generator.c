@@ -158,7 +158,7 @@ static void test_producer_failure(void)
     ASSERT_EQ(ca_run(failure_main, NULL), 0);
 }
 
-/* ---- close: early, before start, mid-production, stubborn producer ------- */
+/* ---- close: early, before start, mid-production, a producer that resists --- */
 
 static int cleaned, after_cancel_yield;
 
