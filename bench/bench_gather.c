@@ -29,8 +29,15 @@ static int sleeper(void *arg)
     return ca_sleep(*(const double *)arg);
 }
 
-static int one_round(const gather_args *a, ca_task **tasks, double *ms)
+typedef struct gather_round {
+    const gather_args *a;
+    ca_task **tasks;
+} gather_round;
+
+static int one_round(void *ctx, double *ms)
 {
+    const gather_args *a = ((gather_round *)ctx)->a;
+    ca_task **tasks = ((gather_round *)ctx)->tasks;
     size_t spawned = 0;
     int r = 0;
     int64_t t0 = bench_now_ns();
@@ -66,19 +73,13 @@ static int bench_main(void *arg)
     memset(tasks, 0, a->n * sizeof(*tasks));
 
     double best = 0;
-    for (int round = 0; round < GATHER_ROUNDS; round++) {
-        double ms;
-        int r = one_round(a, tasks, &ms);
-        if (r < 0) {
-            fprintf(stderr, "bench_gather: ca_gather failed: %s\n",
-                    ca_strerror(r));
-            free(tasks);
-            return r;
-        }
-        if (round == 0 || ms < best)
-            best = ms;
-    }
+    gather_round ctx = {a, tasks};
+    int r = bench_best_of(GATHER_ROUNDS, one_round, &ctx, &best);
     free(tasks);
+    if (r < 0) {
+        fprintf(stderr, "bench_gather: ca_gather failed: %s\n", ca_strerror(r));
+        return r;
+    }
     bench_report("gather_overhead", "cawait", best, 3, "ms");
     return 0;
 }

@@ -61,8 +61,9 @@ static int worker(void *arg)
     return 0;
 }
 
-static int one_round(size_t n, double *ns_per_pair)
+static int one_round(void *ctx, double *ns_per_pair)
 {
+    size_t n = *(const size_t *)ctx;
     lock_state s = {CA_LOCK_INIT, n / 2, 0, 0, 0};
     worker_args w1 = {&s, 1}, w2 = {&s, 2};
     size_t total = 2 * s.pairs;
@@ -96,16 +97,10 @@ static int one_round(size_t n, double *ns_per_pair)
 
 static int bench_main(void *arg)
 {
-    size_t n = *(const size_t *)arg;
     double best = 0;
-    for (int round = 0; round < LOCK_ROUNDS; round++) {
-        double ns;
-        int r = one_round(n, &ns);
-        if (r < 0)
-            return r;
-        if (round == 0 || ns < best)
-            best = ns;
-    }
+    int r = bench_best_of(LOCK_ROUNDS, one_round, arg, &best);
+    if (r < 0)
+        return r;
     bench_report("lock", "cawait", best, 2, "ns");
     return 0;
 }

@@ -32,8 +32,9 @@ static int producer(void *arg)
     return 0;
 }
 
-static int one_round(size_t n, double *ns_per_item)
+static int one_round(void *ctx, double *ns_per_item)
 {
+    size_t n = *(const size_t *)ctx;
     ca_queue_opts opts = {.kind = CA_QUEUE_FIFO, .maxsize = 64, .elem_size = 0};
     queue_args a = {NULL, n};
     int r = ca_queue_new(&a.q, &opts);
@@ -81,16 +82,10 @@ static int one_round(size_t n, double *ns_per_item)
 
 static int bench_main(void *arg)
 {
-    size_t n = *(const size_t *)arg;
     double best = 0;
-    for (int round = 0; round < QUEUE_ROUNDS; round++) {
-        double ns;
-        int r = one_round(n, &ns);
-        if (r < 0)
-            return r;
-        if (round == 0 || ns < best)
-            best = ns;
-    }
+    int r = bench_best_of(QUEUE_ROUNDS, one_round, arg, &best);
+    if (r < 0)
+        return r;
     bench_report("queue", "cawait", best, 2, "ns");
     return 0;
 }

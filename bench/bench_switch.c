@@ -31,26 +31,21 @@ static int yielder(void *arg)
 
 #define SWITCH_ROUNDS 3
 
-static int one_round(size_t n, double *ns_per_switch);
+static int one_round(void *ctx, double *ns_per_switch);
 
 static int bench_main(void *arg)
 {
-    size_t n = *(const size_t *)arg;
     double best = 0;
-    for (int round = 0; round < SWITCH_ROUNDS; round++) {
-        double ns;
-        int r = one_round(n, &ns);
-        if (r < 0)
-            return r;
-        if (round == 0 || ns < best)
-            best = ns;
-    }
+    int r = bench_best_of(SWITCH_ROUNDS, one_round, arg, &best);
+    if (r < 0)
+        return r;
     bench_report("switch", "cawait", best, 2, "ns");
     return 0;
 }
 
-static int one_round(size_t n, double *ns_per_switch)
+static int one_round(void *ctx, double *ns_per_switch)
 {
+    size_t n = *(const size_t *)ctx;
     switch_args a = {n / 2};
     size_t total = 2 * a.yields;
 

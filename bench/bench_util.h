@@ -76,6 +76,27 @@ static inline double bench_rng_next(bench_rng *r)
     return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) * 0x1.0p-53;
 }
 
+/* One measured round: stores its figure in *value; 0 or a negative errno. */
+typedef int (*bench_round_fn)(void *ctx, double *value);
+
+/* Run `rounds` rounds and store the smallest figure in *best: on this
+ * shared VM the same binary varies by up to 40% between rounds, so the
+ * benchmarks that use this report their best round (their peers do too).
+ * Returns 0 or the first error. */
+static inline int bench_best_of(int rounds, bench_round_fn fn, void *ctx,
+                                double *best)
+{
+    for (int i = 0; i < rounds; i++) {
+        double v;
+        int r = fn(ctx, &v);
+        if (r < 0)
+            return r;
+        if (i == 0 || v < *best)
+            *best = v;
+    }
+    return 0;
+}
+
 /* Print one result line and flush, so it survives a crash at teardown. */
 static inline void bench_report(const char *name, const char *impl,
                                 double value, int decimals, const char *unit)

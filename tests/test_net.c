@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -547,10 +548,9 @@ static int dgram_main(void *a)
     ca_close(p[1]);
 
     /* sendfile into a stream, after buffered data */
-    char path[] = "/tmp/cawait-sendfile-XXXXXX";
-    int f = mkstemp(path);
+    /* An anonymous in-memory file: nothing left on disk. */
+    int f = memfd_create("cawait-sendfile", MFD_CLOEXEC);
     ASSERT_GE(f, 0);
-    unlink(path);
     static char data[100000];
     for (size_t i = 0; i < sizeof(data); i++)
         data[i] = (char)(i % 251);

@@ -293,6 +293,24 @@ static void batch_prepare(ca__stack_chunk *ch, unsigned from)
 #endif
 }
 
+/* Guard one stack the slow way: madvise, else mprotect while the VMA
+ * budget lasts, else the red zone.  Returns the mode used. */
+static enum ca__guard_mode guard_one(ca__stack_chunk *ch, char *guard)
+{
+    if (guard_mode == CA__GUARD_MADVISE &&
+        madvise(guard, CA__STACK_GUARD, MADV_GUARD_INSTALL) == 0)
+        return CA__GUARD_MADVISE;
+    if (guard_mode != CA__GUARD_CANARY &&
+        atomic_fetch_add(&mprotect_guards, 1) < mprotect_budget) {
+        if (mprotect(guard, CA__STACK_GUARD, PROT_NONE) == 0) {
+            ch->mprotect_guards++;
+            return CA__GUARD_MPROTECT;
+        }
+        atomic_fetch_sub(&mprotect_guards, 1);
+    }
+    return CA__GUARD_CANARY;
+}
+
 /* Set up a slot the first time it is handed out. */
 static void slot_prepare(ca__stack_chunk *ch, unsigned i)
 {
@@ -303,23 +321,8 @@ static void slot_prepare(ca__stack_chunk *ch, unsigned i)
     s->lo = guard + CA__STACK_GUARD;
     s->size = ch->cls->size;
     s->chunk = ch;
-    if (s->guard == CA__GUARD_MADVISE) {
-        /* done by the batch */
-    } else if (guard_mode == CA__GUARD_MADVISE &&
-               madvise(guard, CA__STACK_GUARD, MADV_GUARD_INSTALL) == 0) {
-        s->guard = CA__GUARD_MADVISE;
-    } else if (guard_mode != CA__GUARD_CANARY &&
-               atomic_fetch_add(&mprotect_guards, 1) < mprotect_budget) {
-        if (mprotect(guard, CA__STACK_GUARD, PROT_NONE) == 0) {
-            s->guard = CA__GUARD_MPROTECT;
-            ch->mprotect_guards++;
-        } else {
-            atomic_fetch_sub(&mprotect_guards, 1);
-            s->guard = CA__GUARD_CANARY;
-        }
-    } else {
-        s->guard = CA__GUARD_CANARY;
-    }
+    if (s->guard != CA__GUARD_MADVISE) /* the batch may have done it */
+        s->guard = (uint8_t)guard_one(ch, guard);
     s->vg_id = VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + s->size);
 }
 

@@ -168,9 +168,6 @@ static int race_connect(struct race *rc)
     ca_task *tasks[HE_MAX] = {0};
     int started = 0, r = 0;
     while (rc->winner < 0 && rc->failed < rc->n) {
-        if (started < rc->n && started == rc->failed + (started > 0)) {
-            /* nothing running (the first, or all so far failed) */
-        }
         if (started < rc->n) {
             att[started] = (struct attempt){rc, started};
             if (ca_spawn_ex(&tasks[started], attempt_main, &att[started],

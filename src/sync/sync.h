@@ -63,12 +63,4 @@ _Static_assert(sizeof(struct sem_impl) <= sizeof(ca_sem), "ca_sem size");
 _Static_assert(sizeof(struct barrier_impl) <= sizeof(ca_barrier),
                "ca_barrier size");
 
-/* 1 if a blocking call of self must fail now (cancelled, deadline): used
- * after a grant arrived, to hand it back (asyncio's rule that a cancelled
- * acquire never keeps what it was granted in the same turn). */
-static inline int ca__sync_cancelled(ca_task *self)
-{
-    return ca__task_check(self) < 0;
-}
-
 #endif
