@@ -298,6 +298,15 @@ fail:
     return NULL;
 }
 
+void ca__loop_run_exit_hooks(ca_loop *l)
+{
+    ca__exit_hook *h;
+    while ((h = l->exit_hooks) != NULL) {
+        l->exit_hooks = h->next;
+        h->fn(l, h);
+    }
+}
+
 void ca__loop_shutdown(ca_loop *l)
 {
     pthread_mutex_lock(&l->ts_lock);

@@ -98,6 +98,15 @@ typedef struct ca__backend_ops {
 
 extern const ca__backend_ops ca__backend_epoll;
 
+/* Run by ca_run after every task has finished, before the loop closes
+ * (newest first): upper layers release per-loop resources here (the default
+ * thread pool joins its threads).  The hook may not block on the loop. */
+typedef struct ca__exit_hook ca__exit_hook;
+struct ca__exit_hook {
+    ca__exit_hook *next;
+    void (*fn)(ca_loop *loop, ca__exit_hook *self);
+};
+
 struct tscall {
     ca_cb cb;
     void *arg;
@@ -183,6 +192,10 @@ struct ca_loop {
     void *task_free;         /* task struct free list (task layer) */
     size_t task_nfree;
 
+    /* upper layers' per-loop state */
+    ca__exit_hook *exit_hooks; /* see ca__loop_at_exit */
+    void *exec_default;      /* default thread pool (src/exec/) */
+
     /* DNS configuration (src/net/dns.c) */
     char *dns_servers;       /* "ip[:port],...", NULL: /etc/resolv.conf */
     int dns_timeout_ms;      /* per try; 0: c-ares' default */
@@ -226,6 +239,15 @@ static inline int ca__loop_turn_nopoll(ca_loop *l)
     l->stats.turns++;
     return 1;
 }
+/* Register a hook that ca_run runs once every task has finished. */
+static inline void ca__loop_at_exit(ca_loop *l, ca__exit_hook *h)
+{
+    h->next = l->exit_hooks;
+    l->exit_hooks = h;
+}
+/* Run and unlink every exit hook (newest first, including hooks that a
+ * hook registers). */
+void ca__loop_run_exit_hooks(ca_loop *l);
 /* Close the thread-safe queue and drop scheduled callbacks and timers. */
 void ca__loop_shutdown(ca_loop *loop);
 

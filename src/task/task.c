@@ -855,6 +855,8 @@ int ca_run_ex(ca_fn main, void *arg, const ca_run_opts *opts)
             ca__loop_run_once(l);
         ca_task_release(m);
     }
+    /* Upper layers' per-loop resources (the default thread pool). */
+    ca__loop_run_exit_hooks(l);
     ca__loop_shutdown(l);
     /* Callbacks still queued or scheduled are dropped with the loop. */
     free_all_tasks(l);
