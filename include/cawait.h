@@ -59,7 +59,14 @@ extern "C" {
     X(CA_EINCOMPLETE, 6, "stream ended before the expected data")            \
     X(CA_ENOTFOUND, 7, "host name not found")                                  \
     X(CA_EDNSFAIL, 8, "DNS server failure")                                    \
-    X(CA_EDNS, 9, "DNS lookup failed")
+    X(CA_EDNS, 9, "DNS lookup failed")                                        \
+    X(CA_ETLS, 10, "TLS protocol error")                                       \
+    X(CA_ECERT, 11, "TLS certificate verification failed")                     \
+    X(CA_ECERTUNTRUSTED, 12, "TLS certificate not trusted (unknown issuer or " \
+                             "self-signed)")                                   \
+    X(CA_ECERTEXPIRED, 13, "TLS certificate expired or not yet valid")        \
+    X(CA_ECERTHOST, 14, "TLS certificate does not match the host name")       \
+    X(CA_ENOTLS, 15, "built without TLS support")
 
 enum {
 #define CA__ERR_ENUM(name, n, msg) name = CA_ERR_BASE + (n),

@@ -208,6 +208,7 @@ CA_EXTERN int ca_stream_close(ca_stream *s);
 /* ------------------------------------------------------------------------ */
 
 typedef struct ca_server ca_server;
+typedef struct ca_tls_ctx ca_tls_ctx;
 /* A connection handler: runs as its own task with the connection's stream;
  * the server closes the stream after it returns. */
 typedef int (*ca_conn_fn)(ca_stream *s, void *arg);
@@ -218,6 +219,12 @@ typedef struct ca_server_opts {
     /* Most connections handled at once; more wait in the kernel's backlog.
      * 0: unlimited. */
     size_t max_connections;
+    /* Serve TLS with this server context (ca_tls_ctx_new with .server = 1):
+     * each connection's handshake runs in its task, bounded by the
+     * context's handshake timeout; a connection whose handshake fails is
+     * closed without calling the handler.  The server holds a reference
+     * until ca_server_close.  NULL: plain TCP. */
+    ca_tls_ctx *tls;
 } ca_server_opts;
 
 /* Listen on host:port and serve every connection with fn(stream, arg) in a
@@ -240,5 +247,99 @@ CA_EXTERN int ca_server_abort_clients(ca_server *srv);
  * seconds, then cancel the rest and wait for them, close everything and
  * free srv.  Returns 0 or -EINVAL.  Blocking (not a cancellation point). */
 CA_EXTERN int ca_server_close(ca_server *srv, double grace);
+
+/* ------------------------------------------------------------------------ */
+/* TLS (OpenSSL 3)                                                          */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * TLS runs over any stream: ca_stream_start_tls pushes a TLS layer on top
+ * of what the stream already is (a TCP socket, a Unix socket, even another
+ * TLS stream), and every ca_stream_* call goes through it.  Configuration
+ * lives in a context, made once and shared by every connection (one
+ * SSL_CTX); contexts may be shared between threads.
+ *
+ * Clients verify the peer's certificate chain against the system CA store
+ * and its name against the host name by default.  Renegotiation is refused
+ * (TLS 1.2; TLS 1.3 has none), TLS 1.2 is the minimum version, closing a
+ * stream sends close_notify, and a peer that closes without close_notify
+ * makes reads fail with -CA_ETLS (a truncation attack is not an end of
+ * stream).
+ *
+ * Errors: -CA_ECERTUNTRUSTED (unknown issuer, self-signed), -CA_ECERTEXPIRED
+ * (expired or not yet valid), -CA_ECERTHOST (name mismatch), -CA_ECERT
+ * (other verification failures), -CA_ETLS (handshake failure, alert from the
+ * peer, bad record, truncation), -ETIMEDOUT (handshake timeout or deadline
+ * scope), -CA_ENOTLS (built without OpenSSL).  ca_tls_last_error describes
+ * the last of these on the calling thread.
+ */
+
+#define CA_TLS_1_2 0x0303
+#define CA_TLS_1_3 0x0304
+
+typedef struct ca_tls_opts {
+    /* 1: server side (cert_file and key_file required). */
+    int server;
+    /* PEM certificate chain (leaf first) and its private key: the server's
+     * identity, or a client certificate.  Paths; read at creation. */
+    const char *cert_file;
+    const char *key_file;
+    /* PEM CA bundle and/or hashed directory to trust instead of the system
+     * store (servers: to verify client certificates). */
+    const char *ca_file;
+    const char *ca_dir;
+    /* Client: accept any certificate and any name.  Insecure; for tests and
+     * private networks only. */
+    int verify_none;
+    /* Server: require a client certificate signed by ca_file/ca_dir. */
+    int verify_client;
+    /* ALPN protocols, comma-separated in order of preference ("h2,http/1.1");
+     * a client offers them, a server picks its first that the client
+     * offers (none in common: no ALPN, the handshake goes on).  NULL: none. */
+    const char *alpn;
+    /* Lowest accepted version: CA_TLS_1_2 (0: default) or CA_TLS_1_3. */
+    int min_version;
+    /* Seconds the handshake may take; 0: 60 (asyncio's default). */
+    double handshake_timeout;
+} ca_tls_opts;
+
+/* Create a context from opts (NULL: a verifying client).  Returns 0 and
+ * stores it, or -EINVAL (bad options: a server without certificate, a bad
+ * ALPN list, an unknown version), -ENOENT/-EACCES (a file cannot be read),
+ * -CA_ETLS (a file is not valid PEM, the key does not match the
+ * certificate; see ca_tls_last_error), -ENOMEM, -CA_ENOTLS.  Never blocks
+ * the loop beyond reading the files. */
+CA_EXTERN int ca_tls_ctx_new(ca_tls_ctx **out, const ca_tls_opts *opts);
+/* Drop the caller's reference.  Streams and servers using the context keep
+ * their own until they are closed.  NULL is ignored. */
+CA_EXTERN void ca_tls_ctx_free(ca_tls_ctx *ctx);
+
+/* Upgrade s to TLS (asyncio's start_tls) and run the handshake.  A client
+ * context needs server_name (SNI and verification; a numeric address is
+ * checked against the certificate's IP addresses) unless it was made with
+ * verify_none; a server context ignores it.  Bytes s had already buffered
+ * are the first handshake input; bytes buffered for writing are sent first.
+ * Returns 0, or an error above (the stream is then unusable: close it),
+ * -EINVAL, -EPERM (not in a task), -EPIPE (the stream is closed or
+ * failed), -ECANCELED.  Calling it on a TLS stream nests TLS in TLS.
+ * Blocking. */
+CA_EXTERN int ca_stream_start_tls(ca_stream *s, ca_tls_ctx *ctx,
+                                  const char *server_name);
+/* ca_open_connection + ca_stream_start_tls with host as the server name.
+ * Blocking. */
+CA_EXTERN int ca_open_tls_connection(ca_stream **out, const char *host,
+                                     unsigned port, ca_tls_ctx *ctx,
+                                     const ca_stream_opts *opts);
+/* The ALPN protocol agreed on ("h2"), or NULL (none, or not TLS).  Valid
+ * while the stream is open. */
+CA_EXTERN const char *ca_stream_tls_alpn(const ca_stream *s);
+/* The TLS version in use ("TLSv1.3"), or NULL if s is not TLS. */
+CA_EXTERN const char *ca_stream_tls_version(const ca_stream *s);
+/* What the last TLS failure on this thread was, in words (the OpenSSL
+ * reason or the certificate verification error), "" if none.  Thread-local
+ * storage shared by the thread's tasks: read it right after the failing
+ * call, before the task blocks again and another task's TLS call
+ * overwrites it. */
+CA_EXTERN const char *ca_tls_last_error(void);
 
 #endif /* CAWAIT_NET_H */

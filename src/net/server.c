@@ -8,6 +8,7 @@
  * connection task is linked in the server's list so that close can cancel
  * the stragglers after the grace period.
  */
+#include "net/stream.h"
 #include "task/task.h"
 
 #include <errno.h>
@@ -57,8 +58,11 @@ static int conn_main(void *arg)
     ca_server *srv = c->srv;
     ca_stream *s;
     int r = ca_stream_open(&s, c->fd, &srv->opts.stream);
-    if (r == 0) {
+    if (r == 0 && srv->opts.tls)
+        r = ca_stream_start_tls(s, srv->opts.tls, NULL);
+    if (r == 0)
         r = srv->fn(s, srv->arg);
+    if (s) {
         /* Flush what the handler wrote, but never let a peer that does not
          * read hold the connection past a short deadline. */
         ca_shield_push();
@@ -129,6 +133,8 @@ int ca_serve(ca_server **out, const char *host, unsigned port, ca_conn_fn fn,
     if (!out || !fn)
         return -EINVAL;
     *out = NULL;
+    if (opts && opts->tls && !ca__tls_ctx_is_server(opts->tls))
+        return -EINVAL;
     if (!ca__loop())
         return -CA_ENOLOOP;
     ca_server *srv = calloc(1, sizeof(*srv));
@@ -144,12 +150,14 @@ int ca_serve(ca_server **out, const char *host, unsigned port, ca_conn_fn fn,
         free(srv);
         return r;
     }
+    ca__tls_ctx_ref(srv->opts.tls);
     srv->port = ca_sock_port(srv->lfd);
     ca_event_set(&srv->idle);
     ca_spawn_opts so = {.name = "ca_server.accept"};
     int r = ca_spawn_ex(&srv->acceptor, accept_loop, srv, &so);
     if (r < 0) {
         ca_close(srv->lfd);
+        ca_tls_ctx_free(srv->opts.tls);
         free(srv);
         return r;
     }
@@ -214,6 +222,7 @@ int ca_server_close(ca_server *srv, double grace)
     while (srv->nconn > 0)
         ca_event_wait(&srv->idle);
     ca_shield_pop();
+    ca_tls_ctx_free(srv->opts.tls);
     free(srv);
     return 0;
 }

@@ -16,7 +16,7 @@
  * remain.  A hard ceiling (16 x high_water) makes a writer that never
  * drains get -ENOBUFS instead of growing memory without bound.
  */
-#include "loop/loop.h"
+#include "net/stream.h"
 #include "task/task.h"
 
 #include <errno.h>
@@ -35,41 +35,10 @@
 #define DIRECT_READ 1024u
 #define EXACT_MAX (16u * 1024u * 1024u)
 
-/*
- * The transport under a stream: a plain fd today, TLS next (curl's
- * connection filters: each layer a small vtable over the one below).
- * recv/send return a count (recv: 0 at end of stream), or -EAGAIN with
- * *want set to the readiness (CA_READ or CA_WRITE) to wait for before
- * trying again, or another negative errno.
- */
-struct ca__transport {
-    ssize_t (*recv)(ca_stream *s, void *buf, size_t n, int *want);
-    ssize_t (*send)(ca_stream *s, const void *buf, size_t n, int *want);
-    int (*shutdown_write)(ca_stream *s); /* after everything is flushed */
-};
-
-struct ca_stream {
-    const struct ca__transport *tp;
-    int fd;
-    int eof;       /* the peer closed its side */
-    int rerr;      /* sticky read error */
-    int werr;      /* sticky write error */
-    int wclosed;   /* write_eof or close started */
-    int is_socket;
-    char *rbuf;
-    size_t rstart, rend, rcap;
-    char *wbuf;
-    size_t wstart, wend, wcap;
-    size_t limit, high, low;
-    int want_w; /* readiness the transport wants before it can send more */
-    ca__fdwait flush_waiter;
-    int flush_armed;
-};
-
-static ssize_t fd_recv(ca_stream *s, void *buf, size_t n, int *want)
+static ssize_t fd_recv(ca__layer *l, void *buf, size_t n, int *want)
 {
     for (;;) {
-        ssize_t r = read(s->fd, buf, n);
+        ssize_t r = read(l->s->fd, buf, n);
         if (r >= 0)
             return r;
         if (errno == EINTR)
@@ -79,8 +48,9 @@ static ssize_t fd_recv(ca_stream *s, void *buf, size_t n, int *want)
     }
 }
 
-static ssize_t fd_send(ca_stream *s, const void *buf, size_t n, int *want)
+static ssize_t fd_send(ca__layer *l, const void *buf, size_t n, int *want)
 {
+    ca_stream *s = l->s;
     for (;;) {
         ssize_t r = s->is_socket ? send(s->fd, buf, n, MSG_NOSIGNAL)
                                  : write(s->fd, buf, n);
@@ -93,25 +63,31 @@ static ssize_t fd_send(ca_stream *s, const void *buf, size_t n, int *want)
     }
 }
 
-static int fd_shutdown_write(ca_stream *s)
+static int fd_shutdown_write(ca__layer *l)
 {
-    if (s->is_socket && shutdown(s->fd, SHUT_WR) < 0)
+    if (l->s->is_socket && shutdown(l->s->fd, SHUT_WR) < 0)
         return -errno;
     return 0;
 }
 
-static const struct ca__transport fd_transport = {
+static const struct ca__layer_ops fd_layer = {
+    .name = "fd",
     .recv = fd_recv,
     .send = fd_send,
     .shutdown_write = fd_shutdown_write,
 };
+
+int ca__stream_wait(ca_stream *s, int want)
+{
+    return ca_wait_fd(s->fd, want);
+}
 
 /* Receive into buf, waiting while the transport has nothing. */
 static ssize_t recv_wait(ca_stream *s, void *buf, size_t n)
 {
     for (;;) {
         int want = CA_READ;
-        ssize_t r = s->tp->recv(s, buf, n, &want);
+        ssize_t r = s->top->ops->recv(s->top, buf, n, &want);
         if (r != -EAGAIN)
             return r;
         int w = ca_wait_fd(s->fd, want);
@@ -148,7 +124,8 @@ int ca_stream_open(ca_stream **out, int fd, const ca_stream_opts *opts)
         return -ENOMEM;
     }
     s->fd = fd;
-    s->tp = &fd_transport;
+    s->base = (ca__layer){.ops = &fd_layer, .s = s};
+    s->top = &s->base;
     s->limit = opts && opts->limit ? opts->limit : DEFAULT_LIMIT;
     s->high = opts && opts->high_water ? opts->high_water : DEFAULT_HIGH;
     s->low = s->high / 4;
@@ -369,7 +346,8 @@ static int send_some(ca_stream *s)
 {
     while (wlen(s) > 0) {
         int want = CA_WRITE;
-        ssize_t n = s->tp->send(s, s->wbuf + s->wstart, wlen(s), &want);
+        ssize_t n = s->top->ops->send(s->top, s->wbuf + s->wstart, wlen(s),
+                                       &want);
         if (n > 0) {
             s->wstart += (size_t)n;
             continue;
@@ -438,7 +416,7 @@ int ca_stream_write(ca_stream *s, const void *buf, size_t n)
         /* Nothing queued: try the kernel first (the common case). */
         for (;;) {
             int want = CA_WRITE;
-            ssize_t k = s->tp->send(s, p, n, &want);
+            ssize_t k = s->top->ops->send(s->top, p, n, &want);
             if (k >= 0) {
                 p += k;
                 n -= (size_t)k;
@@ -518,7 +496,45 @@ int ca_stream_write_eof(ca_stream *s)
     s->wclosed = 1;
     disarm_flush(s);
     if (r == 0)
-        r = s->tp->shutdown_write(s);
+        r = s->top->ops->shutdown_write(s->top);
+    return r;
+}
+
+/* sendfile through a layer that must see the bytes (TLS): read the file
+ * in chunks and write them through the stream, with back pressure. */
+static ssize_t sendfile_copy(ca_stream *s, int in_fd, off_t offset,
+                             size_t count)
+{
+    size_t cap = count < 64 * 1024 ? count : 64 * 1024;
+    char *buf = malloc(cap);
+    if (!buf)
+        return -ENOMEM;
+    size_t sent = 0;
+    ssize_t r = 0;
+    while (sent < count) {
+        size_t want = count - sent < cap ? count - sent : cap;
+        ssize_t n = pread(in_fd, buf, want, offset);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            r = -errno;
+            break;
+        }
+        if (n == 0)
+            break; /* the file is shorter than asked */
+        r = ca_stream_write(s, buf, (size_t)n);
+        if (r == 0)
+            r = ca_stream_drain(s);
+        if (r < 0)
+            break;
+        offset += n;
+        sent += (size_t)n;
+    }
+    free(buf);
+    if (r == 0)
+        r = ca__stream_flush(s);
+    if (r == 0 || (sent > 0 && r != -ECANCELED && r != -ETIMEDOUT))
+        return (ssize_t)sent; /* like sendfile(2): a short count */
     return r;
 }
 
@@ -533,8 +549,6 @@ ssize_t ca_stream_sendfile(ca_stream *s, int in_fd, off_t offset,
         return -EPIPE;
     if (!ca__task_self("ca_stream_sendfile"))
         return -EPERM;
-    if (s->tp != &fd_transport)
-        return -EOPNOTSUPP; /* the bytes must pass through the transport */
     if (count == 0) {
         struct stat st;
         if (fstat(in_fd, &st) < 0)
@@ -543,6 +557,8 @@ ssize_t ca_stream_sendfile(ca_stream *s, int in_fd, off_t offset,
             return 0;
         count = (size_t)(st.st_size - offset);
     }
+    if (s->top != &s->base)
+        return sendfile_copy(s, in_fd, offset, count);
     int r = flush_to(s, 0); /* what was written before goes first */
     if (r < 0)
         return r;
@@ -583,19 +599,55 @@ int ca_stream_peer(const ca_stream *s, struct sockaddr *addr, socklen_t *len)
     return getpeername(s->fd, addr, len) == 0 ? 0 : -errno;
 }
 
+int ca__stream_flush(ca_stream *s)
+{
+    return s->werr ? s->werr : flush_to(s, 0);
+}
+
+int ca__stream_push(ca_stream *s, ca__layer *l, char **pre, size_t *pre_len)
+{
+    *pre = NULL;
+    *pre_len = 0;
+    if (rlen(s) > 0) {
+        *pre = malloc(rlen(s));
+        if (!*pre)
+            return -ENOMEM;
+        *pre_len = rlen(s);
+        take(s, *pre, *pre_len);
+    }
+    l->s = s;
+    l->lower = s->top;
+    s->top = l;
+    return 0;
+}
+
+void ca__stream_pop(ca_stream *s, ca__layer *l)
+{
+    if (s->top == l)
+        s->top = l->lower;
+}
+
 int ca_stream_close(ca_stream *s)
 {
     if (!s)
         return 0;
     int r = s->werr;
     s->wclosed = 1;
+    int in_task = ca__loop() && ca__loop()->current;
     if (!r && wlen(s) > 0) {
-        if (ca__loop() && ca__loop()->current)
+        if (in_task)
             r = flush_to(s, 0);
         else
             r = send_some(s) < 0 ? s->werr : (wlen(s) ? -EAGAIN : 0);
     }
     disarm_flush(s);
+    /* Upper layers say goodbye (TLS close_notify) only when everything
+     * before it went out: a close_notify after lost data would lie. */
+    while (s->top != &s->base) {
+        ca__layer *l = s->top;
+        s->top = l->lower;
+        l->ops->destroy(l, r == 0 && !s->rerr);
+    }
     int c = ca_close(s->fd);
     free(s->rbuf);
     free(s->wbuf);

@@ -1,0 +1,1181 @@
+/*
+ * TLS: cawait against itself, against `openssl s_server` and `openssl
+ * s_client`, and against hostile peers.  Every test makes a throwaway CA
+ * and certificates (good, expired, self-signed, wrong name, client) with
+ * libcrypto in a temporary directory.
+ */
+#include "cawait.h"
+#include "runner.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef CAWAIT_HAVE_OPENSSL
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Throwaway certificates                                                   */
+/* ------------------------------------------------------------------------ */
+
+static char dir[64];
+static char p_ca[96], p_srv[96], p_srv_key[96], p_exp[96], p_exp_key[96],
+    p_self[96], p_self_key[96], p_wrong[96], p_wrong_key[96], p_cli[96],
+    p_cli_key[96];
+
+static void add_ext(X509 *x, X509V3_CTX *ctx, int nid, const char *value)
+{
+    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, ctx, nid, value);
+    ASSERT(e != NULL);
+    ASSERT_EQ(X509_add_ext(x, e, -1), 1);
+    X509_EXTENSION_free(e);
+}
+
+/* A certificate for key, signed by issuer (NULL: self-signed), valid from
+ * now + from_s to now + to_s. */
+static X509 *make_cert(EVP_PKEY *key, const char *cn, const char *san,
+                       X509 *issuer, EVP_PKEY *issuer_key, long from_s,
+                       long to_s, int is_ca, long serial)
+{
+    X509 *x = X509_new();
+    ASSERT(x != NULL);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), serial);
+    X509_gmtime_adj(X509_getm_notBefore(x), from_s);
+    X509_gmtime_adj(X509_getm_notAfter(x), to_s);
+    X509_set_pubkey(x, key);
+    X509_NAME *n = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
+                               (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : n);
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer ? issuer : x, x, NULL, NULL, 0);
+    add_ext(x, &ctx, NID_basic_constraints,
+            is_ca ? "critical,CA:TRUE" : "CA:FALSE");
+    if (is_ca)
+        add_ext(x, &ctx, NID_key_usage, "critical,keyCertSign,cRLSign");
+    add_ext(x, &ctx, NID_subject_key_identifier, "hash");
+    if (san)
+        add_ext(x, &ctx, NID_subject_alt_name, san);
+    ASSERT(X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256()) > 0);
+    return x;
+}
+
+static void write_pem(const char *path, X509 *x, EVP_PKEY *k)
+{
+    FILE *f = fopen(path, "w");
+    ASSERT(f != NULL);
+    if (x)
+        ASSERT_EQ(PEM_write_X509(f, x), 1);
+    if (k)
+        ASSERT_EQ(PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL), 1);
+    ASSERT_EQ(fclose(f), 0);
+}
+
+static void cleanup_certs(void)
+{
+    const char *files[] = {p_ca,   p_srv,      p_srv_key, p_exp,
+                           p_exp_key, p_self,  p_self_key, p_wrong,
+                           p_wrong_key, p_cli, p_cli_key};
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+        if (files[i][0])
+            unlink(files[i]);
+    if (dir[0])
+        rmdir(dir);
+}
+
+/* One leaf: key + certificate signed by the CA (or self-signed). */
+static void leaf(char *cert_path, char *key_path, const char *name,
+                 const char *cn, const char *san, X509 *ca, EVP_PKEY *ca_key,
+                 long from_s, long to_s, long serial)
+{
+    snprintf(cert_path, 96, "%s/%s.pem", dir, name);
+    snprintf(key_path, 96, "%s/%s.key", dir, name);
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    ASSERT(k != NULL);
+    X509 *x = make_cert(k, cn, san, ca, ca_key, from_s, to_s, 0, serial);
+    write_pem(cert_path, x, NULL);
+    write_pem(key_path, NULL, k);
+    X509_free(x);
+    EVP_PKEY_free(k);
+}
+
+static void make_certs(void)
+{
+    snprintf(dir, sizeof(dir), "/tmp/cawait-tls.XXXXXX");
+    ASSERT(mkdtemp(dir) != NULL);
+    atexit(cleanup_certs);
+    const long day = 86400;
+    EVP_PKEY *ca_key = EVP_EC_gen("P-256");
+    ASSERT(ca_key != NULL);
+    X509 *ca = make_cert(ca_key, "cawait test CA", NULL, NULL, NULL, -day,
+                         30 * day, 1, 1);
+    snprintf(p_ca, sizeof(p_ca), "%s/ca.pem", dir);
+    write_pem(p_ca, ca, NULL);
+    leaf(p_srv, p_srv_key, "server", "localhost",
+         "DNS:localhost,IP:127.0.0.1,IP:::1", ca, ca_key, -day, 30 * day, 2);
+    leaf(p_exp, p_exp_key, "expired", "localhost",
+         "DNS:localhost,IP:127.0.0.1", ca, ca_key, -3 * day, -day, 3);
+    leaf(p_self, p_self_key, "self", "localhost",
+         "DNS:localhost,IP:127.0.0.1", NULL, NULL, -day, 30 * day, 4);
+    leaf(p_wrong, p_wrong_key, "wrong", "other.example",
+         "DNS:other.example", ca, ca_key, -day, 30 * day, 5);
+    leaf(p_cli, p_cli_key, "client", "cawait client", NULL, ca, ca_key, -day,
+         30 * day, 6);
+    X509_free(ca);
+    EVP_PKEY_free(ca_key);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Helpers                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static ca_tls_ctx *server_ctx(const char *cert, const char *key,
+                              const char *alpn)
+{
+    ca_tls_ctx *c;
+    ca_tls_opts o = {.server = 1, .cert_file = cert, .key_file = key,
+                     .alpn = alpn};
+    ASSERT_EQ(ca_tls_ctx_new(&c, &o), 0);
+    return c;
+}
+
+static ca_tls_ctx *client_ctx(const char *alpn)
+{
+    ca_tls_ctx *c;
+    ca_tls_opts o = {.ca_file = p_ca, .alpn = alpn};
+    ASSERT_EQ(ca_tls_ctx_new(&c, &o), 0);
+    return c;
+}
+
+static int handler_calls;
+static int handler_last;
+
+/* Echo until EOF or error; counts calls and keeps the last status. */
+static int echo_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    handler_calls++;
+    char buf[16384];
+    for (;;) {
+        ssize_t n = ca_stream_read(s, buf, sizeof(buf));
+        if (n <= 0) {
+            handler_last = (int)n;
+            return (int)n;
+        }
+        int r = ca_stream_write(s, buf, (size_t)n);
+        if (r == 0)
+            r = ca_stream_drain(s);
+        if (r < 0) {
+            handler_last = r;
+            return r;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Contexts: argument checks                                                */
+/* ------------------------------------------------------------------------ */
+
+static void test_ctx_args(void)
+{
+    make_certs();
+    ca_tls_ctx *c;
+    ASSERT_EQ(ca_tls_ctx_new(NULL, NULL), -EINVAL);
+    ca_tls_opts o = {.server = 1};
+    ASSERT_EQ(ca_tls_ctx_new(&c, &o), -EINVAL); /* no certificate */
+    ASSERT(c == NULL);
+    o = (ca_tls_opts){.cert_file = p_srv};
+    ASSERT_EQ(ca_tls_ctx_new(&c, &o), -EINVAL); /* certificate, no key */
+    o = (ca_tls_opts){.alpn = "h2,,http/1.1"};
+    ASSERT_EQ(ca_tls_ctx_new(&c, &o), -EINVAL);
+    o = (ca_tls_opts){.alpn = ""};
+    ASSERT_EQ(ca_tls_ctx_new(&c, &o), -EINVAL);
+    o = (ca_tls_opts){.min_version = 0x0301};
+    ASSERT_EQ(ca_tls_ctx_new(&c, &o), -EINVAL);
+    o = (ca_tls_opts){.handshake_timeout = -1};
+    ASSERT_EQ(ca_tls_ctx_new(&c, &o), -EINVAL);
+    o = (ca_tls_opts){.server = 1, .cert_file = "/nonexistent/cert.pem",
+                      .key_file = p_srv_key};
+    ASSERT_EQ(ca_tls_ctx_new(&c, &o), -ENOENT);
+    ASSERT(strstr(ca_tls_last_error(), "/nonexistent/cert.pem") != NULL);
+    /* a key that is not the certificate's */
+    o = (ca_tls_opts){.server = 1, .cert_file = p_srv, .key_file = p_exp_key};
+    ASSERT_EQ(ca_tls_ctx_new(&c, &o), -CA_ETLS);
+    ASSERT(*ca_tls_last_error() != '\0');
+    /* a file that is not PEM */
+    o = (ca_tls_opts){.server = 1, .cert_file = "/etc/hostname",
+                      .key_file = p_srv_key};
+    if (access("/etc/hostname", R_OK) == 0)
+        ASSERT_EQ(ca_tls_ctx_new(&c, &o), -CA_ETLS);
+    /* a verifying client without a server name: nothing to verify */
+    ASSERT_EQ(ca_tls_ctx_new(&c, NULL), 0); /* system store */
+    ASSERT_EQ(ca_stream_start_tls(NULL, c, "x"), -EINVAL);
+    ca_tls_ctx_free(c);
+    ca_tls_ctx_free(NULL);
+    ASSERT_STREQ(ca_strerror(-CA_ECERTHOST),
+                 "TLS certificate does not match the host name");
+    ASSERT_STREQ(ca_err_name(-CA_ECERTEXPIRED), "CA_ECERTEXPIRED");
+}
+
+static int start_tls_args_main(void *a)
+{
+    (void)a;
+    ca_tls_ctx *c = client_ctx(NULL);
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                         0, sv),
+              0);
+    ca_stream *s;
+    ASSERT_EQ(ca_stream_open(&s, sv[0], NULL), 0);
+    ASSERT_EQ(ca_stream_start_tls(s, c, NULL), -EINVAL);
+    ASSERT_EQ(ca_stream_start_tls(s, c, ""), -EINVAL);
+    ASSERT_EQ(ca_stream_start_tls(s, NULL, "localhost"), -EINVAL);
+    ASSERT(ca_stream_tls_version(s) == NULL);
+    ASSERT(ca_stream_tls_alpn(s) == NULL);
+    /* a client context cannot serve */
+    ca_server *srv;
+    ca_server_opts so = {.tls = c};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, echo_handler, NULL, &so),
+              -EINVAL);
+    ca_stream_close(s);
+    ca_close(sv[1]);
+    ca_tls_ctx_free(c);
+    return 0;
+}
+
+static void test_start_tls_args(void)
+{
+    make_certs();
+    ASSERT_EQ(ca_run(start_tls_args_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* cawait client <-> cawait server                                          */
+/* ------------------------------------------------------------------------ */
+
+static int echo_main(void *a)
+{
+    (void)a;
+    ca_tls_ctx *sc = server_ctx(p_srv, p_srv_key, "http/1.1,h2");
+    ca_server *srv;
+    ca_server_opts so = {.tls = sc};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, echo_handler, NULL, &so), 0);
+    ca_tls_ctx_free(sc); /* the server keeps its reference */
+    unsigned port = (unsigned)ca_server_port(srv);
+
+    ca_tls_ctx *cc = client_ctx("h2,http/1.1");
+    ca_stream *c;
+    ASSERT_EQ(ca_open_tls_connection(&c, "localhost", port, cc, NULL), 0);
+    ASSERT_STREQ(ca_stream_tls_version(c), "TLSv1.3");
+    /* the server's preference wins among what the client offers */
+    ASSERT_STREQ(ca_stream_tls_alpn(c), "http/1.1");
+
+    ASSERT_EQ(ca_stream_write(c, "hello\nworld\n", 12), 0);
+    char line[64];
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 6);
+    ASSERT_STREQ(line, "hello\n");
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 6);
+    ASSERT_STREQ(line, "world\n");
+
+    /* 4 MiB written at once: partial TLS writes, back pressure, a write
+     * buffer that moves between retries */
+    enum { BIG = 4 << 20 };
+    char *out = malloc(BIG), *in = malloc(BIG);
+    ASSERT(out && in);
+    for (int i = 0; i < BIG; i++)
+        out[i] = (char)(i * 13 + (i >> 12));
+    ASSERT_EQ(ca_stream_write(c, out, BIG), 0);
+    ASSERT_EQ(ca_stream_drain(c), 0);
+    ASSERT_EQ(ca_stream_readexactly(c, in, BIG), 0);
+    ASSERT(memcmp(in, out, BIG) == 0);
+
+    /* half close over TLS 1.3: close_notify one way, the echo still comes
+     * back, then the server's close_notify is a clean end of stream */
+    ASSERT_EQ(ca_stream_write(c, "tail", 4), 0);
+    ASSERT_EQ(ca_stream_write_eof(c), 0);
+    char rest[16];
+    ASSERT_EQ(ca_stream_readexactly(c, rest, 4), 0);
+    ASSERT(memcmp(rest, "tail", 4) == 0);
+    ASSERT_EQ(ca_stream_read(c, rest, sizeof(rest)), 0);
+    ASSERT(ca_stream_at_eof(c));
+    ASSERT_EQ(ca_stream_close(c), 0);
+
+    /* ten clients at once, sharing one client context */
+    enum { N = 10 };
+    ca_stream *cs[N];
+    for (int i = 0; i < N; i++)
+        ASSERT_EQ(ca_open_tls_connection(&cs[i], "127.0.0.1", port, cc, NULL),
+                  0);
+    for (int i = 0; i < N; i++) {
+        char msg[32];
+        int n = snprintf(msg, sizeof(msg), "client %d\n", i);
+        ASSERT_EQ(ca_stream_write(cs[i], msg, (size_t)n), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        char want[32];
+        snprintf(want, sizeof(want), "client %d\n", i);
+        ASSERT_GT(ca_stream_readline(cs[i], line, sizeof(line)), 0);
+        ASSERT_STREQ(line, want);
+        ASSERT_EQ(ca_stream_close(cs[i]), 0);
+    }
+    ca_tls_ctx_free(cc);
+    ASSERT_EQ(ca_server_close(srv, 2.0), 0);
+    ASSERT_EQ(handler_calls, 1 + N);
+    ASSERT_EQ(handler_last, 0); /* clean close_notify, not truncation */
+    free(out);
+    free(in);
+    return 0;
+}
+
+static void test_echo_self(void)
+{
+    make_certs();
+    ASSERT_EQ(ca_run(echo_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Verification failures                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* ca_tls_last_error right after the last failed try_connect (the server's
+ * own failing handshake overwrites it later). */
+static char try_error[256];
+
+static int try_connect(const char *cert, const char *key, const char *name,
+                       ca_tls_ctx *cc)
+{
+    ca_tls_ctx *sc = server_ctx(cert, key, NULL);
+    ca_server *srv;
+    ca_server_opts so = {.tls = sc};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, echo_handler, NULL, &so), 0);
+    ca_tls_ctx_free(sc);
+    ca_stream *c;
+    int r = ca_open_tls_connection(&c, name, (unsigned)ca_server_port(srv),
+                                   cc, NULL);
+    if (r == 0) {
+        ASSERT_EQ(ca_stream_write(c, "ping\n", 5), 0);
+        char line[16];
+        ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 5);
+        ca_stream_close(c);
+    } else {
+        ASSERT(c == NULL);
+        snprintf(try_error, sizeof(try_error), "%s", ca_tls_last_error());
+    }
+    ASSERT_EQ(ca_server_close(srv, 2.0), 0);
+    return r;
+}
+
+static int verify_main(void *a)
+{
+    (void)a;
+    ca_tls_ctx *cc = client_ctx(NULL);
+    ASSERT_EQ(try_connect(p_srv, p_srv_key, "localhost", cc), 0);
+    ASSERT_EQ(try_connect(p_srv, p_srv_key, "127.0.0.1", cc), 0);
+    ASSERT_EQ(handler_calls, 2);
+
+    ASSERT_EQ(try_connect(p_exp, p_exp_key, "localhost", cc),
+              -CA_ECERTEXPIRED);
+    ASSERT(strstr(try_error, "expired") != NULL);
+    ASSERT_EQ(try_connect(p_self, p_self_key, "localhost", cc),
+              -CA_ECERTUNTRUSTED);
+    ASSERT(strstr(try_error, "self-signed") != NULL ||
+           strstr(try_error, "self signed") != NULL);
+    ASSERT_EQ(try_connect(p_wrong, p_wrong_key, "localhost", cc),
+              -CA_ECERTHOST);
+    ASSERT(strstr(try_error, "mismatch") != NULL);
+    /* an address the certificate does not list */
+    ASSERT_EQ(try_connect(p_wrong, p_wrong_key, "127.0.0.1", cc),
+              -CA_ECERTHOST);
+    /* the system store does not know our CA */
+    ca_tls_ctx *sys;
+    ASSERT_EQ(ca_tls_ctx_new(&sys, NULL), 0);
+    ASSERT_EQ(try_connect(p_srv, p_srv_key, "localhost", sys),
+              -CA_ECERTUNTRUSTED);
+    ca_tls_ctx_free(sys);
+    /* the failed handshakes never reached the handler */
+    ASSERT_EQ(handler_calls, 2);
+
+    /* verification off: anything goes */
+    ca_tls_ctx *none;
+    ca_tls_opts o = {.verify_none = 1};
+    ASSERT_EQ(ca_tls_ctx_new(&none, &o), 0);
+    ASSERT_EQ(try_connect(p_self, p_self_key, "localhost", none), 0);
+    ASSERT_EQ(try_connect(p_wrong, p_wrong_key, "127.0.0.1", none), 0);
+    ca_tls_ctx_free(none);
+    ca_tls_ctx_free(cc);
+    return 0;
+}
+
+static void test_verify_failures(void)
+{
+    make_certs();
+    ASSERT_EQ(ca_run(verify_main, NULL), 0);
+}
+
+/* Client certificates: required by the server, checked against the CA. */
+static int client_cert_main(void *a)
+{
+    (void)a;
+    ca_tls_ctx *sc;
+    ca_tls_opts so_ = {.server = 1, .cert_file = p_srv, .key_file = p_srv_key,
+                       .ca_file = p_ca, .verify_client = 1};
+    ASSERT_EQ(ca_tls_ctx_new(&sc, &so_), 0);
+    ca_server *srv;
+    ca_server_opts so = {.tls = sc};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, echo_handler, NULL, &so), 0);
+    unsigned port = (unsigned)ca_server_port(srv);
+
+    /* with a certificate */
+    ca_tls_ctx *cc;
+    ca_tls_opts co = {.ca_file = p_ca, .cert_file = p_cli,
+                      .key_file = p_cli_key};
+    ASSERT_EQ(ca_tls_ctx_new(&cc, &co), 0);
+    ca_stream *c;
+    ASSERT_EQ(ca_open_tls_connection(&c, "localhost", port, cc, NULL), 0);
+    ASSERT_EQ(ca_stream_write(c, "hi\n", 3), 0);
+    char line[16];
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 3);
+    ca_stream_close(c);
+    ca_tls_ctx_free(cc);
+
+    /* without: TLS 1.3 reports the server's refusal at the first read */
+    cc = client_ctx(NULL);
+    int r = ca_open_tls_connection(&c, "localhost", port, cc, NULL);
+    if (r == 0) {
+        ca_stream_write(c, "hi\n", 3);
+        r = (int)ca_stream_readline(c, line, sizeof(line));
+        ca_stream_close(c);
+    }
+    ASSERT_EQ(r, -CA_ETLS);
+    ASSERT(*ca_tls_last_error() != '\0');
+    ca_tls_ctx_free(cc);
+    ca_tls_ctx_free(sc);
+    ASSERT_EQ(ca_server_close(srv, 2.0), 0);
+    ASSERT_EQ(handler_calls, 1);
+    return 0;
+}
+
+static void test_client_cert(void)
+{
+    make_certs();
+    ASSERT_EQ(ca_run(client_cert_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* start_tls: upgrade a plaintext stream (STARTTLS), over a Unix socket     */
+/* ------------------------------------------------------------------------ */
+
+static int starttls_server(void *arg)
+{
+    ca_stream *s = arg;
+    char line[64];
+    ASSERT_EQ(ca_stream_readline(s, line, sizeof(line)), 9);
+    ASSERT_STREQ(line, "STARTTLS\n");
+    ca_tls_ctx *sc = server_ctx(p_srv, p_srv_key, NULL);
+    /* the client's hello came right behind the line: already buffered */
+    int r = ca_stream_start_tls(s, sc, NULL);
+    ca_tls_ctx_free(sc);
+    ASSERT_EQ(r, 0);
+    ASSERT_EQ(ca_stream_readline(s, line, sizeof(line)), 7);
+    ASSERT_STREQ(line, "secret\n");
+    ASSERT_EQ(ca_stream_write(s, "ok\n", 3), 0);
+    /* sendfile through TLS: the copy path */
+    char path[96];
+    snprintf(path, sizeof(path), "%s/file", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    static char data[300000];
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (char)('a' + i % 26);
+    ASSERT_EQ(write(fd, data, sizeof(data)), (ssize_t)sizeof(data));
+    ASSERT_EQ(ca_stream_sendfile(s, fd, 1000, 0),
+              (ssize_t)sizeof(data) - 1000);
+    close(fd);
+    unlink(path);
+    return ca_stream_close(s);
+}
+
+static int starttls_main(void *a)
+{
+    (void)a;
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                         0, sv),
+              0);
+    ca_stream *ss, *c;
+    ASSERT_EQ(ca_stream_open(&ss, sv[1], NULL), 0);
+    ASSERT_EQ(ca_stream_open(&c, sv[0], NULL), 0);
+    ca_task *t = ca_spawn(starttls_server, ss);
+    ASSERT_EQ(ca_stream_write(c, "STARTTLS\n", 9), 0);
+    ca_tls_ctx *cc = client_ctx(NULL);
+    ASSERT_EQ(ca_stream_start_tls(c, cc, "localhost"), 0);
+    ca_tls_ctx_free(cc);
+    ASSERT(ca_stream_tls_version(c) != NULL);
+    ASSERT_EQ(ca_stream_write(c, "secret\n", 7), 0);
+    char line[64];
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 3);
+    ASSERT_STREQ(line, "ok\n");
+    static char got[300000];
+    ASSERT_EQ(ca_stream_readexactly(c, got, sizeof(got) - 1000), 0);
+    for (size_t i = 0; i < sizeof(got) - 1000; i++)
+        ASSERT_EQ(got[i], (char)('a' + (i + 1000) % 26));
+    ASSERT_EQ(ca_stream_read(c, line, sizeof(line)), 0); /* close_notify */
+    ASSERT_EQ(ca_join(t), 0);
+    ca_task_release(t);
+    ca_stream_close(c);
+    return 0;
+}
+
+static void test_starttls_unix(void)
+{
+    make_certs();
+    ASSERT_EQ(ca_run(starttls_main, NULL), 0);
+}
+
+/* TLS inside TLS: start_tls on a stream that is already TLS. */
+static int nested_server(void *arg)
+{
+    ca_stream *s = arg;
+    ca_tls_ctx *sc = server_ctx(p_srv, p_srv_key, NULL);
+    ASSERT_EQ(ca_stream_start_tls(s, sc, NULL), 0);
+    ASSERT_EQ(ca_stream_start_tls(s, sc, NULL), 0);
+    ca_tls_ctx_free(sc);
+    return echo_handler(s, NULL) == 0 ? ca_stream_close(s) : -1;
+}
+
+static int nested_main(void *a)
+{
+    (void)a;
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                         0, sv),
+              0);
+    ca_stream *ss, *c;
+    ASSERT_EQ(ca_stream_open(&ss, sv[1], NULL), 0);
+    ASSERT_EQ(ca_stream_open(&c, sv[0], NULL), 0);
+    ca_task *t = ca_spawn(nested_server, ss);
+    ca_tls_ctx *cc = client_ctx(NULL);
+    ASSERT_EQ(ca_stream_start_tls(c, cc, "localhost"), 0);
+    ASSERT_EQ(ca_stream_start_tls(c, cc, "localhost"), 0);
+    ca_tls_ctx_free(cc);
+    static char out[200000], in[200000];
+    for (size_t i = 0; i < sizeof(out); i++)
+        out[i] = (char)(i * 31);
+    ASSERT_EQ(ca_stream_write(c, out, sizeof(out)), 0);
+    ASSERT_EQ(ca_stream_readexactly(c, in, sizeof(in)), 0);
+    ASSERT(memcmp(in, out, sizeof(in)) == 0);
+    ASSERT_EQ(ca_stream_write_eof(c), 0);
+    ASSERT_EQ(ca_join(t), 0);
+    ca_task_release(t);
+    ca_stream_close(c);
+    return 0;
+}
+
+static void test_tls_in_tls(void)
+{
+    make_certs();
+    ASSERT_EQ(ca_run(nested_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Handshake timeouts and hostile peers                                     */
+/* ------------------------------------------------------------------------ */
+
+static int silent_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    char buf[512];
+    while (ca_stream_read(s, buf, sizeof(buf)) > 0) {
+        /* never answers; ends when the peer goes */
+    }
+    return 0;
+}
+
+static int timeout_main(void *a)
+{
+    (void)a;
+    /* client side: a TCP server that never speaks TLS */
+    ca_server *plain;
+    ASSERT_EQ(ca_serve(&plain, "127.0.0.1", 0, silent_handler, NULL, NULL),
+              0);
+    ca_tls_ctx *cc;
+    ca_tls_opts co = {.ca_file = p_ca, .handshake_timeout = 0.3};
+    ASSERT_EQ(ca_tls_ctx_new(&cc, &co), 0);
+    double t0 = mono();
+    ca_stream *c;
+    ASSERT_EQ(ca_open_tls_connection(&c, "localhost",
+                                     (unsigned)ca_server_port(plain), cc,
+                                     NULL),
+              -ETIMEDOUT);
+    double dt = mono() - t0;
+    ASSERT_GE(dt, 0.29);
+    ASSERT_LT(dt, 5.0);
+    ASSERT(strstr(ca_tls_last_error(), "timed out") != NULL);
+    ca_tls_ctx_free(cc);
+    ca_server_close(plain, 0);
+
+    /* server side: a client that connects and says nothing is dropped */
+    ca_tls_ctx *sc;
+    ca_tls_opts so_ = {.server = 1, .cert_file = p_srv, .key_file = p_srv_key,
+                       .handshake_timeout = 0.3};
+    ASSERT_EQ(ca_tls_ctx_new(&sc, &so_), 0);
+    ca_server *srv;
+    ca_server_opts so = {.tls = sc};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, echo_handler, NULL, &so), 0);
+    ca_tls_ctx_free(sc);
+    int fd = ca_tcp_connect("127.0.0.1", (unsigned)ca_server_port(srv));
+    ASSERT_GE(fd, 0);
+    t0 = mono();
+    char buf[64];
+    ASSERT_EQ(ca_read(fd, buf, sizeof(buf)), 0); /* closed by the server */
+    dt = mono() - t0;
+    ASSERT_GE(dt, 0.25);
+    ASSERT_LT(dt, 5.0);
+    ca_close(fd);
+    ASSERT_EQ(handler_calls, 0);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_handshake_timeout(void)
+{
+    make_certs();
+    ASSERT_EQ(ca_run(timeout_main, NULL), 0);
+}
+
+/* Garbage instead of a ClientHello, a hello cut short, a peer that resets:
+ * the server survives each, never calls the handler, leaks nothing. */
+static int garbage_main(void *a)
+{
+    (void)a;
+    ca_tls_ctx *sc = server_ctx(p_srv, p_srv_key, NULL);
+    ca_server *srv;
+    ca_server_opts so = {.tls = sc};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, echo_handler, NULL, &so), 0);
+    ca_tls_ctx_free(sc);
+    unsigned port = (unsigned)ca_server_port(srv);
+    char buf[256];
+
+    /* 1: an HTTP request on the TLS port: the server answers with an
+     * alert (or nothing) and closes */
+    int fd = ca_tcp_connect("127.0.0.1", port);
+    ASSERT_GE(fd, 0);
+    const char *http = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    ASSERT_EQ(ca_write(fd, http, strlen(http)), (ssize_t)strlen(http));
+    ssize_t n;
+    while ((n = ca_read(fd, buf, sizeof(buf))) > 0) {
+        ASSERT_EQ((unsigned char)buf[0], 21); /* a TLS alert record */
+    }
+    ASSERT(n == 0 || n == -ECONNRESET);
+    ca_close(fd);
+
+    /* 2: the first 20 bytes of a real ClientHello, then EOF */
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                         0, sv),
+              0);
+    ca_stream *cs;
+    ASSERT_EQ(ca_stream_open(&cs, sv[0], NULL), 0);
+    ca_tls_ctx *cc = client_ctx(NULL);
+    ca_deadline_push(0.2); /* the hello goes out, then we give up */
+    ASSERT_EQ(ca_stream_start_tls(cs, cc, "localhost"), -ETIMEDOUT);
+    ca_deadline_pop();
+    ca_tls_ctx_free(cc);
+    n = ca_read(sv[1], buf, sizeof(buf));
+    ASSERT_GT(n, 20);
+    ASSERT_EQ(buf[0], 22); /* handshake record */
+    ca_stream_close(cs);
+    ca_close(sv[1]);
+    fd = ca_tcp_connect("127.0.0.1", port);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(ca_write(fd, buf, 20), 20);
+    ASSERT_EQ(shutdown(fd, SHUT_WR), 0);
+    while ((n = ca_read(fd, buf, sizeof(buf))) > 0) {
+    }
+    ASSERT(n == 0 || n == -ECONNRESET);
+    ca_close(fd);
+
+    /* 3: random bytes, then a reset */
+    fd = ca_tcp_connect("127.0.0.1", port);
+    ASSERT_GE(fd, 0);
+    for (size_t i = 0; i < sizeof(buf); i++)
+        buf[i] = (char)(i * 37 + 11);
+    ca_write(fd, buf, sizeof(buf));
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    ca_close(fd);
+
+    /* the server still serves */
+    cc = client_ctx(NULL);
+    ca_stream *c;
+    ASSERT_EQ(ca_open_tls_connection(&c, "localhost", port, cc, NULL), 0);
+    ASSERT_EQ(ca_stream_write(c, "alive\n", 6), 0);
+    ASSERT_EQ(ca_stream_readline(c, buf, sizeof(buf)), 6);
+    ca_stream_close(c);
+    ca_tls_ctx_free(cc);
+    ASSERT_EQ(ca_server_close(srv, 2.0), 0);
+    ASSERT_EQ(handler_calls, 1);
+    return 0;
+}
+
+static void test_garbage_peers(void)
+{
+    make_certs();
+    ASSERT_EQ(ca_run(garbage_main, NULL), 0);
+}
+
+/*
+ * Truncation: a proxy between client and server forwards whole TLS records
+ * until the server's second application-data record, sends only part of
+ * it, and closes.  The client must see an error, not a short clean end.
+ * The same proxy forwarding everything shows the clean end.
+ */
+struct proxy {
+    int lfd;
+    int cut; /* 1: truncate the server's 2nd application record */
+    unsigned backend;
+};
+
+static int read_full(int fd, char *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = ca_read(fd, buf + got, n - got);
+        if (r <= 0)
+            return r == 0 ? -CA_EINCOMPLETE : (int)r;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+static int pump_up(void *arg)
+{
+    int *fds = arg;
+    char buf[4096];
+    ssize_t n;
+    while ((n = ca_read(fds[0], buf, sizeof(buf))) > 0)
+        if (ca_write(fds[1], buf, (size_t)n) < 0)
+            break;
+    shutdown(fds[1], SHUT_WR);
+    return 0;
+}
+
+static int proxy_main(void *arg)
+{
+    struct proxy *p = arg;
+    int fds[2];
+    fds[0] = ca_accept(p->lfd, NULL, NULL);
+    ASSERT_GE(fds[0], 0);
+    fds[1] = ca_tcp_connect("127.0.0.1", p->backend);
+    ASSERT_GE(fds[1], 0);
+    ca_task *up = ca_spawn(pump_up, fds);
+    for (;;) {
+        char hdr[5];
+        if (read_full(fds[1], hdr, 5) < 0)
+            break;
+        size_t len = ((size_t)(unsigned char)hdr[3] << 8) |
+                     (unsigned char)hdr[4];
+        char body[18000];
+        ASSERT_LE(len, sizeof(body));
+        if (read_full(fds[1], body, len) < 0)
+            break;
+        /* TLS 1.3 hides the handshake in application-data records too:
+         * recognise the second line's record by its size (37 bytes of
+         * data + the content type + a 16-byte tag). */
+        if (hdr[0] == 23 && len == 37 + 1 + 16 && p->cut) {
+            ca_write(fds[0], hdr, 5);
+            ca_write(fds[0], body, len / 2);
+            break;
+        }
+        ca_write(fds[0], hdr, 5);
+        ca_write(fds[0], body, len);
+    }
+    ca_close(fds[0]);
+    ca_cancel(up);
+    ca_join(up);
+    ca_task_release(up);
+    ca_close(fds[1]);
+    return 0;
+}
+
+/* Writes two lines in two records, a pause between, then closes. */
+static int two_records_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    ca_stream_write(s, "first\n", 6);
+    ca_sleep(0.05);
+    ca_stream_write(s, "second line, which the proxy may cut\n", 37);
+    return 0;
+}
+
+static int run_proxy(int cut, ssize_t *second)
+{
+    ca_tls_ctx *sc = server_ctx(p_srv, p_srv_key, NULL);
+    ca_server *srv;
+    ca_server_opts so = {.tls = sc};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, two_records_handler, NULL, &so),
+              0);
+    ca_tls_ctx_free(sc);
+    struct proxy p = {.cut = cut, .backend = (unsigned)ca_server_port(srv)};
+    p.lfd = ca_tcp_listen("127.0.0.1", 0, NULL);
+    ASSERT_GE(p.lfd, 0);
+    ca_task *pt = ca_spawn(proxy_main, &p);
+    ca_tls_ctx *cc = client_ctx(NULL);
+    ca_stream *c;
+    ASSERT_EQ(ca_open_tls_connection(&c, "localhost",
+                                     (unsigned)ca_sock_port(p.lfd), cc, NULL),
+              0);
+    ca_tls_ctx_free(cc);
+    char line[64];
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 6);
+    *second = ca_stream_readline(c, line, sizeof(line));
+    ssize_t after = ca_stream_read(c, line, sizeof(line));
+    ca_stream_close(c);
+    ca_join(pt);
+    ca_task_release(pt);
+    ca_close(p.lfd);
+    ca_server_close(srv, 1.0);
+    return (int)after;
+}
+
+static int truncation_main(void *a)
+{
+    (void)a;
+    ssize_t second;
+    /* whole records: the line, then a clean end (close_notify) */
+    ASSERT_EQ(run_proxy(0, &second), 0);
+    ASSERT_EQ(second, 37);
+    /* cut: an error, sticky, never a clean end */
+    int after = run_proxy(1, &second);
+    ASSERT_EQ(second, -CA_ETLS);
+    ASSERT_EQ(after, -CA_ETLS);
+    ASSERT(*ca_tls_last_error() != '\0');
+    return 0;
+}
+
+static void test_truncated_records(void)
+{
+    make_certs();
+    ASSERT_EQ(ca_run(truncation_main, NULL), 0);
+}
+
+/* Cancelling a handshake in progress frees everything. */
+static int cancel_hs_task(void *arg)
+{
+    unsigned port = *(unsigned *)arg;
+    ca_tls_ctx *cc = client_ctx(NULL);
+    ca_stream *c;
+    int r = ca_open_tls_connection(&c, "localhost", port, cc, NULL);
+    ca_tls_ctx_free(cc);
+    return r;
+}
+
+static int cancel_main(void *a)
+{
+    (void)a;
+    ca_server *plain;
+    ASSERT_EQ(ca_serve(&plain, "127.0.0.1", 0, silent_handler, NULL, NULL),
+              0);
+    unsigned port = (unsigned)ca_server_port(plain);
+    ca_task *t = ca_spawn(cancel_hs_task, &port);
+    ca_sleep(0.1);
+    ca_cancel(t);
+    ASSERT_EQ(ca_join(t), -ECANCELED);
+    ca_task_release(t);
+    ca_server_close(plain, 0);
+    return 0;
+}
+
+static void test_cancel_handshake(void)
+{
+    make_certs();
+    ASSERT_EQ(ca_run(cancel_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Against the openssl command-line tool                                    */
+/* ------------------------------------------------------------------------ */
+
+struct child {
+    pid_t pid;
+    int in;  /* its stdin (write end) */
+    int out; /* its stdout + stderr (read end) */
+};
+
+static int have_openssl(void)
+{
+    return system("openssl version >/dev/null 2>&1") == 0;
+}
+
+static void spawn_child(struct child *c, char *const argv[])
+{
+    int in[2], out[2];
+    ASSERT_EQ(pipe2(in, O_CLOEXEC), 0);
+    ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+    c->pid = fork();
+    ASSERT_GE(c->pid, 0);
+    if (c->pid == 0) {
+        /* ca_run blocks SIGINT/SIGTERM for its signalfd: unblock them */
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        dup2(out[1], 2);
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    c->in = in[1];
+    c->out = out[0];
+    fcntl(c->in, F_SETFL, O_NONBLOCK);
+    fcntl(c->out, F_SETFL, O_NONBLOCK);
+}
+
+/* Read the child's output into acc until `want` appears (or EOF, or the
+ * deadline).  Returns 1 if found. */
+static int child_expect(struct child *c, char *acc, size_t cap, size_t *len,
+                        const char *want, double seconds)
+{
+    ca_deadline_push(seconds);
+    int found = 0;
+    while (!(found = acc[0] && strstr(acc, want) != NULL)) {
+        if (*len + 1 >= cap)
+            break;
+        ssize_t n = ca_read(c->out, acc + *len, cap - 1 - *len);
+        if (n <= 0)
+            break;
+        *len += (size_t)n;
+        acc[*len] = '\0';
+    }
+    ca_deadline_pop();
+    return found;
+}
+
+/* Close its stdin, give it 5 s to exit by itself, then SIGKILL; reap. */
+static int child_finish(struct child *c)
+{
+    if (c->in >= 0)
+        ca_close(c->in);
+    c->in = -1;
+    int st;
+    for (int i = 0; i < 250; i++) {
+        pid_t r = waitpid(c->pid, &st, WNOHANG);
+        ASSERT_GE(r, 0);
+        if (r == c->pid) {
+            ca_close(c->out);
+            return st;
+        }
+        ca_sleep(0.02);
+    }
+    kill(c->pid, SIGKILL);
+    ASSERT_EQ(waitpid(c->pid, &st, 0), c->pid);
+    ca_close(c->out);
+    return st;
+}
+
+static int s_server_main(void *a)
+{
+    (void)a;
+    char *argv[] = {"openssl", "s_server", "-accept", "0", "-cert", p_srv,
+                    "-key", p_srv_key, "-rev", "-naccept", "2", NULL};
+    struct child ch;
+    spawn_child(&ch, argv);
+    char acc[8192] = "";
+    size_t len = 0;
+    ASSERT(child_expect(&ch, acc, sizeof(acc), &len, "ACCEPT", 10.0));
+    /* "ACCEPT [::]:PORT" */
+    char *colon = strrchr(strstr(acc, "ACCEPT"), ':');
+    ASSERT(colon != NULL);
+    unsigned port = (unsigned)atoi(colon + 1);
+    ASSERT_GT(port, 0);
+
+    ca_tls_ctx *cc = client_ctx(NULL);
+    ca_stream *c;
+    ASSERT_EQ(ca_open_tls_connection(&c, "localhost", port, cc, NULL), 0);
+    ASSERT(ca_stream_tls_version(c) != NULL);
+    ASSERT_EQ(ca_stream_write(c, "hello cawait\n", 13), 0);
+    char line[64];
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 13);
+    ASSERT_STREQ(line, "tiawac olleh\n"); /* -rev: reversed */
+    ASSERT_EQ(ca_stream_close(c), 0);
+
+    /* TLS 1.2 only: still fine */
+    ca_tls_ctx *c12;
+    ca_tls_opts o = {.ca_file = p_ca};
+    ASSERT_EQ(ca_tls_ctx_new(&c12, &o), 0);
+    ASSERT_EQ(ca_open_tls_connection(&c, "127.0.0.1", port, c12, NULL), 0);
+    ASSERT_EQ(ca_stream_write(c, "ab\n", 3), 0);
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 3);
+    ASSERT_STREQ(line, "ba\n");
+    ca_stream_close(c);
+    ca_tls_ctx_free(c12);
+
+    ca_tls_ctx_free(cc);
+    child_finish(&ch);
+    return 0;
+}
+
+static void test_openssl_s_server(void)
+{
+    if (!have_openssl())
+        SKIP("openssl command not found");
+    make_certs();
+    ASSERT_EQ(ca_run(s_server_main, NULL), 0);
+}
+
+static int line_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    handler_calls++;
+    char line[256];
+    ssize_t n = ca_stream_readline(s, line, sizeof(line));
+    if (n <= 0) {
+        handler_last = (int)n;
+        return (int)n;
+    }
+    ca_stream_write(s, "echo: ", 6);
+    ca_stream_write(s, line, (size_t)n);
+    /* then wait for the client to go: a second line or the end */
+    n = ca_stream_readline(s, line, sizeof(line));
+    handler_last = (int)n;
+    return 0;
+}
+
+static int s_client_main(void *a)
+{
+    (void)a;
+    ca_tls_ctx *sc = server_ctx(p_srv, p_srv_key, "h2,http/1.1");
+    ca_server *srv;
+    ca_server_opts so = {.tls = sc};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, line_handler, NULL, &so), 0);
+    ca_tls_ctx_free(sc);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", ca_server_port(srv));
+
+    char *argv[] = {"openssl", "s_client", "-connect", addr, "-CAfile", p_ca,
+                    "-verify_return_error", "-servername", "localhost",
+                    "-alpn", "http/1.1", NULL};
+    struct child ch;
+    spawn_child(&ch, argv);
+    char acc[32768] = "";
+    size_t len = 0;
+    ASSERT(child_expect(&ch, acc, sizeof(acc), &len, "Verify return code: 0",
+                        10.0));
+    ASSERT_EQ(ca_write(ch.in, "ping\n", 5), 5);
+    ASSERT(child_expect(&ch, acc, sizeof(acc), &len, "echo: ping", 10.0));
+    ASSERT(strstr(acc, "ALPN protocol: http/1.1") != NULL);
+    /* stdin closed: s_client sends close_notify and exits */
+    int st = child_finish(&ch);
+    ASSERT(WIFEXITED(st) || WIFSIGNALED(st));
+    for (int i = 0; i < 100 && ca_server_connections(srv) > 0; i++)
+        ca_sleep(0.02);
+    ASSERT_EQ(handler_calls, 1);
+    ASSERT_EQ(handler_last, 0); /* a clean end: s_client's close_notify */
+    ASSERT_EQ(ca_server_close(srv, 2.0), 0);
+    return 0;
+}
+
+static void test_openssl_s_client(void)
+{
+    if (!have_openssl())
+        SKIP("openssl command not found");
+    make_certs();
+    ASSERT_EQ(ca_run(s_client_main, NULL), 0);
+}
+
+/* Renegotiation is refused: s_client's "R" command (TLS 1.2) asks our
+ * server to renegotiate; the server says no and the data path still
+ * works or the connection ends, but never renegotiates. */
+static int reneg_main(void *a)
+{
+    (void)a;
+    ca_tls_ctx *sc = server_ctx(p_srv, p_srv_key, NULL);
+    ca_server *srv;
+    ca_server_opts so = {.tls = sc};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, echo_handler, NULL, &so), 0);
+    ca_tls_ctx_free(sc);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", ca_server_port(srv));
+    char *argv[] = {"openssl", "s_client", "-connect", addr, "-CAfile", p_ca,
+                    "-tls1_2", NULL};
+    struct child ch;
+    spawn_child(&ch, argv);
+    char acc[32768] = "";
+    size_t len = 0;
+    ASSERT(child_expect(&ch, acc, sizeof(acc), &len, "Verify return code: 0",
+                        10.0));
+    ASSERT_EQ(ca_write(ch.in, "R\n", 2), 2);
+    ASSERT(child_expect(&ch, acc, sizeof(acc), &len, "RENEGOTIATING", 10.0));
+    child_expect(&ch, acc, sizeof(acc), &len, "no renegotiation", 5.0);
+    ASSERT(strstr(acc, "no renegotiation") != NULL);
+    child_finish(&ch);
+    ASSERT_EQ(ca_server_close(srv, 2.0), 0);
+    return 0;
+}
+
+static void test_renegotiation_refused(void)
+{
+    if (!have_openssl())
+        SKIP("openssl command not found");
+    make_certs();
+    ASSERT_EQ(ca_run(reneg_main, NULL), 0);
+}
+
+#endif /* CAWAIT_HAVE_OPENSSL */
+
+static void test_without_openssl(void)
+{
+#ifdef CAWAIT_HAVE_OPENSSL
+    SKIP("built with OpenSSL");
+#else
+    ca_tls_ctx *c;
+    ASSERT_EQ(ca_tls_ctx_new(&c, NULL), -CA_ENOTLS);
+    ASSERT(c == NULL);
+#endif
+}
+
+static const struct test_case tests[] = {
+#ifdef CAWAIT_HAVE_OPENSSL
+    {"ctx_args", test_ctx_args, 20, 0},
+    {"start_tls_args", test_start_tls_args, 20, 0},
+    {"echo_self", test_echo_self, 60, 0},
+    {"verify_failures", test_verify_failures, 60, 0},
+    {"client_cert", test_client_cert, 30, 0},
+    {"starttls_unix", test_starttls_unix, 30, 0},
+    {"tls_in_tls", test_tls_in_tls, 30, 0},
+    {"handshake_timeout", test_handshake_timeout, 30, 0},
+    {"garbage_peers", test_garbage_peers, 30, 0},
+    {"truncated_records", test_truncated_records, 30, 0},
+    {"cancel_handshake", test_cancel_handshake, 30, 0},
+    {"openssl_s_server", test_openssl_s_server, 60, 0},
+    {"openssl_s_client", test_openssl_s_client, 60, 0},
+    {"renegotiation_refused", test_renegotiation_refused, 60, 0},
+#endif
+    {"without_openssl", test_without_openssl, 10, 0},
+    {NULL, NULL, 0, 0},
+};
+
+int main(int argc, char **argv)
+{
+    return runner_main(argc, argv, tests, NULL);
+}
