@@ -231,6 +231,10 @@ expect_order "max concurrent downloads: 4"
 expect_time "" 0.30
 done_example
 
+run tls_echo "TLS: a server and a verifying client; an untrusted certificate refused"
+expect_order "echo: hello over TLS" "system store: CA_ECERTUNTRUSTED"
+done_example
+
 # An example added to examples/ but not to this script is worth a warning.
 for src in "$here"/examples/*.c; do
   n=$(basename "$src" .c)
