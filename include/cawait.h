@@ -66,7 +66,11 @@ extern "C" {
                              "self-signed)")                                   \
     X(CA_ECERTEXPIRED, 13, "TLS certificate expired or not yet valid")        \
     X(CA_ECERTHOST, 14, "TLS certificate does not match the host name")       \
-    X(CA_ENOTLS, 15, "built without TLS support")
+    X(CA_ENOTLS, 15, "built without TLS support")                             \
+    X(CA_EHTTP, 16, "HTTP transfer failed")                                    \
+    X(CA_EREDIRECTS, 17, "too many HTTP redirects")                            \
+    X(CA_EHTTPSTATUS, 18, "HTTP error status (4xx or 5xx)")                    \
+    X(CA_ENOHTTP, 19, "built without the HTTP client (libcurl)")
 
 enum {
 #define CA__ERR_ENUM(name, n, msg) name = CA_ERR_BASE + (n),
@@ -361,6 +365,7 @@ CA_EXTERN int ca_set_debug(int on, double slow_ms);
 /* Structured concurrency; synchronization, queues and generators. */
 #include "cawait/concurrency.h"
 #include "cawait/net.h"
+#include "cawait/http.h"
 #include "cawait/sync.h"
 
 #ifdef __cplusplus

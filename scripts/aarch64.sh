@@ -55,7 +55,7 @@ else
     -DCMAKE_TOOLCHAIN_FILE="$PWD/cmake/toolchain-aarch64-linux-gnu.cmake" \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCAWAIT_BENCH=OFF -DCAWAIT_EXAMPLES=ON \
-    -DCAWAIT_WITH_CARES=OFF -DCAWAIT_WITH_OPENSSL=OFF
+    -DCAWAIT_WITH_CARES=OFF -DCAWAIT_WITH_OPENSSL=OFF -DCAWAIT_WITH_CURL=OFF
   cmake --build "$B" -j"$(nproc)"
 
   if ! can_exec && [ "${CAWAIT_QEMU_BINFMT_NS:-1}" = 1 ] &&

@@ -6,7 +6,7 @@
 # As root it runs apt-get; otherwise it prints the command to run.
 set -euo pipefail
 
-pkgs=(build-essential cmake pkg-config valgrind clang libc-ares-dev libssl-dev openssl)
+pkgs=(build-essential cmake pkg-config valgrind clang libc-ares-dev libssl-dev openssl libcurl4-openssl-dev)
 for a in "$@"; do
   case "$a" in
     --bench) pkgs+=(golang-go python3 python3-uvloop gnuplot-nox) ;;

@@ -70,6 +70,10 @@ int ca__stream_wait(ca_stream *s, int want);
 
 /* Take a reference to a TLS context (tls.c); ca_tls_ctx_free drops it. */
 ca_tls_ctx *ca__tls_ctx_ref(ca_tls_ctx *ctx);
+/* The cawait error for an X509_V_ERR_* verification result (libcurl's
+ * CURLINFO_SSL_VERIFYRESULT too): -CA_ECERTHOST, -CA_ECERTEXPIRED,
+ * -CA_ECERTUNTRUSTED or -CA_ECERT. */
+int ca__tls_verify_errno(long verify_result);
 /* 1 if ctx was made with .server = 1. */
 int ca__tls_ctx_is_server(const ca_tls_ctx *ctx);
 

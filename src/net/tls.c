@@ -81,10 +81,8 @@ static void take_ssl_error(const char *what)
     snprintf(last_error, sizeof(last_error), "%s: %s", what, buf);
 }
 
-static int verify_error(long v)
+int ca__tls_verify_errno(long v)
 {
-    set_error("certificate verify failed: %s",
-              X509_verify_cert_error_string(v));
     switch (v) {
     case X509_V_ERR_HOSTNAME_MISMATCH:
     case X509_V_ERR_IP_ADDRESS_MISMATCH:
@@ -103,6 +101,13 @@ static int verify_error(long v)
     default:
         return -CA_ECERT;
     }
+}
+
+static int verify_error(long v)
+{
+    set_error("certificate verify failed: %s",
+              X509_verify_cert_error_string(v));
+    return ca__tls_verify_errno(v);
 }
 
 /* Map a failed SSL call (its SSL_get_error code) to -EAGAIN with *want
@@ -677,6 +682,12 @@ int ca__tls_ctx_is_server(const ca_tls_ctx *ctx)
 {
     (void)ctx;
     return 0;
+}
+
+int ca__tls_verify_errno(long v)
+{
+    (void)v;
+    return -CA_ECERT;
 }
 
 void ca_tls_ctx_free(ca_tls_ctx *ctx)

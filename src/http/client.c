@@ -1,0 +1,1349 @@
+/*
+ * HTTP client: libcurl's multi-socket interface inside the loop.
+ *
+ * A session is one curl multi handle.  curl tells us which sockets to watch
+ * (CURLMOPT_SOCKETFUNCTION) and when to call it back (TIMERFUNCTION).  The
+ * sockets go into a session-private epoll instance in level-triggered mode,
+ * and that epoll fd is watched by the loop (edge-triggered, like every fd
+ * there): when it turns readable, the loop drains it with a zero-timeout
+ * epoll_wait and hands each event to curl_multi_socket_action.  curl does
+ * not always read a socket dry; level triggering inside keeps such a socket
+ * reported, and a batch that found events schedules the next drain for the
+ * next turn instead of waiting for a new edge.  curl's timer is one loop
+ * timer.  Finished transfers (curl_multi_info_read) wake their tasks.
+ *
+ * A response owns its easy handle from the request to ca_http_response_free
+ * (curl's info about the transfer stays readable).  The task that made the
+ * request parks in wait_until while curl works; the callbacks (body, header,
+ * upload data, completion, idle timer) wake it only while it is parked on
+ * this response (r->task), never a task waiting for something else.
+ */
+#include "net/stream.h"
+#include "task/task.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static _Thread_local char last_error[256];
+
+const char *ca_http_last_error(void)
+{
+    return last_error;
+}
+
+#ifdef CAWAIT_HAVE_CURL
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DEFAULT_MAX_BODY (64u * 1024u * 1024u)
+#define DEFAULT_REDIRECTS 10
+/* Stream mode: the transfer pauses while this much is unread, and goes on
+ * once the reader is down to a quarter of it. */
+#define STREAM_HIGH (256u * 1024u)
+#define STREAM_LOW (STREAM_HIGH / 4)
+
+struct ca_http_session {
+    CURLM *multi;
+    CURLSH *share;
+    ca_loop *loop;
+    int epfd; /* level-triggered set of curl's sockets */
+    ca__fdwait w;
+    int armed;
+    ca_handle drain_h;
+    int drain_queued;
+    ca__timer timer;
+    struct curl_slist *headers;
+    char *base_url, *proxy, *ca_file, *user_agent;
+    int verify_none, h2c;
+    size_t live; /* responses not yet freed */
+};
+
+struct hdr {
+    char *name, *value;
+};
+
+struct ca_http_response {
+    ca_http_session *s;
+    int owns_session; /* ca_http_fetch */
+    CURL *easy;
+    ca_task *task; /* parked on this response, or NULL */
+    int attached;  /* in the multi */
+    int done;
+    CURLcode result;
+    int err; /* our own failure: idle timeout, body too large, generator */
+    int headers_ready;
+    int stream, follow;
+    int status;
+    /* headers of the final response */
+    struct hdr *hdrs;
+    size_t nhdr, hdr_cap;
+    /* body: [body_off, body_len) unread (stream mode: a FIFO) */
+    char *body;
+    size_t body_off, body_len, body_cap, max_body;
+    int paused;
+    /* request */
+    struct curl_slist *req_headers, *resolve;
+    char *url;
+    /* upload */
+    int body_fd;
+    ca_gen *gen;
+    ca_http_chunk *chunk;
+    size_t chunk_off;
+    int gen_done, up_wait, up_paused;
+    /* idle timeout */
+    ca__timer idle;
+    int64_t idle_ns;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_status;
+
+static void library_init(void)
+{
+    curl_init_status = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Waking the task                                                          */
+/* ------------------------------------------------------------------------ */
+
+static void wake(ca_http_response *r)
+{
+    ca_task *t = r->task;
+    if (t) {
+        r->task = NULL;
+        ca__task_wake(t, 0);
+    }
+}
+
+static void idle_arm(ca_http_response *r)
+{
+    if (r->idle_ns > 0 && !r->done && !r->paused)
+        ca__timer_arm(r->s->loop, &r->idle, ca__clock_ns() + r->idle_ns);
+}
+
+static void detach(ca_http_response *r)
+{
+    if (r->attached) {
+        curl_multi_remove_handle(r->s->multi, r->easy);
+        r->attached = 0;
+    }
+    ca__timer_cancel(r->s->loop, &r->idle);
+}
+
+static void finish(ca_http_response *r, CURLcode result)
+{
+    r->done = 1;
+    r->result = result;
+    detach(r);
+    wake(r);
+}
+
+static void idle_fire(ca__timer *t)
+{
+    ca_http_response *r =
+        (ca_http_response *)((char *)t - offsetof(ca_http_response, idle));
+    r->err = -ETIMEDOUT;
+    snprintf(r->errbuf, sizeof(r->errbuf), "no data for %.3f s (idle timeout)",
+             (double)r->idle_ns / 1e9);
+    finish(r, CURLE_OPERATION_TIMEDOUT);
+}
+
+/* ------------------------------------------------------------------------ */
+/* curl <-> loop                                                            */
+/* ------------------------------------------------------------------------ */
+
+static void check_done(ca_http_session *s)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(s->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        ca_http_response *r;
+        if (curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &r) ==
+                CURLE_OK &&
+            r)
+            finish(r, m->data.result);
+    }
+}
+
+static void arm_epfd(ca_http_session *s);
+static void drain(ca_http_session *s);
+
+static void drain_cb(void *arg)
+{
+    ca_http_session *s = arg;
+    s->drain_queued = 0;
+    drain(s);
+}
+
+static void drain(ca_http_session *s)
+{
+    struct epoll_event ev[64];
+    int n = epoll_wait(s->epfd, ev, 64, 0);
+    int running;
+    for (int i = 0; i < n; i++) {
+        int mask = 0;
+        if (ev[i].events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
+            mask |= CURL_CSELECT_IN;
+        if (ev[i].events & EPOLLOUT)
+            mask |= CURL_CSELECT_OUT;
+        if (ev[i].events & EPOLLERR)
+            mask |= CURL_CSELECT_ERR;
+        curl_multi_socket_action(s->multi, ev[i].data.fd, mask, &running);
+    }
+    check_done(s);
+    /* Level-triggered inside: whatever curl left unread is reported again
+     * by the next drain, one turn later (fair to the other tasks). */
+    if (n > 0 && ca_call_soon(drain_cb, s, &s->drain_h) == 0) {
+        s->drain_queued = 1;
+        return;
+    }
+    arm_epfd(s);
+}
+
+static void epfd_wake(ca__fdwait *w, int result)
+{
+    ca_http_session *s =
+        (ca_http_session *)((char *)w - offsetof(ca_http_session, w));
+    s->armed = 0;
+    (void)result;
+    drain(s);
+}
+
+static void arm_epfd(ca_http_session *s)
+{
+    if (s->armed || s->drain_queued)
+        return;
+    s->w = (ca__fdwait){.fd = s->epfd, .events = CA_READ, .wake = epfd_wake};
+    s->armed = 1;
+    ca__fd_add_waiter(s->loop, &s->w);
+}
+
+static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
+                   void *socketp)
+{
+    (void)e;
+    ca_http_session *s = userp;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL);
+        curl_multi_assign(s->multi, fd, NULL);
+        return 0;
+    }
+    struct epoll_event ev = {.data.fd = fd};
+    if (what & CURL_POLL_IN)
+        ev.events |= EPOLLIN | EPOLLRDHUP;
+    if (what & CURL_POLL_OUT)
+        ev.events |= EPOLLOUT;
+    int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(s->epfd, op, fd, &ev) < 0) {
+        /* A reused fd number, or one the kernel dropped on close. */
+        op = errno == EEXIST ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+        if (epoll_ctl(s->epfd, op, fd, &ev) < 0)
+            return -1;
+    }
+    curl_multi_assign(s->multi, fd, (void *)1);
+    return 0;
+}
+
+static void timer_fire(ca__timer *t)
+{
+    ca_http_session *s =
+        (ca_http_session *)((char *)t - offsetof(ca_http_session, timer));
+    int running;
+    curl_multi_socket_action(s->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(s);
+}
+
+static int timer_cb(CURLM *m, long timeout_ms, void *userp)
+{
+    (void)m;
+    ca_http_session *s = userp;
+    if (timeout_ms < 0)
+        ca__timer_cancel(s->loop, &s->timer);
+    else
+        ca__timer_arm(s->loop, &s->timer,
+                      ca__clock_ns() + (int64_t)timeout_ms * 1000000);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sessions                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static int dup_opt(char **dst, const char *src)
+{
+    if (!src)
+        return 0;
+    *dst = strdup(src);
+    return *dst ? 0 : -ENOMEM;
+}
+
+static int valid_header(const char *h)
+{
+    const char *colon = strchr(h, ':');
+    return colon && colon > h && !strpbrk(h, "\r\n");
+}
+
+int ca_http_session_new(ca_http_session **out, const ca_http_session_opts *o)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    if (o && (o->max_host_connections < 0 || o->max_total_connections < 0))
+        return -EINVAL;
+    for (const char *const *h = o && o->headers ? o->headers : NULL; h && *h;
+         h++)
+        if (!valid_header(*h))
+            return -EINVAL;
+    ca_loop *l = ca__loop();
+    if (!l)
+        return -CA_ENOLOOP;
+    pthread_once(&curl_once, library_init);
+    if (curl_init_status != CURLE_OK)
+        return -CA_EHTTP;
+    ca_http_session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->loop = l;
+    s->epfd = -1;
+    s->timer = (ca__timer){.slot = CA__TIMER_IDLE, .fire = timer_fire};
+    int r = -ENOMEM;
+    s->multi = curl_multi_init();
+    if (!s->multi)
+        goto fail;
+    s->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (s->epfd < 0) {
+        r = -errno;
+        goto fail;
+    }
+    if ((r = ca__fd_register(l, s->epfd)) < 0)
+        goto fail;
+    r = -ENOMEM;
+    if (o) {
+        for (const char *const *h = o->headers; h && *h; h++) {
+            struct curl_slist *n = curl_slist_append(s->headers, *h);
+            if (!n)
+                goto fail;
+            s->headers = n;
+        }
+        if (dup_opt(&s->base_url, o->base_url) < 0 ||
+            dup_opt(&s->proxy, o->proxy) < 0 ||
+            dup_opt(&s->ca_file, o->ca_file) < 0 ||
+            dup_opt(&s->user_agent, o->user_agent) < 0)
+            goto fail;
+        s->verify_none = o->verify_none;
+        s->h2c = o->http2_prior_knowledge;
+        if (o->cookies) {
+            s->share = curl_share_init();
+            if (!s->share)
+                goto fail;
+            curl_share_setopt(s->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_COOKIE);
+        }
+        if (o->max_host_connections)
+            curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                              o->max_host_connections);
+        if (o->max_total_connections)
+            curl_multi_setopt(s->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+                              o->max_total_connections);
+    }
+    curl_multi_setopt(s->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+    curl_multi_setopt(s->multi, CURLMOPT_SOCKETDATA, s);
+    curl_multi_setopt(s->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s);
+    curl_multi_setopt(s->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    arm_epfd(s);
+    *out = s;
+    return 0;
+fail:
+    s->live = 0;
+    ca_http_session_free(s);
+    return r;
+}
+
+int ca_http_session_free(ca_http_session *s)
+{
+    if (!s)
+        return 0;
+    if (s->live)
+        return -EBUSY;
+    if (s->armed)
+        ca__fd_remove_waiter(s->loop, &s->w);
+    if (s->drain_queued)
+        ca_handle_cancel(s->drain_h);
+    ca__timer_cancel(s->loop, &s->timer);
+    if (s->multi)
+        curl_multi_cleanup(s->multi); /* closes the pooled connections */
+    if (s->share)
+        curl_share_cleanup(s->share);
+    if (s->epfd >= 0) {
+        ca__fd_forget(s->loop, s->epfd);
+        close(s->epfd);
+    }
+    curl_slist_free_all(s->headers);
+    free(s->base_url);
+    free(s->proxy);
+    free(s->ca_file);
+    free(s->user_agent);
+    free(s);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Callbacks of one transfer                                                */
+/* ------------------------------------------------------------------------ */
+
+static void headers_clear(ca_http_response *r)
+{
+    for (size_t i = 0; i < r->nhdr; i++) {
+        free(r->hdrs[i].name);
+        free(r->hdrs[i].value);
+    }
+    r->nhdr = 0;
+}
+
+static int is_redirect(long code)
+{
+    return code == 301 || code == 302 || code == 303 || code == 307 ||
+           code == 308;
+}
+
+static const char *find_header(const ca_http_response *r, const char *name,
+                               size_t nth)
+{
+    for (size_t i = 0; i < r->nhdr; i++)
+        if (strcasecmp(r->hdrs[i].name, name) == 0 && nth-- == 0)
+            return r->hdrs[i].value;
+    return NULL;
+}
+
+static int add_header(ca_http_response *r, const char *p, size_t len)
+{
+    while (len && (p[len - 1] == '\n' || p[len - 1] == '\r'))
+        len--;
+    if ((p[0] == ' ' || p[0] == '\t') && r->nhdr) {
+        /* obsolete line folding: continues the previous value */
+        struct hdr *h = &r->hdrs[r->nhdr - 1];
+        size_t old = strlen(h->value);
+        char *v = realloc(h->value, old + len + 1);
+        if (!v)
+            return -1;
+        memcpy(v + old, p, len);
+        v[old + len] = '\0';
+        h->value = v;
+        return 0;
+    }
+    const char *colon = memchr(p, ':', len);
+    if (!colon || colon == p)
+        return 0; /* not a header line: ignored */
+    if (r->nhdr == r->hdr_cap) {
+        size_t cap = r->hdr_cap ? 2 * r->hdr_cap : 16;
+        struct hdr *h = realloc(r->hdrs, cap * sizeof(*h));
+        if (!h)
+            return -1;
+        r->hdrs = h;
+        r->hdr_cap = cap;
+    }
+    const char *v = colon + 1;
+    const char *end = p + len;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    struct hdr *h = &r->hdrs[r->nhdr];
+    h->name = strndup(p, (size_t)(colon - p));
+    h->value = strndup(v, (size_t)(end - v));
+    if (!h->name || !h->value) {
+        free(h->name);
+        free(h->value);
+        return -1;
+    }
+    r->nhdr++;
+    return 0;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    ca_http_response *r = ud;
+    size_t len = size * n;
+    idle_arm(r);
+    if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+        headers_clear(r); /* a new response: after a 1xx or a redirect */
+        return len;
+    }
+    if (len <= 2) {
+        long code = 0;
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
+        int more = code < 200 || (r->follow && is_redirect(code) &&
+                                  find_header(r, "location", 0));
+        if (!more) {
+            r->status = (int)code;
+            r->headers_ready = 1;
+            if (r->stream)
+                wake(r);
+        }
+        return len;
+    }
+    return add_header(r, p, len) == 0 ? len : 0;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    ca_http_response *r = ud;
+    size_t len = size * n;
+    idle_arm(r);
+    if (!r->headers_ready) {
+        long code = 0;
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
+        r->status = (int)code;
+        r->headers_ready = 1;
+    }
+    size_t unread = r->body_len - r->body_off;
+    if (r->stream) {
+        if (unread >= STREAM_HIGH) {
+            r->paused = 1; /* curl keeps these bytes and pauses */
+            ca__timer_cancel(r->s->loop, &r->idle);
+            wake(r);
+            return CURL_WRITEFUNC_PAUSE;
+        }
+    } else if (r->body_len + len > r->max_body) {
+        r->err = -EMSGSIZE;
+        snprintf(r->errbuf, sizeof(r->errbuf),
+                 "body larger than the limit of %zu bytes", r->max_body);
+        return 0; /* CURLE_WRITE_ERROR */
+    }
+    if (r->body_off > 0 && r->body_off == r->body_len)
+        r->body_off = r->body_len = 0;
+    if (r->body_cap - r->body_len < len + 1) {
+        if (r->body_off > 0) {
+            memmove(r->body, r->body + r->body_off, unread);
+            r->body_off = 0;
+            r->body_len = unread;
+        }
+        size_t cap = r->body_cap ? r->body_cap : 16384;
+        while (cap - r->body_len < len + 1)
+            cap *= 2;
+        if (cap > r->body_cap) {
+            char *b = realloc(r->body, cap);
+            if (!b) {
+                r->err = -ENOMEM;
+                return 0;
+            }
+            r->body = b;
+            r->body_cap = cap;
+        }
+    }
+    memcpy(r->body + r->body_len, p, len);
+    r->body_len += len;
+    r->body[r->body_len] = '\0';
+    if (r->stream)
+        wake(r);
+    return len;
+}
+
+/* Upload data: bytes from a file, or chunks from a generator. */
+static size_t on_read(char *buf, size_t size, size_t n, void *ud)
+{
+    ca_http_response *r = ud;
+    size_t cap = size * n;
+    if (r->body_fd > 0) {
+        for (;;) {
+            ssize_t k = read(r->body_fd, buf, cap);
+            if (k >= 0)
+                return (size_t)k;
+            if (errno != EINTR) {
+                r->err = -errno;
+                return CURL_READFUNC_ABORT;
+            }
+        }
+    }
+    if (r->chunk) {
+        size_t k = r->chunk->len - r->chunk_off;
+        if (k > cap)
+            k = cap;
+        memcpy(buf, (const char *)r->chunk->data + r->chunk_off, k);
+        r->chunk_off += k;
+        if (r->chunk_off == r->chunk->len)
+            r->chunk = NULL;
+        return k;
+    }
+    if (r->gen_done)
+        return 0;
+    /* The generator runs in the requesting task: ask it for more. */
+    r->up_wait = 1;
+    r->up_paused = 1;
+    wake(r);
+    return CURL_READFUNC_PAUSE;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Requests                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static int map_curl(ca_http_response *r, CURLcode c)
+{
+    if (r->err)
+        return r->err;
+    long os = 0, vr = 0;
+    switch (c) {
+    case CURLE_OK:
+        return 0;
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        return -CA_ENOTFOUND;
+    case CURLE_COULDNT_CONNECT:
+        curl_easy_getinfo(r->easy, CURLINFO_OS_ERRNO, &os);
+        return os > 0 ? -(int)os : -ECONNREFUSED;
+    case CURLE_OPERATION_TIMEDOUT:
+        return -ETIMEDOUT;
+    case CURLE_TOO_MANY_REDIRECTS:
+        return -CA_EREDIRECTS;
+    case CURLE_PEER_FAILED_VERIFICATION:
+        /* curl checks names itself, after a good chain: it then reports
+         * X509_V_OK or X509_V_ERR_UNSPECIFIED (1) and says so in words. */
+        curl_easy_getinfo(r->easy, CURLINFO_SSL_VERIFYRESULT, &vr);
+        if (vr <= 1)
+            return strstr(r->errbuf, "match") ? -CA_ECERTHOST : -CA_ECERT;
+        return ca__tls_verify_errno(vr);
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+        return -CA_ETLS;
+    case CURLE_FILESIZE_EXCEEDED:
+        return -EMSGSIZE;
+    case CURLE_URL_MALFORMAT:
+        return -EINVAL;
+    case CURLE_OUT_OF_MEMORY:
+        return -ENOMEM;
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+        curl_easy_getinfo(r->easy, CURLINFO_OS_ERRNO, &os);
+        return os > 0 ? -(int)os : -CA_EHTTP;
+    default:
+        return -CA_EHTTP;
+    }
+}
+
+static int absolute(const char *url)
+{
+    return strstr(url, "://") != NULL;
+}
+
+/* The URL with the base and the query applied, malloc'd. */
+static int build_url(ca_http_session *s, const char *url,
+                     const char *const *query, char **out)
+{
+    char *joined = NULL;
+    if (!absolute(url) && s->base_url) {
+        size_t bl = strlen(s->base_url);
+        while (bl && s->base_url[bl - 1] == '/')
+            bl--;
+        while (*url == '/')
+            url++;
+        joined = malloc(bl + strlen(url) + 2);
+        if (!joined)
+            return -ENOMEM;
+        sprintf(joined, "%.*s/%s", (int)bl, s->base_url, url);
+        url = joined;
+    }
+    CURLU *u = curl_url();
+    int r = -ENOMEM;
+    if (!u)
+        goto out;
+    r = -EINVAL;
+    char *scheme = NULL;
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK)
+        goto out;
+    int web = strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0;
+    curl_free(scheme);
+    if (!web)
+        goto out; /* this is an HTTP client: no ftp://, file://... */
+    for (const char *const *q = query; q && *q; q += 2) {
+        if (!q[1])
+            goto out; /* a name without a value */
+        size_t len = strlen(q[0]) + strlen(q[1]) + 2;
+        char *kv = malloc(len);
+        if (!kv) {
+            r = -ENOMEM;
+            goto out;
+        }
+        snprintf(kv, len, "%s=%s", q[0], q[1]);
+        CURLUcode c = curl_url_set(u, CURLUPART_QUERY, kv,
+                                   CURLU_APPENDQUERY | CURLU_URLENCODE);
+        free(kv);
+        if (c != CURLUE_OK)
+            goto out;
+    }
+    char *full;
+    if (curl_url_get(u, CURLUPART_URL, &full, 0) != CURLUE_OK)
+        goto out;
+    *out = strdup(full);
+    curl_free(full);
+    r = *out ? 0 : -ENOMEM;
+out:
+    curl_url_cleanup(u);
+    free(joined);
+    return r;
+}
+
+/* Resolve the URL's host with cawait's DNS (c-ares in the loop) and pin it
+ * with CURLOPT_RESOLVE, so curl's resolver (a thread) stays unused.  Hosts
+ * curl handles itself (numeric, localhost) and builds without c-ares are
+ * left to curl. */
+static int pre_resolve(ca_http_response *r)
+{
+    CURLU *u = curl_url();
+    if (!u)
+        return -ENOMEM;
+    char *host = NULL, *port = NULL;
+    int rc = 0;
+    if (curl_url_set(u, CURLUPART_URL, r->url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) !=
+            CURLUE_OK) {
+        rc = -EINVAL;
+        goto out;
+    }
+    unsigned char a[16];
+    if (host[0] == '[' || inet_pton(AF_INET, host, a) == 1 ||
+        strcasecmp(host, "localhost") == 0 || r->s->proxy)
+        goto out;
+    ca_addrinfo *ai;
+    rc = ca_getaddrinfo(host, (unsigned)atoi(port), AF_UNSPEC, SOCK_STREAM,
+                        &ai);
+    if (rc == -CA_ENORESOLVER) {
+        rc = 0;
+        goto out;
+    }
+    if (rc < 0)
+        goto out;
+    char entry[1024];
+    int len = snprintf(entry, sizeof(entry), "%s:%s:", host, port);
+    int first = 1;
+    for (ca_addrinfo *p = ai; p && len < (int)sizeof(entry) - 64;
+         p = p->next) {
+        char ip[INET6_ADDRSTRLEN];
+        const void *src =
+            p->family == AF_INET6
+                ? (const void *)&((struct sockaddr_in6 *)&p->addr)->sin6_addr
+                : (const void *)&((struct sockaddr_in *)&p->addr)->sin_addr;
+        if (!inet_ntop(p->family, src, ip, sizeof(ip)))
+            continue;
+        len += snprintf(entry + len, sizeof(entry) - (size_t)len,
+                        p->family == AF_INET6 ? "%s[%s]" : "%s%s",
+                        first ? "" : ",", ip);
+        first = 0;
+    }
+    ca_freeaddrinfo(ai);
+    struct curl_slist *n = curl_slist_append(NULL, entry);
+    if (!n) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    r->resolve = n;
+    curl_easy_setopt(r->easy, CURLOPT_RESOLVE, r->resolve);
+out:
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    return rc;
+}
+
+static int setup_body(ca_http_response *r, const char *method,
+                      const ca_http_request_opts *o)
+{
+    CURL *e = r->easy;
+    int post = strcmp(method, "POST") == 0;
+    if (o->body) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t)o->body_len);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, o->body);
+    } else if (o->body_fd > 0 || o->body_gen) {
+        curl_off_t size = -1; /* chunked */
+        if (o->body_fd > 0) {
+            struct stat st;
+            off_t pos = lseek(o->body_fd, 0, SEEK_CUR);
+            if (fstat(o->body_fd, &st) < 0)
+                return -errno;
+            if (S_ISREG(st.st_mode) && pos >= 0)
+                size = (curl_off_t)(st.st_size - pos);
+            r->body_fd = o->body_fd;
+        } else {
+            r->gen = o->body_gen;
+        }
+        curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+        curl_easy_setopt(e, CURLOPT_READDATA, r);
+        if (post) {
+            curl_easy_setopt(e, CURLOPT_POST, 1L);
+            curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, size);
+        } else {
+            curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+            curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, size);
+        }
+    } else if (post) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
+    }
+    if (!post && strcmp(method, "GET") != 0) {
+        if (strcmp(method, "HEAD") == 0)
+            curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+        else
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    }
+    return 0;
+}
+
+static int setup(ca_http_response *r, const char *method, const char *url,
+                 const ca_http_request_opts *o)
+{
+    ca_http_session *s = r->s;
+    CURL *e = r->easy;
+    int rc = build_url(s, url, o->query, &r->url);
+    if (rc < 0)
+        return rc;
+    curl_easy_setopt(e, CURLOPT_URL, r->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    curl_easy_setopt(e, CURLOPT_USERAGENT,
+                     s->user_agent ? s->user_agent : "cawait/0.1");
+    curl_easy_setopt(e, CURLOPT_PROXY, s->proxy ? s->proxy : "");
+    if (s->share)
+        curl_easy_setopt(e, CURLOPT_SHARE, s->share);
+    if (s->share)
+        curl_easy_setopt(e, CURLOPT_COOKIEFILE, "");
+    if (s->ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, s->ca_file);
+    if (s->verify_none) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                     s->h2c ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
+                            : (long)CURL_HTTP_VERSION_2TLS);
+    r->follow = !o->no_redirects;
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)r->follow);
+    curl_easy_setopt(e, CURLOPT_MAXREDIRS,
+                     (long)(o->max_redirects > 0 ? o->max_redirects
+                                                 : DEFAULT_REDIRECTS));
+    if (o->timeout > 0)
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(o->timeout * 1000));
+    if (o->connect_timeout > 0)
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                         (long)(o->connect_timeout * 1000));
+    r->idle_ns = (int64_t)(o->idle_timeout * 1e9);
+    r->stream = o->stream != 0;
+    r->max_body = o->max_body ? o->max_body : DEFAULT_MAX_BODY;
+    if (!r->stream)
+        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
+                         (curl_off_t)r->max_body);
+    /* Headers: the session's, except those the request sets itself, then
+     * the request's. */
+    for (struct curl_slist *h = s->headers; h; h = h->next) {
+        size_t nl = (size_t)(strchr(h->data, ':') - h->data);
+        int overridden = 0;
+        for (const char *const *q = o->headers; q && *q; q++)
+            if (strncasecmp(*q, h->data, nl) == 0 && (*q)[nl] == ':')
+                overridden = 1;
+        if (!overridden) {
+            struct curl_slist *n = curl_slist_append(r->req_headers, h->data);
+            if (!n)
+                return -ENOMEM;
+            r->req_headers = n;
+        }
+    }
+    for (const char *const *q = o->headers; q && *q; q++) {
+        if (!valid_header(*q))
+            return -EINVAL;
+        struct curl_slist *n = curl_slist_append(r->req_headers, *q);
+        if (!n)
+            return -ENOMEM;
+        r->req_headers = n;
+    }
+    if (r->req_headers)
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->req_headers);
+    return setup_body(r, method, o);
+}
+
+/* Feed the upload from the generator: runs in the requesting task. */
+static int feed(ca_http_response *r)
+{
+    void *v = NULL;
+    r->up_wait = 0;
+    int g = ca_gen_next(r->gen, &v);
+    if (g > 0 || (g == 0 && v)) {
+        r->chunk = v;
+        r->chunk_off = 0;
+        if (r->chunk && r->chunk->len == 0)
+            r->chunk = NULL;
+    } else if (g == 0) {
+        r->gen_done = 1; /* the generator returned: end of body */
+    } else {
+        return g;
+    }
+    if (r->up_paused && !r->done) {
+        r->up_paused = 0;
+        curl_easy_pause(r->easy, CURLPAUSE_CONT);
+    }
+    return 0;
+}
+
+enum wait_for { W_DONE, W_HEADERS, W_DATA };
+
+static int ready(const ca_http_response *r, enum wait_for what)
+{
+    switch (what) {
+    case W_DONE:
+        return r->done;
+    case W_HEADERS:
+        return r->done || r->headers_ready;
+    default:
+        return r->done || r->body_len > r->body_off;
+    }
+}
+
+/* Park the calling task until `what`, feeding the upload generator when
+ * curl asks for data.  Returns 0 or -ECANCELED/-ETIMEDOUT (deadline). */
+static int wait_until(ca_http_response *r, enum wait_for what)
+{
+    ca_task *self = ca__task_self("ca_http_request");
+    if (!self)
+        return -EPERM;
+    for (;;) {
+        if (r->up_wait && !r->done) {
+            int g = feed(r);
+            if (g < 0) {
+                r->err = g;
+                finish(r, CURLE_ABORTED_BY_CALLBACK);
+            }
+            continue;
+        }
+        if (ready(r, what))
+            return 0;
+        r->task = self;
+        int w = ca__task_park(self, INT64_MAX);
+        r->task = NULL;
+        if (w < 0)
+            return w;
+    }
+}
+
+static void response_free(ca_http_response *r)
+{
+    detach(r);
+    if (r->easy)
+        curl_easy_cleanup(r->easy);
+    headers_clear(r);
+    free(r->hdrs);
+    free(r->body);
+    free(r->url);
+    curl_slist_free_all(r->req_headers);
+    curl_slist_free_all(r->resolve);
+    ca_http_session *s = r->s;
+    s->live--;
+    int own = r->owns_session;
+    free(r);
+    if (own)
+        ca_http_session_free(s);
+}
+
+static void set_last_error(ca_http_response *r, int rc)
+{
+    snprintf(last_error, sizeof(last_error), "%s",
+             r->errbuf[0] ? r->errbuf
+             : r->done    ? curl_easy_strerror(r->result)
+                          : ca_strerror(rc));
+}
+
+int ca_http_request(ca_http_session *s, const char *method, const char *url,
+                    const ca_http_request_opts *opts, ca_http_response **out)
+{
+    static const ca_http_request_opts dflt;
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    const ca_http_request_opts *o = opts ? opts : &dflt;
+    if (!s || !url || !*url || o->timeout < 0 || o->connect_timeout < 0 ||
+        o->idle_timeout < 0 || o->max_redirects < 0 || o->body_fd < 0 ||
+        (!!o->body + (o->body_fd > 0) + !!o->body_gen) > 1 ||
+        (!o->body && o->body_len))
+        return -EINVAL;
+    if (!method)
+        method = "GET";
+    if (!*method || strpbrk(method, " \r\n"))
+        return -EINVAL;
+    if (ca__loop() != s->loop)
+        return -EINVAL; /* a session belongs to its loop's thread */
+    if (!ca__task_self("ca_http_request"))
+        return -EPERM;
+    last_error[0] = '\0';
+    ca_http_response *r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    r->s = s;
+    s->live++;
+    r->idle = (ca__timer){.slot = CA__TIMER_IDLE, .fire = idle_fire};
+    r->easy = curl_easy_init();
+    int rc = r->easy ? setup(r, method, url, o) : -ENOMEM;
+    if (rc == 0)
+        rc = pre_resolve(r);
+    if (rc == 0) {
+        if (curl_multi_add_handle(s->multi, r->easy) != CURLM_OK)
+            rc = -ENOMEM;
+        else
+            r->attached = 1;
+    }
+    if (rc == 0) {
+        idle_arm(r);
+        rc = wait_until(r, r->stream ? W_HEADERS : W_DONE);
+    }
+    if (rc == 0 && r->done)
+        rc = map_curl(r, r->result);
+    if (rc == 0 && !r->headers_ready) {
+        long code = 0;
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
+        r->status = (int)code;
+    }
+    if (rc < 0) {
+        set_last_error(r, rc);
+        response_free(r);
+        return rc;
+    }
+    if (!r->body) {
+        r->body = calloc(1, 1);
+        if (!r->body) {
+            response_free(r);
+            return -ENOMEM;
+        }
+        r->body_cap = 1;
+    }
+    *out = r;
+    return 0;
+}
+
+int ca_http_fetch(const char *method, const char *url,
+                  const ca_http_request_opts *opts, ca_http_response **out)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    ca_http_session *s;
+    int r = ca_http_session_new(&s, NULL);
+    if (r < 0)
+        return r;
+    r = ca_http_request(s, method, url, opts, out);
+    if (r < 0) {
+        ca_http_session_free(s);
+        return r;
+    }
+    (*out)->owns_session = 1;
+    return 0;
+}
+
+ssize_t ca_http_response_read(ca_http_response *r, void *buf, size_t n)
+{
+    if (!r || (!buf && n))
+        return -EINVAL;
+    if (n == 0)
+        return 0;
+    if (r->body_len == r->body_off && !r->done) {
+        int w = wait_until(r, W_DATA);
+        if (w < 0)
+            return w;
+    }
+    size_t have = r->body_len - r->body_off;
+    if (have == 0) {
+        int e = r->done ? map_curl(r, r->result) : 0;
+        return e;
+    }
+    if (n > have)
+        n = have;
+    memcpy(buf, r->body + r->body_off, n);
+    r->body_off += n;
+    if (r->paused && r->body_len - r->body_off <= STREAM_LOW && !r->done) {
+        r->paused = 0;
+        idle_arm(r);
+        /* May call on_body at once with the bytes curl held back. */
+        curl_easy_pause(r->easy, CURLPAUSE_CONT);
+    }
+    return (ssize_t)n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Response accessors                                                       */
+/* ------------------------------------------------------------------------ */
+
+int ca_http_response_status(const ca_http_response *r)
+{
+    return r ? r->status : -EINVAL;
+}
+
+const char *ca_http_response_header(const ca_http_response *r,
+                                    const char *name)
+{
+    return ca_http_response_header_n(r, name, 0);
+}
+
+const char *ca_http_response_header_n(const ca_http_response *r,
+                                      const char *name, size_t nth)
+{
+    return r && name ? find_header(r, name, nth) : NULL;
+}
+
+size_t ca_http_response_header_count(const ca_http_response *r)
+{
+    return r ? r->nhdr : 0;
+}
+
+const char *ca_http_response_header_at(const ca_http_response *r, size_t i,
+                                       const char **value)
+{
+    if (!r || i >= r->nhdr) {
+        if (value)
+            *value = NULL;
+        return NULL;
+    }
+    if (value)
+        *value = r->hdrs[i].value;
+    return r->hdrs[i].name;
+}
+
+const char *ca_http_response_body(const ca_http_response *r, size_t *len)
+{
+    if (!r) {
+        if (len)
+            *len = 0;
+        return NULL;
+    }
+    if (len)
+        *len = r->body_len - r->body_off;
+    return r->body + r->body_off;
+}
+
+const char *ca_http_response_url(const ca_http_response *r)
+{
+    char *u = NULL;
+    if (!r)
+        return NULL;
+    if (curl_easy_getinfo(r->easy, CURLINFO_EFFECTIVE_URL, &u) != CURLE_OK)
+        return r->url;
+    return u ? u : r->url;
+}
+
+int ca_http_response_version(const ca_http_response *r)
+{
+    long v = 0;
+    if (!r || curl_easy_getinfo(r->easy, CURLINFO_HTTP_VERSION, &v) != CURLE_OK)
+        return 0;
+    switch (v) {
+    case CURL_HTTP_VERSION_1_0:
+    case CURL_HTTP_VERSION_1_1:
+        return 1;
+    case CURL_HTTP_VERSION_2_0:
+        return 2;
+    case CURL_HTTP_VERSION_3:
+        return 3;
+    default:
+        return 0;
+    }
+}
+
+double ca_http_response_time(const ca_http_response *r, const char *what)
+{
+    if (!r || !what)
+        return -1;
+    CURLINFO info;
+    if (strcmp(what, "dns") == 0)
+        info = CURLINFO_NAMELOOKUP_TIME_T;
+    else if (strcmp(what, "connect") == 0)
+        info = CURLINFO_CONNECT_TIME_T;
+    else if (strcmp(what, "tls") == 0)
+        info = CURLINFO_APPCONNECT_TIME_T;
+    else if (strcmp(what, "first_byte") == 0)
+        info = CURLINFO_STARTTRANSFER_TIME_T;
+    else if (strcmp(what, "total") == 0)
+        info = CURLINFO_TOTAL_TIME_T;
+    else
+        return -1;
+    curl_off_t us = 0;
+    if (curl_easy_getinfo(r->easy, info, &us) != CURLE_OK || us <= 0)
+        return -1;
+    return (double)us / 1e6;
+}
+
+const char *ca_http_response_error(const ca_http_response *r)
+{
+    return r ? r->errbuf : "";
+}
+
+void ca_http_response_free(ca_http_response *r)
+{
+    if (r)
+        response_free(r);
+}
+
+int ca_http_raise_for_status(const ca_http_response *r)
+{
+    if (!r)
+        return -EINVAL;
+    return r->status >= 400 || r->status < 100 ? -CA_EHTTPSTATUS : 0;
+}
+
+#else /* !CAWAIT_HAVE_CURL */
+
+int ca_http_session_new(ca_http_session **out, const ca_http_session_opts *o)
+{
+    (void)o;
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    return -CA_ENOHTTP;
+}
+
+int ca_http_session_free(ca_http_session *s)
+{
+    (void)s;
+    return 0;
+}
+
+int ca_http_request(ca_http_session *s, const char *method, const char *url,
+                    const ca_http_request_opts *opts, ca_http_response **out)
+{
+    (void)s, (void)method, (void)url, (void)opts;
+    if (out)
+        *out = NULL;
+    return out ? -CA_ENOHTTP : -EINVAL;
+}
+
+int ca_http_fetch(const char *method, const char *url,
+                  const ca_http_request_opts *opts, ca_http_response **out)
+{
+    return ca_http_request(NULL, method, url, opts, out);
+}
+
+ssize_t ca_http_response_read(ca_http_response *r, void *buf, size_t n)
+{
+    (void)r, (void)buf, (void)n;
+    return -EINVAL;
+}
+
+int ca_http_response_status(const ca_http_response *r)
+{
+    (void)r;
+    return -EINVAL;
+}
+
+const char *ca_http_response_header(const ca_http_response *r,
+                                    const char *name)
+{
+    (void)r, (void)name;
+    return NULL;
+}
+
+const char *ca_http_response_header_n(const ca_http_response *r,
+                                      const char *name, size_t nth)
+{
+    (void)r, (void)name, (void)nth;
+    return NULL;
+}
+
+size_t ca_http_response_header_count(const ca_http_response *r)
+{
+    (void)r;
+    return 0;
+}
+
+const char *ca_http_response_header_at(const ca_http_response *r, size_t i,
+                                       const char **value)
+{
+    (void)r, (void)i;
+    if (value)
+        *value = NULL;
+    return NULL;
+}
+
+const char *ca_http_response_body(const ca_http_response *r, size_t *len)
+{
+    (void)r;
+    if (len)
+        *len = 0;
+    return NULL;
+}
+
+const char *ca_http_response_url(const ca_http_response *r)
+{
+    (void)r;
+    return NULL;
+}
+
+int ca_http_response_version(const ca_http_response *r)
+{
+    (void)r;
+    return 0;
+}
+
+double ca_http_response_time(const ca_http_response *r, const char *what)
+{
+    (void)r, (void)what;
+    return -1;
+}
+
+const char *ca_http_response_error(const ca_http_response *r)
+{
+    (void)r;
+    return "";
+}
+
+void ca_http_response_free(ca_http_response *r)
+{
+    (void)r;
+}
+
+int ca_http_raise_for_status(const ca_http_response *r)
+{
+    (void)r;
+    return -EINVAL;
+}
+
+#endif /* CAWAIT_HAVE_CURL */
+
+int ca_http_get(ca_http_session *s, const char *url, ca_http_response **out)
+{
+    return ca_http_request(s, "GET", url, NULL, out);
+}
+
+int ca_http_post(ca_http_session *s, const char *url, const void *body,
+                 size_t len, const char *content_type, ca_http_response **out)
+{
+    char ct[256];
+    const char *hdrs[2] = {NULL, NULL};
+    if (content_type) {
+        if ((size_t)snprintf(ct, sizeof(ct), "Content-Type: %s",
+                             content_type) >= sizeof(ct))
+            return -EINVAL;
+        hdrs[0] = ct;
+    }
+    ca_http_request_opts o = {.headers = hdrs, .body = body ? body : "",
+                              .body_len = len};
+    return ca_http_request(s, "POST", url, &o, out);
+}
+

@@ -1,0 +1,1021 @@
+/*
+ * HTTP client against a small HTTP/1.1 server written with cawait in this
+ * file (delays, streaming, redirects, chunked bodies, early close, garbage,
+ * TLS), and against nghttpd for HTTP/2 when it is installed.
+ */
+#include "cawait.h"
+#include "runner.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef CAWAIT_HAVE_CURL
+
+#include <curl/curl.h>
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The test server                                                          */
+/* ------------------------------------------------------------------------ */
+
+static int conns_accepted; /* connections the server has seen */
+static int conns_now, conns_max;
+static int server_write_failed;
+
+struct req {
+    char method[16];
+    char path[1024];
+    char query[1024];
+    char hdr_test[128];
+    char cookie[256];
+    char *body;
+    size_t body_len;
+    int close;
+};
+
+static long qparam(const struct req *q, const char *name, long dflt)
+{
+    size_t nl = strlen(name);
+    for (const char *p = q->query; p && *p;) {
+        if (strncmp(p, name, nl) == 0 && p[nl] == '=')
+            return atol(p + nl + 1);
+        p = strchr(p, '&');
+        if (p)
+            p++;
+    }
+    return dflt;
+}
+
+static int send_response(ca_stream *s, int status, const char *extra,
+                         const void *body, size_t len)
+{
+    char head[1024];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d X\r\nContent-Length: %zu\r\n%s\r\n", status,
+                     len, extra ? extra : "");
+    int r = ca_stream_write(s, head, (size_t)n);
+    if (r == 0 && len)
+        r = ca_stream_write(s, body, len);
+    if (r == 0)
+        r = ca_stream_drain(s);
+    if (r < 0)
+        server_write_failed = 1;
+    return r;
+}
+
+/* Read one request; 0 at a clean end, 1 for a request, < 0 on errors. */
+static int read_request(ca_stream *s, struct req *q)
+{
+    char line[2048];
+    memset(q, 0, sizeof(*q));
+    ssize_t n = ca_stream_readline(s, line, sizeof(line));
+    if (n <= 0)
+        return (int)n;
+    char target[1024];
+    if (sscanf(line, "%15s %1023s", q->method, target) != 2)
+        return -EPROTO;
+    char *qm = strchr(target, '?');
+    if (qm) {
+        *qm = '\0';
+        snprintf(q->query, sizeof(q->query), "%s", qm + 1);
+    }
+    snprintf(q->path, sizeof(q->path), "%s", target);
+    long clen = -1;
+    int chunked = 0;
+    for (;;) {
+        n = ca_stream_readline(s, line, sizeof(line));
+        if (n <= 0)
+            return n == 0 ? -EPROTO : (int)n;
+        if (strcmp(line, "\r\n") == 0)
+            break;
+        line[strcspn(line, "\r\n")] = '\0';
+        char *v = strchr(line, ':');
+        if (!v)
+            continue;
+        *v++ = '\0';
+        while (*v == ' ')
+            v++;
+        if (strcasecmp(line, "Content-Length") == 0)
+            clen = atol(v);
+        else if (strcasecmp(line, "Transfer-Encoding") == 0)
+            chunked = strcasecmp(v, "chunked") == 0;
+        else if (strcasecmp(line, "X-Test") == 0)
+            snprintf(q->hdr_test, sizeof(q->hdr_test), "%s", v);
+        else if (strcasecmp(line, "Cookie") == 0)
+            snprintf(q->cookie, sizeof(q->cookie), "%s", v);
+        else if (strcasecmp(line, "Connection") == 0)
+            q->close = strcasecmp(v, "close") == 0;
+    }
+    if (clen > 0) {
+        q->body = malloc((size_t)clen + 1);
+        if (ca_stream_readexactly(s, q->body, (size_t)clen) < 0)
+            return -EPROTO;
+        q->body_len = (size_t)clen;
+    } else if (chunked) {
+        for (;;) {
+            n = ca_stream_readline(s, line, sizeof(line));
+            if (n <= 0)
+                return -EPROTO;
+            size_t len = strtoul(line, NULL, 16);
+            if (len == 0) {
+                ca_stream_readline(s, line, sizeof(line)); /* last CRLF */
+                break;
+            }
+            q->body = realloc(q->body, q->body_len + len + 1);
+            if (ca_stream_readexactly(s, q->body + q->body_len, len) < 0)
+                return -EPROTO;
+            q->body_len += len;
+            ca_stream_readline(s, line, sizeof(line)); /* chunk's CRLF */
+        }
+    }
+    return 1;
+}
+
+static int serve_one(ca_stream *s, struct req *q, int conn_id)
+{
+    char extra[1400];
+    if (strcmp(q->path, "/hello") == 0)
+        return send_response(s, 200,
+                             "Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+                             "X-Multi: one\r\nx-multi: two\r\n"
+                             "Content-Type: text/plain\r\n",
+                             "hello world", 11);
+    if (strcmp(q->path, "/delay") == 0) {
+        ca_sleep((double)qparam(q, "ms", 50) / 1000.0);
+        return send_response(s, 200, NULL, "ok", 2);
+    }
+    if (strncmp(q->path, "/status/", 8) == 0)
+        return send_response(s, atoi(q->path + 8), NULL, "status", 6);
+    if (strncmp(q->path, "/redirect/", 10) == 0) {
+        int n = atoi(q->path + 10);
+        if (n == 0)
+            return send_response(s, 200, NULL, "done", 4);
+        snprintf(extra, sizeof(extra), "Location: /redirect/%d\r\n", n - 1);
+        return send_response(s, 302, extra, NULL, 0);
+    }
+    if (strcmp(q->path, "/loop") == 0)
+        return send_response(s, 302, "Location: /loop\r\n", NULL, 0);
+    if (strcmp(q->path, "/conn") == 0) {
+        char b[32];
+        int n = snprintf(b, sizeof(b), "%d", conn_id);
+        return send_response(s, 200, NULL, b, (size_t)n);
+    }
+    if (strcmp(q->path, "/cookies") == 0)
+        return send_response(s, 200, NULL, q->cookie, strlen(q->cookie));
+    if (strcmp(q->path, "/echo") == 0) {
+        snprintf(extra, sizeof(extra),
+                 "X-Method: %s\r\nX-Got-Test: %s\r\nX-Query: %s\r\n",
+                 q->method, q->hdr_test, q->query);
+        return send_response(s, 200, extra, q->body ? q->body : "",
+                             q->body_len);
+    }
+    if (strcmp(q->path, "/stream") == 0) {
+        /* chunked: n chunks of size bytes, delay_ms apart */
+        long n = qparam(q, "n", 10), size = qparam(q, "size", 1000);
+        long delay = qparam(q, "delay_ms", 0);
+        const char *h = "HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if (ca_stream_write(s, h, strlen(h)) < 0)
+            return -1;
+        char *buf = malloc((size_t)size);
+        memset(buf, 'x', (size_t)size);
+        int r = 0;
+        for (long i = 0; i < n && r == 0; i++) {
+            char len[32];
+            int k = snprintf(len, sizeof(len), "%lx\r\n", size);
+            r = ca_stream_write(s, len, (size_t)k);
+            if (r == 0)
+                r = ca_stream_write(s, buf, (size_t)size);
+            if (r == 0)
+                r = ca_stream_write(s, "\r\n", 2);
+            if (r == 0)
+                r = ca_stream_drain(s);
+            if (r == 0 && delay)
+                r = ca_sleep((double)delay / 1000.0);
+        }
+        free(buf);
+        if (r == 0)
+            r = ca_stream_write(s, "0\r\n\r\n", 5);
+        if (r < 0)
+            server_write_failed = 1;
+        return r;
+    }
+    if (strcmp(q->path, "/big") == 0) {
+        long bytes = qparam(q, "bytes", 1 << 20);
+        char head[128];
+        int k = snprintf(head, sizeof(head),
+                         "HTTP/1.1 200 X\r\nContent-Length: %ld\r\n\r\n",
+                         bytes);
+        if (ca_stream_write(s, head, (size_t)k) < 0)
+            return -1;
+        static char chunk[65536];
+        memset(chunk, 'b', sizeof(chunk));
+        for (long sent = 0; sent < bytes;) {
+            size_t n = (size_t)(bytes - sent) < sizeof(chunk)
+                           ? (size_t)(bytes - sent)
+                           : sizeof(chunk);
+            if (ca_stream_write(s, chunk, n) < 0 || ca_stream_drain(s) < 0) {
+                server_write_failed = 1;
+                return -1;
+            }
+            sent += (long)n;
+        }
+        return 0;
+    }
+    if (strcmp(q->path, "/close-early") == 0) {
+        const char *h = "HTTP/1.1 200 X\r\nContent-Length: 100\r\n\r\n0123456789";
+        ca_stream_write(s, h, strlen(h));
+        ca_stream_drain(s);
+        return -1; /* the connection closes */
+    }
+    if (strcmp(q->path, "/garbage") == 0) {
+        ca_stream_write(s, "NOT HTTP AT ALL\r\n\r\n", 19);
+        ca_stream_drain(s);
+        return -1;
+    }
+    if (strcmp(q->path, "/silent") == 0) {
+        /* headers and a few bytes, then nothing */
+        const char *h = "HTTP/1.1 200 X\r\nContent-Length: 100\r\n\r\nabcde";
+        ca_stream_write(s, h, strlen(h));
+        ca_stream_drain(s);
+        ca_sleep(30);
+        return -1;
+    }
+    return send_response(s, 404, NULL, "not found", 9);
+}
+
+static int http_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    int id = ++conns_accepted;
+    if (++conns_now > conns_max)
+        conns_max = conns_now;
+    for (;;) {
+        struct req q;
+        int r = read_request(s, &q);
+        if (r <= 0)
+            break;
+        r = serve_one(s, &q, id);
+        free(q.body);
+        if (r < 0 || q.close)
+            break;
+    }
+    conns_now--;
+    return 0;
+}
+
+static ca_server *start_server(unsigned *port, ca_tls_ctx *tls)
+{
+    ca_server *srv;
+    ca_server_opts so = {.tls = tls};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, http_handler, NULL, &so), 0);
+    *port = (unsigned)ca_server_port(srv);
+    return srv;
+}
+
+static char base[64];
+
+static ca_http_session *session(const ca_http_session_opts *o)
+{
+    ca_http_session_opts d = {0};
+    if (o)
+        d = *o;
+    if (!d.base_url)
+        d.base_url = base;
+    ca_http_session *s;
+    ASSERT_EQ(ca_http_session_new(&s, &d), 0);
+    return s;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Basics                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static int basics_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+
+    ca_http_response *r;
+    ASSERT_EQ(ca_http_get(s, "/hello", &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    ASSERT_EQ(ca_http_raise_for_status(r), 0);
+    size_t len;
+    const char *body = ca_http_response_body(r, &len);
+    ASSERT_EQ(len, 11);
+    ASSERT_STREQ(body, "hello world");
+    ASSERT_STREQ(ca_http_response_header(r, "content-type"), "text/plain");
+    ASSERT_STREQ(ca_http_response_header(r, "X-MULTI"), "one");
+    ASSERT_STREQ(ca_http_response_header_n(r, "x-multi", 1), "two");
+    ASSERT(ca_http_response_header_n(r, "x-multi", 2) == NULL);
+    ASSERT(ca_http_response_header(r, "x-none") == NULL);
+    ASSERT_GE(ca_http_response_header_count(r), 6);
+    const char *v;
+    ASSERT(ca_http_response_header_at(r, 0, &v) != NULL && v != NULL);
+    ASSERT(ca_http_response_header_at(r, 1000, &v) == NULL && v == NULL);
+    ASSERT_EQ(ca_http_response_version(r), 1);
+    ASSERT(strstr(ca_http_response_url(r), "/hello") != NULL);
+    ASSERT_GT(ca_http_response_time(r, "total"), 0);
+    ASSERT_EQ(ca_http_response_time(r, "bogus"), -1);
+    ca_http_response_free(r);
+
+    ASSERT_EQ(ca_http_get(s, "status/404", &r), 0); /* base + relative */
+    ASSERT_EQ(ca_http_response_status(r), 404);
+    ASSERT_EQ(ca_http_raise_for_status(r), -CA_EHTTPSTATUS);
+    ca_http_response_free(r);
+
+    /* HEAD: headers only */
+    ASSERT_EQ(ca_http_request(s, "HEAD", "/hello", NULL, &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    ca_http_response_body(r, &len);
+    ASSERT_EQ(len, 0);
+    ca_http_response_free(r);
+
+    /* keep-alive: five requests, one connection */
+    char first[32] = "";
+    for (int i = 0; i < 5; i++) {
+        ASSERT_EQ(ca_http_get(s, "/conn", &r), 0);
+        if (i == 0)
+            snprintf(first, sizeof(first), "%s", ca_http_response_body(r, NULL));
+        ASSERT_STREQ(ca_http_response_body(r, NULL), first);
+        ca_http_response_free(r);
+    }
+
+    /* a session with live responses cannot go */
+    ASSERT_EQ(ca_http_get(s, "/hello", &r), 0);
+    ASSERT_EQ(ca_http_session_free(s), -EBUSY);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+
+    /* one-shot */
+    char url[96];
+    snprintf(url, sizeof(url), "%s/hello", base);
+    ASSERT_EQ(ca_http_fetch(NULL, url, NULL, &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    ca_http_response_free(r);
+
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_basics(void)
+{
+    ASSERT_EQ(ca_run(basics_main, NULL), 0);
+}
+
+static int args_main(void *a)
+{
+    (void)a;
+    ca_http_session *s;
+    ASSERT_EQ(ca_http_session_new(NULL, NULL), -EINVAL);
+    const char *bad[] = {"NoColon", NULL};
+    ca_http_session_opts o = {.headers = bad};
+    ASSERT_EQ(ca_http_session_new(&s, &o), -EINVAL);
+    o = (ca_http_session_opts){.max_host_connections = -1};
+    ASSERT_EQ(ca_http_session_new(&s, &o), -EINVAL);
+    ASSERT_EQ(ca_http_session_new(&s, NULL), 0);
+    ca_http_response *r;
+    ASSERT_EQ(ca_http_get(s, NULL, &r), -EINVAL);
+    ASSERT_EQ(ca_http_get(NULL, "http://x/", &r), -EINVAL);
+    ASSERT_EQ(ca_http_request(s, "GE T", "http://127.0.0.1/", NULL, &r),
+              -EINVAL);
+    ca_http_request_opts ro = {.timeout = -1};
+    ASSERT_EQ(ca_http_request(s, NULL, "http://127.0.0.1/", &ro, &r),
+              -EINVAL);
+    ro = (ca_http_request_opts){.body = "x", .body_len = 1, .body_fd = 3};
+    ASSERT_EQ(ca_http_request(s, "POST", "http://127.0.0.1/", &ro, &r),
+              -EINVAL);
+    const char *q[] = {"only-a-name", NULL};
+    ro = (ca_http_request_opts){.query = q};
+    ASSERT_EQ(ca_http_request(s, NULL, "http://127.0.0.1/", &ro, &r),
+              -EINVAL);
+    ASSERT_EQ(ca_http_get(s, "not a url at all", &r), -EINVAL);
+    ASSERT(r == NULL);
+    ASSERT_EQ(ca_http_response_status(NULL), -EINVAL);
+    ASSERT_EQ(ca_http_raise_for_status(NULL), -EINVAL);
+    ASSERT(ca_http_response_header(NULL, "x") == NULL);
+    ASSERT_EQ(ca_http_response_read(NULL, NULL, 0), -EINVAL);
+    ca_http_response_free(NULL);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+    ASSERT_EQ(ca_http_session_free(NULL), 0);
+    return 0;
+}
+
+static void test_args(void)
+{
+    ca_http_session *s;
+    ASSERT_EQ(ca_http_session_new(&s, NULL), -CA_ENOLOOP);
+    ASSERT_EQ(ca_run(args_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Concurrency and limits                                                   */
+/* ------------------------------------------------------------------------ */
+
+static ca_http_session *shared;
+
+static int get_task(void *arg)
+{
+    ca_http_response *r;
+    int rc = ca_http_get(shared, arg, &r);
+    if (rc < 0) {
+        fprintf(stderr, "GET %s: %s: %s\n", (const char *)arg,
+                ca_err_name(rc), ca_http_last_error());
+        return rc;
+    }
+    rc = ca_http_response_status(r) == 200 ? 0 : -EPROTO;
+    ca_http_response_free(r);
+    return rc;
+}
+
+static double run_many(int n, const char *path)
+{
+    ca_task **ts = calloc((size_t)n, sizeof(*ts));
+    double t0 = mono();
+    for (int i = 0; i < n; i++)
+        ts[i] = ca_spawn(get_task, (void *)path);
+    for (int i = 0; i < n; i++) {
+        ASSERT_EQ(ca_join(ts[i]), 0);
+        ca_task_release(ts[i]);
+    }
+    free(ts);
+    return mono() - t0;
+}
+
+static int concurrency_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    shared = session(NULL);
+    /* 100 requests of 50 ms each: about 50 ms, not 5 s */
+    double dt = run_many(100, "/delay?ms=50");
+    ASSERT_LT(dt, 1.5);
+    ASSERT_EQ(conns_max, 100);
+    ca_http_session_free(shared);
+
+    /* at most 2 connections: 10 requests of 100 ms take 5 rounds */
+    ca_http_session_opts o = {.max_host_connections = 2};
+    shared = session(&o);
+    conns_max = 0;
+    int before = conns_accepted;
+    dt = run_many(10, "/delay?ms=100");
+    ASSERT_GE(dt, 0.45);
+    ASSERT_LE(conns_max, 2);
+    ASSERT_LE(conns_accepted - before, 2);
+    ca_http_session_free(shared);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_concurrency_and_limits(void)
+{
+    ASSERT_EQ(ca_run(concurrency_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Streaming, large bodies, cancellation                                    */
+/* ------------------------------------------------------------------------ */
+
+static long rss_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmRSS: %ld", &v) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return v;
+}
+
+static int stream_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+
+    /* 256 MiB (64 under instrumentation) streamed by a slow consumer:
+     * memory stays bounded because the transfer pauses */
+    long bytes = test_is_instrumented() ? 64L << 20 : 256L << 20;
+    char path[64];
+    snprintf(path, sizeof(path), "/big?bytes=%ld", bytes);
+    ca_http_request_opts o = {.stream = 1};
+    ca_http_response *r;
+    long rss0 = rss_kib();
+    ASSERT_EQ(ca_http_request(s, NULL, path, &o, &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    static char buf[65536];
+    long total = 0, reads = 0;
+    for (;;) {
+        ssize_t n = ca_http_response_read(r, buf, sizeof(buf));
+        ASSERT_GE(n, 0);
+        if (n == 0)
+            break;
+        total += n;
+        if (++reads < 40)
+            ca_sleep(0.005); /* slow at first: the server must wait */
+    }
+    ASSERT_EQ(total, bytes);
+    long grown = rss_kib() - rss0;
+    ASSERT_LT(grown, 48 * 1024); /* far below the body's size */
+    ca_http_response_free(r);
+
+    /* chunked body, streamed, arriving over time */
+    ASSERT_EQ(ca_http_request(s, NULL, "/stream?n=5&size=3000&delay_ms=20", &o,
+                              &r),
+              0);
+    total = 0;
+    ssize_t n;
+    while ((n = ca_http_response_read(r, buf, 1000)) > 0)
+        total += n;
+    ASSERT_EQ(n, 0);
+    ASSERT_EQ(total, 15000);
+    ca_http_response_free(r);
+
+    /* dropping a stream in the middle aborts the transfer */
+    server_write_failed = 0;
+    ASSERT_EQ(ca_http_request(s, NULL, "/stream?n=1000&size=10000&delay_ms=5",
+                              &o, &r),
+              0);
+    ASSERT_GT(ca_http_response_read(r, buf, 100), 0);
+    ca_http_response_free(r);
+    for (int i = 0; i < 200 && !server_write_failed; i++)
+        ca_sleep(0.01);
+    ASSERT(server_write_failed);
+
+    /* body limit: the full-body form refuses more than max_body */
+    ca_http_request_opts lim = {.max_body = 1000};
+    ASSERT_EQ(ca_http_request(s, NULL, "/big?bytes=100000", &lim, &r),
+              -EMSGSIZE);
+    ASSERT_EQ(ca_http_request(s, NULL, "/stream?n=10&size=1000", &lim, &r),
+              -EMSGSIZE);
+    ASSERT(*ca_http_last_error() != '\0');
+    ca_http_session_free(s);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_streaming(void)
+{
+    ASSERT_EQ(ca_run(stream_main, NULL), 0);
+}
+
+static int slow_get(void *arg)
+{
+    ca_http_response *r;
+    int rc = ca_http_get(arg, "/stream?n=1000&size=1000&delay_ms=10", &r);
+    if (rc == 0)
+        ca_http_response_free(r);
+    return rc;
+}
+
+static int cancel_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+    server_write_failed = 0;
+    ca_task *t = ca_spawn(slow_get, s);
+    ca_sleep(0.2);
+    double t0 = mono();
+    ca_cancel(t);
+    ASSERT_EQ(ca_join(t), -ECANCELED);
+    ASSERT_LT(mono() - t0, 0.5);
+    ca_task_release(t);
+    for (int i = 0; i < 200 && !server_write_failed; i++)
+        ca_sleep(0.01);
+    ASSERT(server_write_failed); /* the connection really went */
+    /* the session still works */
+    ca_http_response *r;
+    ASSERT_EQ(ca_http_get(s, "/hello", &r), 0);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_cancel_mid_body(void)
+{
+    ASSERT_EQ(ca_run(cancel_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Timeouts, redirects, errors                                              */
+/* ------------------------------------------------------------------------ */
+
+static int timeouts_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+    ca_http_response *r;
+
+    /* total */
+    ca_http_request_opts o = {.timeout = 0.2};
+    double t0 = mono();
+    ASSERT_EQ(ca_http_request(s, NULL, "/delay?ms=3000", &o, &r), -ETIMEDOUT);
+    double dt = mono() - t0;
+    ASSERT_GE(dt, 0.19);
+    ASSERT_LT(dt, 2.0);
+
+    /* idle: headers and 5 bytes, then silence */
+    o = (ca_http_request_opts){.idle_timeout = 0.2};
+    t0 = mono();
+    ASSERT_EQ(ca_http_request(s, NULL, "/silent", &o, &r), -ETIMEDOUT);
+    dt = mono() - t0;
+    ASSERT_GE(dt, 0.19);
+    ASSERT_LT(dt, 2.0);
+    ASSERT(strstr(ca_http_last_error(), "idle") != NULL);
+
+    /* a deadline scope, like any blocking call */
+    ca_deadline_push(0.2);
+    t0 = mono();
+    ASSERT_EQ(ca_http_get(s, "/delay?ms=3000", &r), -ETIMEDOUT);
+    ca_deadline_pop();
+    ASSERT_LT(mono() - t0, 2.0);
+
+    /* connect: a listener whose backlog is full drops our SYN */
+    ca_listen_opts lo = {.backlog = 1};
+    int lfd = ca_tcp_listen("127.0.0.1", 0, &lo);
+    ASSERT_GE(lfd, 0);
+    int lport = ca_sock_port(lfd);
+    int fill[8], nfill = 0;
+    for (int i = 0; i < 8; i++) {
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)lport),
+                                 .sin_addr.s_addr = htonl(0x7f000001)};
+        connect(fill[i], (struct sockaddr *)&sa, sizeof(sa));
+        nfill++;
+    }
+    ca_sleep(0.1);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", lport);
+    o = (ca_http_request_opts){.connect_timeout = 0.3};
+    t0 = mono();
+    int rc = ca_http_request(s, NULL, url, &o, &r);
+    dt = mono() - t0;
+    ASSERT_EQ(rc, -ETIMEDOUT);
+    ASSERT_LT(dt, 3.0);
+    for (int i = 0; i < nfill; i++)
+        close(fill[i]);
+    ca_close(lfd);
+
+    ca_http_session_free(s);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_timeouts(void)
+{
+    ASSERT_EQ(ca_run(timeouts_main, NULL), 0);
+}
+
+static int redirects_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+    ca_http_response *r;
+    ASSERT_EQ(ca_http_get(s, "/redirect/3", &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "done");
+    ASSERT(strstr(ca_http_response_url(r), "/redirect/0") != NULL);
+    ca_http_response_free(r);
+
+    ASSERT_EQ(ca_http_get(s, "/loop", &r), -CA_EREDIRECTS);
+    ca_http_request_opts o = {.max_redirects = 2};
+    ASSERT_EQ(ca_http_request(s, NULL, "/redirect/3", &o, &r), -CA_EREDIRECTS);
+    o = (ca_http_request_opts){.no_redirects = 1};
+    ASSERT_EQ(ca_http_request(s, NULL, "/redirect/3", &o, &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), 302);
+    ASSERT_STREQ(ca_http_response_header(r, "location"), "/redirect/2");
+    ca_http_response_free(r);
+
+    /* a server that closes early, one that speaks garbage */
+    ASSERT_EQ(ca_http_get(s, "/close-early", &r), -CA_EHTTP);
+    ASSERT(*ca_http_last_error() != '\0');
+    ASSERT_EQ(ca_http_get(s, "/garbage", &r), -CA_EHTTP);
+
+    /* nobody listening */
+    int lfd = ca_tcp_listen("127.0.0.1", 0, NULL);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", ca_sock_port(lfd));
+    ca_close(lfd);
+    ASSERT_EQ(ca_http_get(s, url, &r), -ECONNREFUSED);
+
+    ca_http_session_free(s);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_redirects_and_errors(void)
+{
+    ASSERT_EQ(ca_run(redirects_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Request bodies, headers, query, cookies                                  */
+/* ------------------------------------------------------------------------ */
+
+static int chunks_gen(ca_gen *g, void *arg)
+{
+    (void)arg;
+    static const char *parts[] = {"alpha,", "beta,", "gamma"};
+    for (int i = 0; i < 3; i++) {
+        ca_http_chunk c = {parts[i], strlen(parts[i])};
+        int r = ca_gen_yield(g, &c, NULL);
+        if (r < 0)
+            return r;
+        ca_sleep(0.01);
+    }
+    return 0;
+}
+
+static int bodies_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    const char *dflt[] = {"X-Test: from-session", "X-Other: 1", NULL};
+    ca_http_session_opts so = {.headers = dflt, .cookies = 1};
+    ca_http_session *s = session(&so);
+    ca_http_response *r;
+
+    /* bytes */
+    ASSERT_EQ(ca_http_post(s, "/echo", "payload", 7, "text/plain", &r), 0);
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "payload");
+    ASSERT_STREQ(ca_http_response_header(r, "x-method"), "POST");
+    ASSERT_STREQ(ca_http_response_header(r, "x-got-test"), "from-session");
+    ca_http_response_free(r);
+
+    /* a request header overrides the session's; query parameters */
+    const char *h[] = {"X-Test: from-request", NULL};
+    const char *q[] = {"q", "a b&c", "n", "1", NULL};
+    ca_http_request_opts o = {.headers = h, .query = q};
+    ASSERT_EQ(ca_http_request(s, "GET", "/echo", &o, &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "x-got-test"), "from-request");
+    const char *got = ca_http_response_header(r, "x-query");
+    ASSERT(strcmp(got, "q=a+b%26c&n=1") == 0 ||
+           strcmp(got, "q=a%20b%26c&n=1") == 0);
+    ca_http_response_free(r);
+
+    /* a file (PUT), from its current offset */
+    int fd = memfd_create("body", MFD_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(write(fd, "skip:file body", 14), 14);
+    ASSERT_EQ(lseek(fd, 5, SEEK_SET), 5);
+    o = (ca_http_request_opts){.body_fd = fd};
+    ASSERT_EQ(ca_http_request(s, "PUT", "/echo", &o, &r), 0);
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "file body");
+    ASSERT_STREQ(ca_http_response_header(r, "x-method"), "PUT");
+    ca_http_response_free(r);
+    close(fd);
+
+    /* a generator, sent chunked */
+    ca_gen *g;
+    ASSERT_EQ(ca_gen_new(&g, chunks_gen, NULL), 0);
+    o = (ca_http_request_opts){.body_gen = g};
+    ASSERT_EQ(ca_http_request(s, "POST", "/echo", &o, &r), 0);
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "alpha,beta,gamma");
+    ca_http_response_free(r);
+    ca_gen_close(g);
+
+    /* cookies kept by the session */
+    ASSERT_EQ(ca_http_get(s, "/hello", &r), 0);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_get(s, "/cookies", &r), 0);
+    const char *ck = ca_http_response_body(r, NULL);
+    ASSERT(strcmp(ck, "a=1; b=2") == 0 || strcmp(ck, "b=2; a=1") == 0);
+    ca_http_response_free(r);
+
+    ca_http_session_free(s);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_bodies_headers_cookies(void)
+{
+    ASSERT_EQ(ca_run(bodies_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* HTTPS with a test certificate                                            */
+/* ------------------------------------------------------------------------ */
+
+static char tls_dir[] = "/tmp/cawait-http.XXXXXX";
+static char tls_cert[64], tls_key[64];
+
+static void tls_cleanup(void)
+{
+    unlink(tls_cert);
+    unlink(tls_key);
+    rmdir(tls_dir);
+}
+
+static int https_main(void *a)
+{
+    (void)a;
+    ca_tls_ctx *sc;
+    ca_tls_opts to = {.server = 1, .cert_file = tls_cert, .key_file = tls_key};
+    ASSERT_EQ(ca_tls_ctx_new(&sc, &to), 0);
+    unsigned port;
+    ca_server *srv = start_server(&port, sc);
+    ca_tls_ctx_free(sc);
+    char url[96];
+    snprintf(url, sizeof(url), "https://localhost:%u/hello", port);
+
+    /* the system store does not know the test certificate */
+    ca_http_session *s;
+    ASSERT_EQ(ca_http_session_new(&s, NULL), 0);
+    ca_http_response *r;
+    ASSERT_EQ(ca_http_get(s, url, &r), -CA_ECERTUNTRUSTED);
+    ca_http_session_free(s);
+
+    ca_http_session_opts so = {.ca_file = tls_cert};
+    ASSERT_EQ(ca_http_session_new(&s, &so), 0);
+    ASSERT_EQ(ca_http_get(s, url, &r), 0);
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "hello world");
+    ASSERT_GT(ca_http_response_time(r, "tls"), 0);
+    ca_http_response_free(r);
+    /* the certificate is for localhost, not for 127.0.0.1 */
+    snprintf(url, sizeof(url), "https://127.0.0.1:%u/hello", port);
+    ASSERT_EQ(ca_http_get(s, url, &r), -CA_ECERTHOST);
+    ca_http_session_free(s);
+
+    so = (ca_http_session_opts){.verify_none = 1};
+    ASSERT_EQ(ca_http_session_new(&s, &so), 0);
+    ASSERT_EQ(ca_http_get(s, url, &r), 0);
+    ca_http_response_free(r);
+    ca_http_session_free(s);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+/* A self-signed certificate for localhost in tls_dir, with the openssl
+ * command. */
+static void make_test_cert(void)
+{
+    if (system("openssl version >/dev/null 2>&1") != 0)
+        SKIP("openssl command not found");
+    ASSERT(mkdtemp(tls_dir) != NULL);
+    atexit(tls_cleanup);
+    snprintf(tls_cert, sizeof(tls_cert), "%s/cert.pem", tls_dir);
+    snprintf(tls_key, sizeof(tls_key), "%s/key.pem", tls_dir);
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
+             "-nodes -days 1 -subj /CN=localhost "
+             "-addext subjectAltName=DNS:localhost -keyout %s -out %s "
+             ">/dev/null 2>&1",
+             tls_key, tls_cert);
+    ASSERT_EQ(system(cmd), 0);
+}
+
+static void test_https(void)
+{
+    make_test_cert();
+    ASSERT_EQ(ca_run(https_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* HTTP/2 against nghttpd (TLS + ALPN; libcurl 7.88 fails to multiplex    */
+/* h2c with prior knowledge against nghttpd, with its own command too)     */
+/* ------------------------------------------------------------------------ */
+
+static unsigned h2_port;
+
+static int h2_main(void *a)
+{
+    (void)a;
+    snprintf(base, sizeof(base), "https://localhost:%u", h2_port);
+    ca_http_session_opts so = {.ca_file = tls_cert};
+    shared = session(&so);
+    /* nghttpd may take a moment to listen */
+    ca_http_response *r = NULL;
+    int rc = -1;
+    for (int i = 0; i < 100 && rc != 0; i++) {
+        rc = ca_http_get(shared, "/file.txt", &r);
+        if (rc != 0)
+            ca_sleep(0.05);
+    }
+    ASSERT_EQ(rc, 0);
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    ASSERT_EQ(ca_http_response_version(r), 2);
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "served over h2\n");
+    ca_http_response_free(r);
+    /* 50 requests at once, multiplexed */
+    run_many(50, "/file.txt");
+    ca_http_session_free(shared);
+    return 0;
+}
+
+static void test_http2(void)
+{
+    curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
+    if (!(vi->features & CURL_VERSION_HTTP2))
+        SKIP("libcurl without HTTP/2");
+    if (system("command -v nghttpd >/dev/null 2>&1") != 0)
+        SKIP("nghttpd not installed (nghttp2-server)");
+    make_test_cert();
+    char dir[] = "/tmp/cawait-h2.XXXXXX";
+    ASSERT(mkdtemp(dir) != NULL);
+    char file[64];
+    snprintf(file, sizeof(file), "%s/file.txt", dir);
+    FILE *f = fopen(file, "w");
+    fputs("served over h2\n", f);
+    fclose(f);
+    /* a free port */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(0x7f000001)};
+    socklen_t sl = sizeof(sa);
+    ASSERT_EQ(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    h2_port = ntohs(sa.sin_port);
+    close(fd);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        char port[16];
+        snprintf(port, sizeof(port), "%u", h2_port);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        dup2(null, 2);
+        execlp("nghttpd", "nghttpd", "-a", "127.0.0.1", "-d", dir, port,
+               tls_key, tls_cert, (char *)NULL);
+        _exit(127);
+    }
+    int rc = ca_run(h2_main, NULL);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    unlink(file);
+    rmdir(dir);
+    ASSERT_EQ(rc, 0);
+}
+
+#endif /* CAWAIT_HAVE_CURL */
+
+static void test_without_curl(void)
+{
+#ifdef CAWAIT_HAVE_CURL
+    SKIP("built with libcurl");
+#else
+    ca_http_response *r;
+    ASSERT_EQ(ca_http_fetch(NULL, "http://127.0.0.1/", NULL, &r), -CA_ENOHTTP);
+#endif
+}
+
+static const struct test_case tests[] = {
+#ifdef CAWAIT_HAVE_CURL
+    {"args", test_args, 20, 0},
+    {"basics", test_basics, 30, 0},
+    {"concurrency_and_limits", test_concurrency_and_limits, 60, 0},
+    {"streaming", test_streaming, 120, 0},
+    {"cancel_mid_body", test_cancel_mid_body, 30, 0},
+    {"timeouts", test_timeouts, 60, 0},
+    {"redirects_and_errors", test_redirects_and_errors, 30, 0},
+    {"bodies_headers_cookies", test_bodies_headers_cookies, 30, 0},
+    {"https", test_https, 30, 0},
+    {"http2", test_http2, 30, 0},
+#endif
+    {"without_curl", test_without_curl, 10, 0},
+    {NULL, NULL, 0, 0},
+};
+
+int main(int argc, char **argv)
+{
+    return runner_main(argc, argv, tests, NULL);
+}
