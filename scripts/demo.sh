@@ -231,6 +231,27 @@ expect_order "max concurrent downloads: 4"
 expect_time "" 0.30
 done_example
 
+run seed000_http_fetch "seed 000, section 2: three HTTP requests, sequential vs concurrent"
+expect_order "start fetch: /delay/2" "done fetch: /delay/2 (200 ok)" \
+  "start fetch: /delay/2" "done fetch: /delay/2 (200 ok)" \
+  "start fetch: /delay/2" "done fetch: /delay/2 (200 ok)" \
+  "start fetch: /delay/2" "start fetch: /delay/2" "start fetch: /delay/2" \
+  "done fetch: /delay/2 (200 ok)" "done fetch: /delay/2 (200 ok)" \
+  "done fetch: /delay/2 (200 ok)"
+expect_time "sequential " 0.60
+expect_time "concurrent " 0.20
+done_example
+
+run seed001_api_challenge "seed 001, challenge 2: three APIs, timeouts, retries with backoff, partial failure"
+expect_order "rates: attempt 1 ok" \
+  "news: attempt 1 failed (ETIMEDOUT), retrying in 0.10 s" \
+  "weather: attempt 3 failed (HTTP 503), giving up after 3 attempts" \
+  "news: attempt 2 ok" \
+  "merged: rates=USD/CNY 7.10, news=3 headlines, weather=unavailable" \
+  "cache: rates=USD/CNY 7.10 (no request)"
+expect_time "" 0.45
+done_example
+
 run tls_echo "TLS: a server and a verifying client; an untrusted certificate refused"
 expect_order "echo: hello over TLS" "system store: CA_ECERTUNTRUSTED"
 done_example
