@@ -519,9 +519,11 @@ static int stream_main(void *a)
     snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
     ca_http_session *s = session(NULL);
 
-    /* 256 MiB (64 under instrumentation) streamed by a slow consumer:
-     * memory stays bounded because the transfer pauses */
-    long bytes = test_is_instrumented() ? 64L << 20 : 256L << 20;
+    /* 1 GiB (64 MiB under instrumentation) streamed to a file by a slow
+     * consumer: memory stays bounded because the transfer pauses */
+    long bytes = test_is_instrumented() ? 64L << 20 : 1L << 30;
+    int out = open("/tmp", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+    ASSERT_GE(out, 0);
     char path[64];
     snprintf(path, sizeof(path), "/big?bytes=%ld", bytes);
     ca_http_request_opts o = {.stream = 1};
@@ -537,10 +539,13 @@ static int stream_main(void *a)
         if (n == 0)
             break;
         total += n;
+        ASSERT_EQ(write(out, buf, (size_t)n), n);
         if (++reads < 40)
             ca_sleep(0.005); /* slow at first: the server must wait */
     }
     ASSERT_EQ(total, bytes);
+    ASSERT_EQ(lseek(out, 0, SEEK_END), bytes);
+    close(out);
     long grown = rss_kib() - rss0;
     ASSERT_LT(grown, 48 * 1024); /* far below the body's size */
     ca_http_response_free(r);
