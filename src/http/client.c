@@ -64,6 +64,10 @@ struct ca_http_session {
     char *base_url, *proxy, *ca_file, *user_agent;
     int verify_none, h2c;
     size_t live; /* responses not yet freed */
+    /* Easy handles of freed responses, reset and kept for the next
+     * requests (curl_easy_init costs more than curl_easy_reset). */
+    CURL *spare[32];
+    size_t nspare;
 };
 
 struct hdr {
@@ -382,6 +386,8 @@ int ca_http_session_free(ca_http_session *s)
     if (s->drain_queued)
         ca_handle_cancel(s->drain_h);
     ca__timer_cancel(s->loop, &s->timer);
+    while (s->nspare)
+        curl_easy_cleanup(s->spare[--s->nspare]);
     if (s->multi)
         curl_multi_cleanup(s->multi); /* closes the pooled connections */
     if (s->share)
@@ -950,15 +956,20 @@ static int wait_until(ca_http_response *r, enum wait_for what)
 static void response_free(ca_http_response *r)
 {
     detach(r);
-    if (r->easy)
+    ca_http_session *s = r->s;
+    if (r->easy && !r->owns_session &&
+        s->nspare < sizeof(s->spare) / sizeof(s->spare[0])) {
+        curl_easy_reset(r->easy);
+        s->spare[s->nspare++] = r->easy;
+    } else if (r->easy) {
         curl_easy_cleanup(r->easy);
+    }
     headers_clear(r);
     free(r->hdrs);
     free(r->body);
     free(r->url);
     curl_slist_free_all(r->req_headers);
     curl_slist_free_all(r->resolve);
-    ca_http_session *s = r->s;
     s->live--;
     int own = r->owns_session;
     free(r);
@@ -1002,7 +1013,7 @@ int ca_http_request(ca_http_session *s, const char *method, const char *url,
     r->s = s;
     s->live++;
     r->idle = (ca__timer){.slot = CA__TIMER_IDLE, .fire = idle_fire};
-    r->easy = curl_easy_init();
+    r->easy = s->nspare ? s->spare[--s->nspare] : curl_easy_init();
     int rc = r->easy ? setup(r, method, url, o) : -ENOMEM;
     if (rc == 0)
         rc = pre_resolve(r);
