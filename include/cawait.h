@@ -366,6 +366,7 @@ CA_EXTERN int ca_set_debug(int on, double slow_ms);
 #include "cawait/concurrency.h"
 #include "cawait/net.h"
 #include "cawait/http.h"
+#include "cawait/process_pool.h"
 #include "cawait/sync.h"
 
 #ifdef __cplusplus

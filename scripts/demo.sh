@@ -186,6 +186,10 @@ expect_order "Do something with 1..." "Done with 1" "Do something with 2..." \
 expect_time "" 0.30
 done_example
 
+run seed003_primes "seed 003, process pool: CPU-bound primes in worker processes"
+expect_order "Process 1 completed: 1229 primes" "Process 2 completed: 1754 primes"
+done_example
+
 run seed001_wait_for "seed 001, timeout control: asyncio.wait_for"
 expect_order "operation timed out!" "done"
 expect_time "timeout " 0.20

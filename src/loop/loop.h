@@ -245,6 +245,15 @@ static inline void ca__loop_at_exit(ca_loop *l, ca__exit_hook *h)
     h->next = l->exit_hooks;
     l->exit_hooks = h;
 }
+/* Unlink a hook registered with ca__loop_at_exit (no-op if absent). */
+static inline void ca__loop_exit_hook_remove(ca_loop *l, ca__exit_hook *h)
+{
+    for (ca__exit_hook **pp = &l->exit_hooks; *pp; pp = &(*pp)->next)
+        if (*pp == h) {
+            *pp = h->next;
+            return;
+        }
+}
 /* Run and unlink every exit hook (newest first, including hooks that a
  * hook registers). */
 void ca__loop_run_exit_hooks(ca_loop *l);
