@@ -113,6 +113,13 @@ typedef struct ca_run_opts {
     double slow_ms;
     /* Name of the main task; NULL: "main". */
     const char *main_name;
+    /* 1: leave SIGINT and SIGTERM alone.  0 (default): on the main thread,
+     * while a signal is at its default disposition and not blocked, the
+     * first SIGINT or SIGTERM cancels the main task and a second one kills
+     * the process with that signal (asyncio.Runner); the mask is restored
+     * when ca_run returns.  Also disabled by $CAWAIT_NO_SIGNAL_HANDLERS=1.
+     * See docs/processes.md. */
+    int no_signal_handlers;
 } ca_run_opts;
 
 /* Default task stack size: 128 KiB of address space, committed lazily (a
@@ -367,6 +374,7 @@ CA_EXTERN int ca_set_debug(int on, double slow_ms);
 #include "cawait/net.h"
 #include "cawait/http.h"
 #include "cawait/process_pool.h"
+#include "cawait/io.h" /* after net.h: uses streams */
 #include "cawait/sync.h"
 
 #ifdef __cplusplus

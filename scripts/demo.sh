@@ -256,6 +256,18 @@ expect_order "rates: attempt 1 ok" \
 expect_time "" 0.45
 done_example
 
+run subprocess_echo "subprocesses: talk to cat through pipes, then communicate()"
+expect_order "cat said: hello, cat" "cat said: one more line" "cat said: bye" \
+  "cat exited with status 0" \
+  "tr said: COMMUNICATE FEEDS STDIN AND READS STDOUT AT ONCE"
+done_example
+
+run sigint_cancel "signals: the first SIGINT cancels main (asyncio.run), clean shutdown"
+expect_order "serving; press Ctrl-C to stop" "(the demo presses Ctrl-C: raise(SIGINT))" \
+  "main: cancelled by SIGINT (ECANCELED)" "main: cleanup done" \
+  "clean shutdown after SIGINT"
+done_example
+
 run tls_echo "TLS: a server and a verifying client; an untrusted certificate refused"
 expect_order "echo: hello over TLS" "system store: CA_ECERTUNTRUSTED"
 done_example

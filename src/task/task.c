@@ -10,7 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /*
  * Task memory: tasks are carved from arenas that double from 64 KiB to
@@ -801,6 +805,171 @@ static void cancel_all(ca_loop *l)
             ca_cancel(t);
 }
 
+/*
+ * ca_run's SIGINT and SIGTERM (asyncio.Runner): the first one cancels the
+ * main task wherever it is blocked; a second one kills the process with
+ * that signal at once.
+ *
+ * Why here and not behind a hook that src/io/signal.c fills in: with the
+ * static library such a hook would only be set in programs that happen to
+ * link signal.o, and the watch needs nothing from io/: the signals blocked
+ * in this thread, a signalfd, and a non-task fd waiter (like a stream's
+ * flush waiter) that reads it in the loop's context.  io/ sits above and
+ * calls down: while the program captures one of these signals itself
+ * (ca_signal_*), signal.c takes it over with ca__run_signal_claim, as
+ * asyncio's add_signal_handler replaces the Runner's SIGINT handler.
+ *
+ * asyncio.Runner's rules decide which signals are watched: only on the main
+ * thread, only a signal at its default disposition that is not blocked, so
+ * a program that ignores SIGINT (a background job), handles it, or waits
+ * for it with sigwait keeps its behaviour.  When ca_run returns the signals
+ * are unblocked again: mask and dispositions are as before.
+ */
+struct run_sig {
+    ca__exit_hook hook; /* finds the watch from the loop, closes it at the end */
+    ca__fdwait waiter;
+    ca_task *main;      /* NULL once main's handle is released */
+    int fd;
+    int received;       /* SIGINT/SIGTERM read so far */
+    sigset_t watched;   /* what we blocked */
+    uint32_t claims[2]; /* SIGINT, SIGTERM: captured by the program */
+};
+
+static __attribute__((noreturn)) void run_sig_die(int signo)
+{
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, signo);
+    signal(signo, SIG_DFL);
+    pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+    raise(signo);
+    _exit(128 + signo);
+}
+
+static void run_sig_mask(const struct run_sig *rs, sigset_t *set)
+{
+    *set = rs->watched;
+    if (rs->claims[0])
+        sigdelset(set, SIGINT);
+    if (rs->claims[1])
+        sigdelset(set, SIGTERM);
+}
+
+static void run_sig_read(struct run_sig *rs)
+{
+    struct signalfd_siginfo si[4];
+    for (;;) {
+        ssize_t n = read(rs->fd, si, sizeof(si));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < (ssize_t)sizeof(si[0]))
+            return; /* EAGAIN: nothing more */
+        for (size_t i = 0; i < (size_t)n / sizeof(si[0]); i++) {
+            if (++rs->received > 1)
+                run_sig_die((int)si[i].ssi_signo);
+            if (rs->main)
+                ca_cancel(rs->main);
+        }
+    }
+}
+
+static void run_sig_arm(ca_loop *l, struct run_sig *rs);
+
+static void run_sig_wake(ca__fdwait *w, int result)
+{
+    struct run_sig *rs =
+        (struct run_sig *)((char *)w - offsetof(struct run_sig, waiter));
+    if (result < 0)
+        return; /* forgotten: the watch is closing */
+    run_sig_read(rs);
+    run_sig_arm(ca__loop(), rs);
+}
+
+static void run_sig_arm(ca_loop *l, struct run_sig *rs)
+{
+    while (ca__fd_take_ready(l, rs->fd, CA_READ))
+        run_sig_read(rs);
+    rs->waiter = (ca__fdwait){.fd = rs->fd, .events = CA_READ,
+                              .wake = run_sig_wake};
+    ca__fd_add_waiter(l, &rs->waiter);
+}
+
+static void run_sig_exit(ca_loop *l, ca__exit_hook *h)
+{
+    struct run_sig *rs = (struct run_sig *)h;
+    run_sig_read(rs); /* a signal during teardown still counts */
+    ca_close(rs->fd);
+    rs->fd = -1;
+    pthread_sigmask(SIG_UNBLOCK, &rs->watched, NULL);
+}
+
+static int run_sig_wanted(int signo, const sigset_t *mask)
+{
+    struct sigaction sa;
+    if (sigismember(mask, signo) == 1 || sigaction(signo, NULL, &sa) < 0)
+        return 0;
+    return !(sa.sa_flags & SA_SIGINFO) && sa.sa_handler == SIG_DFL;
+}
+
+static void run_sig_start(ca_loop *l, struct run_sig *rs, ca_task *m,
+                          const ca_run_opts *opts)
+{
+    memset(rs, 0, sizeof(*rs));
+    rs->fd = -1;
+    sigemptyset(&rs->watched);
+    const char *e = getenv("CAWAIT_NO_SIGNAL_HANDLERS");
+    if ((opts && opts->no_signal_handlers) || (e && *e && strcmp(e, "0")) ||
+        syscall(SYS_gettid) != getpid())
+        return;
+    sigset_t cur;
+    if (pthread_sigmask(SIG_BLOCK, NULL, &cur) != 0)
+        return;
+    if (run_sig_wanted(SIGINT, &cur))
+        sigaddset(&rs->watched, SIGINT);
+    if (run_sig_wanted(SIGTERM, &cur))
+        sigaddset(&rs->watched, SIGTERM);
+    if (sigisemptyset(&rs->watched))
+        return;
+    /* Block first, then read: a signal in between waits in the signalfd. */
+    pthread_sigmask(SIG_BLOCK, &rs->watched, NULL);
+    rs->fd = signalfd(-1, &rs->watched, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (rs->fd < 0 || ca__fd_register(l, rs->fd) < 0) {
+        /* Out of descriptors: run without the watch rather than fail. */
+        if (rs->fd >= 0)
+            close(rs->fd);
+        rs->fd = -1;
+        pthread_sigmask(SIG_UNBLOCK, &rs->watched, NULL);
+        sigemptyset(&rs->watched);
+        return;
+    }
+    rs->main = m;
+    run_sig_arm(l, rs);
+    rs->hook.fn = run_sig_exit;
+    ca__loop_at_exit(l, &rs->hook);
+}
+
+int ca__run_signal_claim(ca_loop *l, int signo, int claim)
+{
+    if (!l || (signo != SIGINT && signo != SIGTERM))
+        return 0;
+    ca__exit_hook *h = l->exit_hooks;
+    while (h && h->fn != run_sig_exit)
+        h = h->next;
+    struct run_sig *rs = (struct run_sig *)h;
+    if (!rs || !sigismember(&rs->watched, signo))
+        return 0;
+    uint32_t *c = &rs->claims[signo == SIGTERM];
+    if (claim)
+        ++*c;
+    else if (*c > 0)
+        --*c;
+    sigset_t set;
+    run_sig_mask(rs, &set);
+    if (signalfd(rs->fd, &set, 0) < 0)
+        return -errno;
+    return 1;
+}
+
 int ca_run(ca_fn main, void *arg)
 {
     return ca_run_ex(main, arg, NULL);
@@ -842,8 +1011,10 @@ int ca_run_ex(ca_fn main, void *arg, const ca_run_opts *opts)
     ca_spawn_opts so = {.name = opts && opts->main_name ? opts->main_name
                                                         : "main"};
     ca_task *m;
+    struct run_sig rs;
     r = ca__spawn_ex(&m, main, arg, &so, "ca_run");
     if (r == 0) {
+        run_sig_start(l, &rs, m, opts);
         while (m->state != CA__T_DONE)
             ca__loop_run_once(l);
         r = m->status;
@@ -853,6 +1024,7 @@ int ca_run_ex(ca_fn main, void *arg, const ca_run_opts *opts)
         cancel_all(l);
         while (l->unfinished > 0)
             ca__loop_run_once(l);
+        rs.main = NULL;
         ca_task_release(m);
     }
     /* Upper layers' per-loop resources (the default thread pool). */

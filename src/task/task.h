@@ -214,4 +214,10 @@ static inline int ca__wait_in(ca__waitlist *l, ca__waiter *w)
 int64_t ca__task_deadline(const ca_task *t);
 void ca__task_deadline_fired(ca_task *t, int64_t now);
 
+/* ca_run's SIGINT/SIGTERM watch (task.c): claim = 1 takes signo out of
+ * ca_run's default handling while the program captures it (src/io/signal.c),
+ * claim = 0 gives it back.  Returns 1 if ca_run handles signo (it is then
+ * blocked by ca_run already), 0 if not, or a negative errno. */
+int ca__run_signal_claim(ca_loop *l, int signo, int claim);
+
 #endif
