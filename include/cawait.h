@@ -371,6 +371,7 @@ CA_EXTERN int ca_set_debug(int on, double slow_ms);
 
 /* Structured concurrency; synchronization, queues and generators. */
 #include "cawait/concurrency.h"
+#include "cawait/exec.h"
 #include "cawait/net.h"
 #include "cawait/http.h"
 #include "cawait/process_pool.h"

@@ -186,6 +186,15 @@ expect_order "Do something with 1..." "Done with 1" "Do something with 2..." \
 expect_time "" 0.30
 done_example
 
+run seed003_to_thread "seed 003, asyncio.to_thread: a blocking function in two threads"
+expect_order "Do something with 1..." "Done with 1" "Thread 1 fully completed" \
+  "Done with 2" "Thread 2 fully completed" \
+  "debug mode: 0 task slice(s) held the loop longer than 50 ms" \
+  "results: ['Result of 1', 'Result of 2']"
+expect_order "Do something with 2..." "Done with 1"
+expect_time "" 0.20
+done_example
+
 run seed003_primes "seed 003, process pool: CPU-bound primes in worker processes"
 expect_order "Process 1 completed: 1229 primes" "Process 2 completed: 1754 primes"
 done_example
@@ -266,6 +275,11 @@ run sigint_cancel "signals: the first SIGINT cancels main (asyncio.run), clean s
 expect_order "serving; press Ctrl-C to stop" "(the demo presses Ctrl-C: raise(SIGINT))" \
   "main: cancelled by SIGINT (ECANCELED)" "main: cleanup done" \
   "clean shutdown after SIGINT"
+done_example
+
+run seed003_image_pipeline "seed 003, image pipeline: 8 streamed downloads, Semaphore(4), processing on the thread pool"
+expect_order "max concurrent downloads: 4"
+expect_time "download " 0.20
 done_example
 
 run tls_echo "TLS: a server and a verifying client; an untrusted certificate refused"
