@@ -20,6 +20,9 @@
 # 1M-sleepers run (a wall-clock figure cannot be scaled), and runs one echo
 # round instead of 3.  --net-only runs only the network benchmarks (echo,
 # idle).  A full run takes about 4.5 minutes, the network part ~80 s.
+# Then bench/run_to_thread.sh, run_spawn_process.sh and run_http.sh run
+# (thread pool, subprocesses, HTTP client; not with --net-only), each with
+# its peers and targets; their BENCH lines join results.txt.
 #
 # Network benchmarks: every echo server (cawait's echo_server, the epoll
 # reference echo_epoll, asyncio streams and Protocol, uvloop Protocol, Go)
@@ -605,6 +608,24 @@ ratio_target "echo >= 0.95x the epoll reference" echo epoll 0.95
 ratio_target "echo >= 1.2x uvloop_protocol" echo uvloop_protocol 1.2
 ratio_target "echo >= 1.2x go" echo go 1.2
 target "idle_rss_per_conn <= 8 KiB" "$(val idle_rss_per_conn cawait)" le 8
+
+# ------------------------------------------------------- other parts ---
+
+# Executors, subprocesses and the HTTP client have their own scripts (each
+# runs its peers in the same run and prints its targets); their BENCH lines
+# join results.txt.
+if [ "$NET_ONLY" = 0 ]; then
+  for part in to_thread spawn_process http; do
+    script=$ROOT/bench/run_$part.sh
+    [ -x "$script" ] || continue
+    echo
+    echo "== $part =="
+    args=("$BUILD")
+    [ "$QUICK" = 1 ] && args+=(--quick)
+    "$script" "${args[@]}" | tee "$OUT/results_$part.txt"
+    grep '^BENCH ' "$OUT/results_$part.txt" >>"$RESULTS"
+  done
+fi
 
 echo
 note "results: $RESULTS; run took $(($(date +%s) - start_s)) s"

@@ -6,10 +6,10 @@
 # As root it runs apt-get; otherwise it prints the command to run.
 set -euo pipefail
 
-pkgs=(build-essential cmake pkg-config valgrind clang libc-ares-dev libssl-dev openssl libcurl4-openssl-dev)
+pkgs=(build-essential cmake pkg-config valgrind clang libc-ares-dev libssl-dev openssl libcurl4-openssl-dev nghttp2-server)
 for a in "$@"; do
   case "$a" in
-    --bench) pkgs+=(golang-go python3 python3-uvloop gnuplot-nox) ;;
+    --bench) pkgs+=(golang-go python3 python3-uvloop python3-aiohttp gnuplot-nox curl) ;;
     --cross) pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user) ;;
     *) echo "deps.sh: unknown option $a" >&2; exit 2 ;;
   esac
