@@ -12,6 +12,10 @@
  * thread that runs the loop.  "Blocking" functions may only be called from a
  * task; called from anywhere else they return -EPERM.
  *
+ * The headers use POSIX types (ssize_t, sigset_t, struct sockaddr): compile
+ * in the compiler's default mode (gnu17) or, with -std=c11, define
+ * _POSIX_C_SOURCE=200809L (or _GNU_SOURCE) first, as for any POSIX API.
+ *
  * MIT licensed.  See docs/ for the guide and docs/design.md for the design.
  */
 #ifndef CAWAIT_H

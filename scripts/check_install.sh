@@ -12,7 +12,7 @@ awk '/^```c$/{f=1;next}/^```$/{f=0}f' README.md > "$tmp/hello.c"
 
 export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
 # shellcheck disable=SC2046
-${CC:-cc} -std=c11 -Wall -Werror "$tmp/hello.c" $(pkg-config --cflags --libs cawait) \
+${CC:-cc} -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Werror "$tmp/hello.c" $(pkg-config --cflags --libs cawait) \
   -Wl,-rpath,"$tmp/prefix/lib" -o "$tmp/hello-pc"
 "$tmp/hello-pc" >/dev/null
 
