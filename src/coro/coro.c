@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,6 +110,10 @@ void ca__coro_destroy(ca__coro *c)
 
 void ca__ctx_switch_uc(ca__coro *from, ca__coro *to)
 {
+    /* swapcontext also restores the mask saved with `to`: carry the
+     * thread's current mask over instead, so a signal blocked by one task
+     * (signalfd) stays blocked when another runs, as with the asm switch. */
+    pthread_sigmask(SIG_SETMASK, NULL, &to->uc->uc_sigmask);
     swapcontext(from->uc, to->uc);
 }
 
