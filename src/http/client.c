@@ -833,10 +833,12 @@ static int setup(ca_http_response *r, const char *method, const char *url,
     curl_easy_setopt(e, CURLOPT_USERAGENT,
                      s->user_agent ? s->user_agent : "cawait/0.1");
     curl_easy_setopt(e, CURLOPT_PROXY, s->proxy ? s->proxy : "");
-    if (s->share)
+    if (s->share) {
+        /* The cookie engine.  Handles of a cookie session are not reused:
+         * curl 7.88's curl_easy_reset leaks the COOKIEFILE list. */
         curl_easy_setopt(e, CURLOPT_SHARE, s->share);
-    if (s->share)
         curl_easy_setopt(e, CURLOPT_COOKIEFILE, "");
+    }
     if (s->ca_file)
         curl_easy_setopt(e, CURLOPT_CAINFO, s->ca_file);
     if (s->verify_none) {
@@ -957,7 +959,7 @@ static void response_free(ca_http_response *r)
 {
     detach(r);
     ca_http_session *s = r->s;
-    if (r->easy && !r->owns_session &&
+    if (r->easy && !r->owns_session && !s->share &&
         s->nspare < sizeof(s->spare) / sizeof(s->spare[0])) {
         curl_easy_reset(r->easy);
         s->spare[s->nspare++] = r->easy;
