@@ -96,6 +96,8 @@ struct ca_http_response {
     /* request */
     struct curl_slist *req_headers, *resolve;
     char *url;
+    char *host; /* to resolve with cawait's DNS, or NULL */
+    unsigned port;
     /* upload */
     int body_fd;
     ca_gen *gen;
@@ -648,10 +650,64 @@ static int absolute(const char *url)
     return strstr(url, "://") != NULL;
 }
 
-/* The URL with the base and the query applied, malloc'd. */
-static int build_url(ca_http_session *s, const char *url,
-                     const char *const *query, char **out)
+/* The common case, without a CURLU parse: "http://host[:port]..." or
+ * "https://host[:port]..." with a plain host name or IPv4 address (no user
+ * info, no IPv6 literal, no percent-encoding).  Copies the host into
+ * host[cap] and sets *port; returns 0 if the URL needs the full parser. */
+static int simple_url(const char *url, char *host, size_t cap, unsigned *port)
 {
+    const char *p;
+    if (strncasecmp(url, "http://", 7) == 0) {
+        p = url + 7;
+        *port = 80;
+    } else if (strncasecmp(url, "https://", 8) == 0) {
+        p = url + 8;
+        *port = 443;
+    } else {
+        return 0;
+    }
+    size_t n = 0;
+    while ((p[n] >= 'a' && p[n] <= 'z') || (p[n] >= 'A' && p[n] <= 'Z') ||
+           (p[n] >= '0' && p[n] <= '9') || p[n] == '-' || p[n] == '.' ||
+           p[n] == '_')
+        n++;
+    if (n == 0 || n >= cap)
+        return 0;
+    memcpy(host, p, n);
+    host[n] = '\0';
+    p += n;
+    if (*p == ':') {
+        unsigned v = 0;
+        int digits = 0;
+        for (p++; *p >= '0' && *p <= '9' && digits < 6; p++, digits++)
+            v = v * 10 + (unsigned)(*p - '0');
+        if (digits == 0 || v == 0 || v > 65535)
+            return 0;
+        *port = v;
+    }
+    return *p == '\0' || *p == '/' || *p == '?' || *p == '#';
+}
+
+/* Remember host and port for pre_resolve, unless curl handles the host
+ * itself (numeric, localhost) or a proxy resolves it. */
+static int keep_host(ca_http_response *r, const char *host, unsigned port)
+{
+    unsigned char a[16];
+    if (host[0] == '[' || inet_pton(AF_INET, host, a) == 1 ||
+        strcasecmp(host, "localhost") == 0 || r->s->proxy)
+        return 0;
+    r->host = strdup(host);
+    r->port = port;
+    return r->host ? 0 : -ENOMEM;
+}
+
+/* r->url: the URL with the base and the query applied (malloc'd), checked
+ * to be http(s); r->host and r->port for pre_resolve.  Parses the URL at
+ * most once (curl parses it again anyway when the transfer starts). */
+static int prepare_url(ca_http_response *r, const char *url,
+                       const char *const *query)
+{
+    ca_http_session *s = r->s;
     char *joined = NULL;
     if (!absolute(url) && s->base_url) {
         size_t bl = strlen(s->base_url);
@@ -665,18 +721,25 @@ static int build_url(ca_http_session *s, const char *url,
         sprintf(joined, "%.*s/%s", (int)bl, s->base_url, url);
         url = joined;
     }
+    char hostbuf[256];
+    unsigned port;
+    if ((!query || !*query) &&
+        simple_url(url, hostbuf, sizeof(hostbuf), &port)) {
+        /* Anything else wrong with it, curl reports when the transfer
+         * starts (CURLE_URL_MALFORMAT: -EINVAL), before any I/O. */
+        r->url = joined ? joined : strdup(url);
+        return r->url ? keep_host(r, hostbuf, port) : -ENOMEM;
+    }
     CURLU *u = curl_url();
-    int r = -ENOMEM;
+    int rc = -ENOMEM;
+    char *scheme = NULL, *host = NULL, *portstr = NULL, *full = NULL;
     if (!u)
         goto out;
-    r = -EINVAL;
-    char *scheme = NULL;
+    rc = -EINVAL;
     if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK)
         goto out;
-    int web = strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0;
-    curl_free(scheme);
-    if (!web)
+    if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)
         goto out; /* this is an HTTP client: no ftp://, file://... */
     for (const char *const *q = query; q && *q; q += 2) {
         if (!q[1])
@@ -684,7 +747,7 @@ static int build_url(ca_http_session *s, const char *url,
         size_t len = strlen(q[0]) + strlen(q[1]) + 2;
         char *kv = malloc(len);
         if (!kv) {
-            r = -ENOMEM;
+            rc = -ENOMEM;
             goto out;
         }
         snprintf(kv, len, "%s=%s", q[0], q[1]);
@@ -694,51 +757,39 @@ static int build_url(ca_http_session *s, const char *url,
         if (c != CURLUE_OK)
             goto out;
     }
-    char *full;
-    if (curl_url_get(u, CURLUPART_URL, &full, 0) != CURLUE_OK)
+    if (curl_url_get(u, CURLUPART_URL, &full, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PORT, &portstr, CURLU_DEFAULT_PORT) !=
+            CURLUE_OK)
         goto out;
-    *out = strdup(full);
-    curl_free(full);
-    r = *out ? 0 : -ENOMEM;
+    r->url = strdup(full);
+    rc = r->url ? keep_host(r, host, (unsigned)atoi(portstr)) : -ENOMEM;
 out:
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(portstr);
+    curl_free(full);
     curl_url_cleanup(u);
     free(joined);
-    return r;
+    return rc;
 }
 
-/* Resolve the URL's host with cawait's DNS (c-ares in the loop) and pin it
- * with CURLOPT_RESOLVE, so curl's resolver (a thread) stays unused.  Hosts
- * curl handles itself (numeric, localhost) and builds without c-ares are
- * left to curl. */
+/* Resolve r->host with cawait's DNS (c-ares in the loop) and pin it with
+ * CURLOPT_RESOLVE, so curl's resolver (a thread) stays unused.  Nothing to
+ * do for hosts curl handles itself (r->host NULL) and in builds without
+ * c-ares. */
 static int pre_resolve(ca_http_response *r)
 {
-    CURLU *u = curl_url();
-    if (!u)
-        return -ENOMEM;
-    char *host = NULL, *port = NULL;
-    int rc = 0;
-    if (curl_url_set(u, CURLUPART_URL, r->url, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) !=
-            CURLUE_OK) {
-        rc = -EINVAL;
-        goto out;
-    }
-    unsigned char a[16];
-    if (host[0] == '[' || inet_pton(AF_INET, host, a) == 1 ||
-        strcasecmp(host, "localhost") == 0 || r->s->proxy)
-        goto out;
+    if (!r->host)
+        return 0;
     ca_addrinfo *ai;
-    rc = ca_getaddrinfo(host, (unsigned)atoi(port), AF_UNSPEC, SOCK_STREAM,
-                        &ai);
-    if (rc == -CA_ENORESOLVER) {
-        rc = 0;
-        goto out;
-    }
+    int rc = ca_getaddrinfo(r->host, r->port, AF_UNSPEC, SOCK_STREAM, &ai);
+    if (rc == -CA_ENORESOLVER)
+        return 0;
     if (rc < 0)
-        goto out;
+        return rc;
     char entry[1024];
-    int len = snprintf(entry, sizeof(entry), "%s:%s:", host, port);
+    int len = snprintf(entry, sizeof(entry), "%s:%u:", r->host, r->port);
     int first = 1;
     for (ca_addrinfo *p = ai; p && len < (int)sizeof(entry) - 64;
          p = p->next) {
@@ -756,17 +807,11 @@ static int pre_resolve(ca_http_response *r)
     }
     ca_freeaddrinfo(ai);
     struct curl_slist *n = curl_slist_append(NULL, entry);
-    if (!n) {
-        rc = -ENOMEM;
-        goto out;
-    }
+    if (!n)
+        return -ENOMEM;
     r->resolve = n;
     curl_easy_setopt(r->easy, CURLOPT_RESOLVE, r->resolve);
-out:
-    curl_free(host);
-    curl_free(port);
-    curl_url_cleanup(u);
-    return rc;
+    return 0;
 }
 
 static int setup_body(ca_http_response *r, const char *method,
@@ -818,7 +863,7 @@ static int setup(ca_http_response *r, const char *method, const char *url,
 {
     ca_http_session *s = r->s;
     CURL *e = r->easy;
-    int rc = build_url(s, url, o->query, &r->url);
+    int rc = prepare_url(r, url, o->query);
     if (rc < 0)
         return rc;
     curl_easy_setopt(e, CURLOPT_URL, r->url);
@@ -833,6 +878,9 @@ static int setup(ca_http_response *r, const char *method, const char *url,
     curl_easy_setopt(e, CURLOPT_USERAGENT,
                      s->user_agent ? s->user_agent : "cawait/0.1");
     curl_easy_setopt(e, CURLOPT_PROXY, s->proxy ? s->proxy : "");
+    /* Nor no_proxy from the environment (curl would getenv it twice per
+     * request). */
+    curl_easy_setopt(e, CURLOPT_NOPROXY, "");
     if (s->share) {
         /* The cookie engine.  Handles of a cookie session are not reused:
          * curl 7.88's curl_easy_reset leaks the COOKIEFILE list. */
@@ -970,6 +1018,7 @@ static void response_free(ca_http_response *r)
     free(r->hdrs);
     free(r->body);
     free(r->url);
+    free(r->host);
     curl_slist_free_all(r->req_headers);
     curl_slist_free_all(r->resolve);
     s->live--;
