@@ -874,7 +874,9 @@ static int setup(ca_http_response *r, const char *method, const char *url,
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    /* What aiohttp asks for; "" would also offer br and zstd, at ~4% more
+     * instructions per request (curl 7.88, callgrind). */
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "gzip, deflate");
     curl_easy_setopt(e, CURLOPT_USERAGENT,
                      s->user_agent ? s->user_agent : "cawait/0.1");
     curl_easy_setopt(e, CURLOPT_PROXY, s->proxy ? s->proxy : "");
