@@ -49,6 +49,7 @@ struct req {
     char *body;
     size_t body_len;
     int close;
+    int via_proxy; /* the request line carried an absolute URL */
 };
 
 static long qparam(const struct req *q, const char *name, long dflt)
@@ -92,6 +93,15 @@ static int read_request(ca_stream *s, struct req *q)
     char target[1024];
     if (sscanf(line, "%15s %1023s", q->method, target) != 2)
         return -EPROTO;
+    char *t = target;
+    if (strncmp(t, "http://", 7) == 0) {
+        /* a forward proxy's request: answer as the origin would */
+        q->via_proxy = 1;
+        t = strchr(t + 7, '/');
+        if (!t)
+            t = "/";
+        memmove(target, t, strlen(t) + 1);
+    }
     char *qm = strchr(target, '?');
     if (qm) {
         *qm = '\0';
@@ -173,6 +183,9 @@ static int serve_one(ca_stream *s, struct req *q, int conn_id)
     }
     if (strcmp(q->path, "/loop") == 0)
         return send_response(s, 302, "Location: /loop\r\n", NULL, 0);
+    if (strcmp(q->path, "/proxied") == 0)
+        return send_response(s, 200, NULL, q->via_proxy ? "via proxy" : "direct",
+                             q->via_proxy ? 9 : 6);
     if (strcmp(q->path, "/conn") == 0) {
         char b[32];
         int n = snprintf(b, sizeof(b), "%d", conn_id);
@@ -826,6 +839,14 @@ static int bodies_main(void *a)
     ASSERT(strcmp(ck, "a=1; b=2") == 0 || strcmp(ck, "b=2; a=1") == 0);
     ca_http_response_free(r);
 
+    ca_http_session_free(s);
+
+    /* a proxy: the test server answers proxy requests itself */
+    so = (ca_http_session_opts){.proxy = base};
+    ASSERT_EQ(ca_http_session_new(&s, &so), 0);
+    ASSERT_EQ(ca_http_get(s, "http://origin.example/proxied", &r), 0);
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "via proxy");
+    ca_http_response_free(r);
     ca_http_session_free(s);
     ca_server_close(srv, 1.0);
     return 0;
