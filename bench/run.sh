@@ -52,6 +52,8 @@ for a in "$@"; do
 done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 if [ ! -d "$BUILD" ]; then
   echo "run.sh: no build directory $BUILD; build first (make build)" >&2
   exit 1
@@ -108,21 +110,9 @@ start_s=$(date +%s)
 IMPLS=(cawait)
 
 HAVE_GO=0
-if command -v go >/dev/null 2>&1; then
-  go_env=(GOPROXY=off GOFLAGS= GOWORK=off GOTOOLCHAIN=local GO111MODULE=on)
-  gocache=$(go env GOCACHE 2>/dev/null || true)
-  # No usable default cache (no HOME, read-only HOME): keep it under BUILD.
-  if [ "${gocache#/}" = "$gocache" ] || ! mkdir -p "$gocache" 2>/dev/null || [ ! -w "$gocache" ]; then
-    go_env+=(GOCACHE="$OUT/go/cache" GOPATH="$OUT/go/path")
-  fi
-  if (cd "$ROOT/bench/peers/go" && env "${go_env[@]}" go build -o "$OUT/go_bench" .); then
-    HAVE_GO=1
-    IMPLS+=(go)
-  else
-    note "go build of bench/peers/go failed: skipping the Go peer"
-  fi
-else
-  note "go not found: skipping the Go peer (apt-get install golang-go)"
+if build_go_peer "$ROOT" "$OUT"; then
+  HAVE_GO=1
+  IMPLS+=(go)
 fi
 
 PY=/usr/bin/python3

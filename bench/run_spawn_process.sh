@@ -28,6 +28,8 @@ for a in "$@"; do
 done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 if [ ! -x "$BUILD/bench/bench_spawn_process" ]; then
   echo "run_spawn_process.sh: $BUILD/bench/bench_spawn_process is missing; build first:" >&2
   echo "  cmake -S . -B $BUILD && cmake --build $BUILD -j2" >&2
@@ -70,19 +72,8 @@ else
 fi
 
 # The Go peer, built the way bench/run.sh builds it.
-if command -v go >/dev/null 2>&1; then
-  go_env=(GOPROXY=off GOFLAGS= GOWORK=off GOTOOLCHAIN=local GO111MODULE=on)
-  gocache=$(go env GOCACHE 2>/dev/null || true)
-  if [ "${gocache#/}" = "$gocache" ] || ! mkdir -p "$gocache" 2>/dev/null || [ ! -w "$gocache" ]; then
-    go_env+=(GOCACHE="$OUT/go/cache" GOPATH="$OUT/go/path")
-  fi
-  if (cd "$ROOT/bench/peers/go" && env "${go_env[@]}" go build -o "$OUT/go_bench" .); then
-    run env GOMAXPROCS=1 "$OUT/go_bench" spawn_process "$N"
-  else
-    note "go build of bench/peers/go failed: skipping the Go peer"
-  fi
-else
-  note "go not found: skipping the Go peer (apt-get install golang-go)"
+if build_go_peer "$ROOT" "$OUT"; then
+  run env GOMAXPROCS=1 "$OUT/go_bench" spawn_process "$N"
 fi
 
 # value: the children/s of $IMPL, or empty.
