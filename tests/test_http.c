@@ -258,6 +258,18 @@ static int serve_one(ca_stream *s, struct req *q, int conn_id)
         ca_stream_drain(s);
         return -1; /* the connection closes */
     }
+    if (strcmp(q->path, "/hugeheader") == 0) {
+        /* one header line of 300 KiB: more than any client should take */
+        const char *h = "HTTP/1.1 200 X\r\nX-Huge: ";
+        ca_stream_write(s, h, strlen(h));
+        static char junk[300 * 1024];
+        memset(junk, 'h', sizeof(junk));
+        ca_stream_write(s, junk, sizeof(junk));
+        const char *tail = "\r\nContent-Length: 2\r\n\r\nok";
+        ca_stream_write(s, tail, strlen(tail));
+        ca_stream_drain(s);
+        return -1;
+    }
     if (strcmp(q->path, "/garbage") == 0) {
         ca_stream_write(s, "NOT HTTP AT ALL\r\n\r\n", 19);
         ca_stream_drain(s);
@@ -746,6 +758,9 @@ static int redirects_main(void *a)
     ASSERT_EQ(ca_http_get(s, "/close-early", &r), -CA_EHTTP);
     ASSERT(*ca_http_last_error() != '\0');
     ASSERT_EQ(ca_http_get(s, "/garbage", &r), -CA_EHTTP);
+    /* a 300 KiB header line: refused, not taken for our memory running out */
+    ASSERT_EQ(ca_http_get(s, "/hugeheader", &r), -EMSGSIZE);
+    ASSERT(strstr(ca_http_last_error(), "header") != NULL);
 
     /* nobody listening */
     int lfd = ca_tcp_listen("127.0.0.1", 0, NULL);

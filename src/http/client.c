@@ -634,8 +634,18 @@ static int map_curl(ca_http_response *r, CURLcode c)
         return -EMSGSIZE;
     case CURLE_URL_MALFORMAT:
         return -EINVAL;
-    case CURLE_OUT_OF_MEMORY:
-        return -ENOMEM;
+    case CURLE_OUT_OF_MEMORY: {
+        /* curl 7.88 also says "out of memory" when a response header line
+         * passes its 100 KiB limit: a hostile or broken peer, not us. */
+        long code = 0;
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
+        if (code <= 0)
+            return -ENOMEM;
+        if (!r->errbuf[0])
+            snprintf(r->errbuf, sizeof(r->errbuf),
+                     "response header larger than curl accepts");
+        return -EMSGSIZE;
+    }
     case CURLE_SEND_ERROR:
     case CURLE_RECV_ERROR:
         curl_easy_getinfo(r->easy, CURLINFO_OS_ERRNO, &os);
