@@ -243,7 +243,7 @@ for impl in "${IMPLS[@]}"; do
   esac
 done
 
-NETTMP=$(mktemp -d "${TMPDIR:-/tmp}/cawait-bench.XXXXXX")
+NETTMP=$(mktemp -d)
 declare -A LIVE=()   # pids of the servers and clients still running
 cleanup() {
   local pid

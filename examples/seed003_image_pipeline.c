@@ -48,7 +48,19 @@ static int image_server(ca_stream *s, void *arg)
 
 /* ---- the pipeline ---- */
 
-static char dir[] = "/tmp/cawait-images.XXXXXX";
+static char dir[40];
+
+/* A fresh private directory /tmp/cawait-<name>.<random> in buf. */
+static int make_tmpdir(char *buf, size_t cap, const char *name)
+{
+    int n = snprintf(buf, cap, "/tmp/cawait-%s.", name);
+    if (n < 0 || (size_t)n + 7 > cap)
+        return -1;
+    memset(buf + n, 'X', 6); /* mkdtemp's template: six of them, last */
+    buf[n + 6] = '\0';
+    return mkdtemp(buf) ? 0 : -1;
+}
+
 static ca_http_session *client;
 static ca_sem dl_sem;
 static int downloading, max_downloading;
@@ -187,7 +199,7 @@ static int main_task(void *arg)
 
 int main(void)
 {
-    if (!mkdtemp(dir))
+    if (make_tmpdir(dir, sizeof(dir), "images") < 0)
         return 1;
     int rc = ca_run(main_task, NULL);
     rmdir(dir);

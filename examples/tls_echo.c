@@ -13,12 +13,23 @@
 #include <string.h>
 #include <unistd.h>
 
-static char dir[] = "/tmp/cawait-tls-example.XXXXXX";
+static char dir[40];
 static char cert[64], key[64];
+
+/* A fresh private directory /tmp/cawait-<name>.<random> in buf. */
+static int make_tmpdir(char *buf, size_t cap, const char *name)
+{
+    int n = snprintf(buf, cap, "/tmp/cawait-%s.", name);
+    if (n < 0 || (size_t)n + 7 > cap)
+        return -1;
+    memset(buf + n, 'X', 6); /* mkdtemp's template: six of them, last */
+    buf[n + 6] = '\0';
+    return mkdtemp(buf) ? 0 : -1;
+}
 
 static int make_cert(void)
 {
-    if (!mkdtemp(dir))
+    if (make_tmpdir(dir, sizeof(dir), "tls-example") < 0)
         return -1;
     snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
     snprintf(key, sizeof(key), "%s/key.pem", dir);

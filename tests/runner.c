@@ -34,6 +34,17 @@ static double mono(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+void test_tmpdir(char *buf, size_t cap, const char *name)
+{
+    int n = snprintf(buf, cap, "/tmp/cawait-%s.", name);
+    if (n < 0 || (size_t)n + 7 > cap)
+        FAILF("test_tmpdir: name %s too long", name);
+    memset(buf + n, 'X', 6); /* mkdtemp's template: six of them, last */
+    buf[n + 6] = '\0';
+    if (!mkdtemp(buf))
+        FAILF("mkdtemp %s: %s", buf, strerror(errno));
+}
+
 int test_is_instrumented(void)
 {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)

@@ -42,6 +42,10 @@ int runner_main(int argc, char **argv, const struct test_case *tests,
  * status. */
 int run_child(const char *name, const char *env, char *buf, size_t cap);
 
+/* Make a fresh private directory /tmp/cawait-<name>.<random> (mkdtemp) into
+ * buf (cap bytes); fails the test if it cannot. */
+void test_tmpdir(char *buf, size_t cap, const char *name);
+
 /* 1 when running under AddressSanitizer or valgrind (heavier tests shrink). */
 int test_is_instrumented(void);
 

@@ -877,7 +877,7 @@ static void test_bodies_headers_cookies(void)
 /* HTTPS with a test certificate                                            */
 /* ------------------------------------------------------------------------ */
 
-static char tls_dir[] = "/tmp/cawait-http.XXXXXX";
+static char tls_dir[40];
 static char tls_cert[64], tls_key[64];
 
 static void tls_cleanup(void)
@@ -932,7 +932,7 @@ static void make_test_cert(void)
 {
     if (system("openssl version >/dev/null 2>&1") != 0)
         SKIP("openssl command not found");
-    ASSERT(mkdtemp(tls_dir) != NULL);
+    test_tmpdir(tls_dir, sizeof(tls_dir), "http");
     atexit(tls_cleanup);
     snprintf(tls_cert, sizeof(tls_cert), "%s/cert.pem", tls_dir);
     snprintf(tls_key, sizeof(tls_key), "%s/key.pem", tls_dir);
@@ -992,8 +992,8 @@ static void test_http2(void)
     if (system("command -v nghttpd >/dev/null 2>&1") != 0)
         SKIP("nghttpd not installed (nghttp2-server)");
     make_test_cert();
-    char dir[] = "/tmp/cawait-h2.XXXXXX";
-    ASSERT(mkdtemp(dir) != NULL);
+    char dir[40];
+    test_tmpdir(dir, sizeof(dir), "h2");
     char file[64];
     snprintf(file, sizeof(file), "%s/file.txt", dir);
     FILE *f = fopen(file, "w");

@@ -119,8 +119,7 @@ static void leaf(char *cert_path, char *key_path, const char *name,
 
 static void make_certs(void)
 {
-    snprintf(dir, sizeof(dir), "/tmp/cawait-tls.XXXXXX");
-    ASSERT(mkdtemp(dir) != NULL);
+    test_tmpdir(dir, sizeof(dir), "tls");
     atexit(cleanup_certs);
     const long day = 86400;
     EVP_PKEY *ca_key = EVP_EC_gen("P-256");
