@@ -9,7 +9,10 @@
 #ifndef CAWAIT_BENCH_UTIL_H
 #define CAWAIT_BENCH_UTIL_H
 
+#include <cawait.h>
+
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +106,42 @@ static inline void bench_report(const char *name, const char *impl,
 {
     printf("BENCH %s %s %.*f %s\n", name, impl, decimals, value, unit);
     fflush(stdout);
+}
+
+/* Benchmark servers: lift the soft descriptor limit to the hard one (10k
+ * connections). */
+static inline void bench_raise_nofile(const char *name)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            fprintf(stderr, "%s: setrlimit(RLIMIT_NOFILE) failed\n", name);
+    }
+}
+
+/* Serve fn on 127.0.0.1:port (0: any free port), print "listening on PORT"
+ * (bench/run.sh waits for it), and close on SIGINT or SIGTERM, taken with
+ * a signalfd while the task waits (no timer stays armed: a flag polled
+ * with a sleep would make every epoll_wait set up a kernel hrtimer).  Run
+ * it in a task. */
+static inline int bench_serve(const char *name, unsigned port, ca_conn_fn fn)
+{
+    ca_server *srv;
+    int r = ca_serve(&srv, "127.0.0.1", port, fn, NULL, NULL);
+    if (r < 0) {
+        fprintf(stderr, "%s: ca_serve: %s\n", name, ca_strerror(r));
+        return r;
+    }
+    printf("listening on %d\n", ca_server_port(srv));
+    fflush(stdout);
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    ca_signal_wait_set(&stop, -1, NULL); /* or cancelled by ca_run: the same */
+    ca_server_close(srv, 1.0);
+    return 0;
 }
 
 #endif

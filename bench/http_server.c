@@ -24,8 +24,8 @@
  *
  *     listening on <port>
  *
- * on stdout once it listens, and serves until SIGINT or SIGTERM: the signal
- * handler writes to a pipe the main task waits on, which then closes the
+ * on stdout once it listens, and serves until SIGINT or SIGTERM, which
+ * a signalfd wait takes (bench_serve, bench/bench_util.h); it then closes the
  * server (ca_server_close with 1 s of grace), as bench/echo_server.c does.
  */
 #include <cawait.h>
@@ -37,8 +37,8 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
-#include <unistd.h>
+
+#include "bench_util.h"
 
 /* Largest request head accepted (request line and headers). */
 #define HEAD_MAX 8192
@@ -60,15 +60,6 @@ static const char BAD_REQUEST[] = "HTTP/1.1 400 Bad Request\r\n"
                                   "\r\n";
 
 static double delay_s;
-static int stop_pipe[2] = {-1, -1};
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    char c = 1;
-    ssize_t w = write(stop_pipe[1], &c, 1);
-    (void)w;
-}
 
 /* The value of header `name` in the NUL-ended request head (header lines
  * only, after the request line), or NULL; *len gets its length. */
@@ -161,28 +152,7 @@ static int http_conn(ca_stream *s, void *arg)
 
 static int server_main(void *arg)
 {
-    unsigned port = *(const unsigned *)arg;
-    ca_server *srv;
-    int r = ca_serve(&srv, "127.0.0.1", port, http_conn, NULL, NULL);
-    if (r < 0) {
-        fprintf(stderr, "http_server: ca_serve: %s\n", ca_strerror(r));
-        return r;
-    }
-    printf("listening on %d\n", ca_server_port(srv));
-    fflush(stdout);
-    for (;;) {
-        char c;
-        ssize_t n = read(stop_pipe[0], &c, 1);
-        if (n == 1)
-            break;
-        if (n < 0 && errno != EAGAIN && errno != EINTR)
-            break;
-        r = ca_wait_fd(stop_pipe[0], CA_READ);
-        if (r < 0)
-            break;
-    }
-    ca_server_close(srv, 1.0);
-    return 0;
+    return bench_serve("http_server", *(const unsigned *)arg, http_conn);
 }
 
 int main(int argc, char **argv)
@@ -202,22 +172,7 @@ int main(int argc, char **argv)
      * 50 us timer slack adds to every delayed answer. */
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
     delay_s = (double)delay / 1000.0;
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-            perror("http_server: setrlimit(RLIMIT_NOFILE)");
-    }
-    if (pipe2(stop_pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
-        perror("http_server: pipe2");
-        return 1;
-    }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    bench_raise_nofile("http_server");
     signal(SIGPIPE, SIG_IGN);
 
     unsigned p = (unsigned)port;
