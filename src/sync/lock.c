@@ -16,21 +16,14 @@ static void release_to_next(struct lock_impl *L)
         ca__task_wake(w->task, 0);
 }
 
-int ca_lock_acquire(ca_lock *l)
+/* Wait for the lock behind its owner and the waiters before us. */
+static __attribute__((noinline)) int acquire_wait(struct lock_impl *L,
+                                                  ca_task *self)
 {
-    if (!l)
-        return -EINVAL;
-    ca_task *self = ca__task_self("ca_lock_acquire");
-    if (!self)
-        return -EPERM;
-    struct lock_impl *L = (struct lock_impl *)l;
-    if (!L->owner && !L->waiters.head) {
-        L->owner = self;
-        return 0;
-    }
     if (L->owner == self)
         return -EDEADLK;
-    ca__waiter w = {0};
+    ca__waiter w;
+    w.data = NULL;
     int r = ca__wait_in(&L->waiters, &w);
     if (r < 0)
         return r; /* not granted */
@@ -41,6 +34,20 @@ int ca_lock_acquire(ca_lock *l)
         return c;
     }
     return 0;
+}
+
+int ca_lock_acquire(ca_lock *l)
+{
+    ca_loop *loop = ca__loop();
+    ca_task *self = loop ? loop->current : NULL;
+    if (__builtin_expect(!l || !self, 0))
+        return !l ? -EINVAL : (ca__task_self("ca_lock_acquire"), -EPERM);
+    struct lock_impl *L = (struct lock_impl *)l;
+    if (!L->owner && !L->waiters.head) {
+        L->owner = self;
+        return 0;
+    }
+    return acquire_wait(L, self);
 }
 
 int ca_lock_try_acquire(ca_lock *l)

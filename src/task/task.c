@@ -323,8 +323,8 @@ static __attribute__((noinline)) int prepare_new(ca_loop *l, ca_task *t)
  * the next ready task directly, or return to the scheduler when the turn
  * is over, a poll is due, or the next node is a callback.
  */
-static inline __attribute__((always_inline)) void
-switch_away(ca_loop *l, ca_task *self, int final)
+static __attribute__((noinline)) void switch_away_slow(ca_loop *l,
+                                                      ca_task *self, int final)
 {
     ca__coro *to = &l->sched;
     ca_task *next = NULL;
@@ -378,6 +378,45 @@ go:
     after_switch(l);
 }
 
+/*
+ * The common case of switch_away: the next node is a task that has run
+ * before, and the turn goes on.  Nothing stays live across the switch (the
+ * loop is read again from its thread-local), so the callers that use this
+ * path save no registers of their own: the context switch saves them.
+ * Returns 0, having done nothing, when the general path is needed.
+ */
+static inline __attribute__((always_inline)) int switch_fast(ca_loop *l,
+                                                             ca_task *self)
+{
+    if (__builtin_expect(l->slices >= l->turn_end, 0) &&
+        !ca__loop_turn_nopoll(l))
+        return 0;
+    ca__ready *n = l->ready_head;
+    if (__builtin_expect(n->run != task_ready_run, 0))
+        return 0;
+    ca_task *next = ca__task_of_ready(n);
+    if (__builtin_expect(next->state == CA__T_NEW || next == self, 0))
+        return 0;
+    l->ready_head = n->next;
+    if (!n->next)
+        l->ready_tail = NULL;
+    l->nready--;
+    l->slices++;
+    l->current = next;
+    next->state = CA__T_RUNNING;
+    tls_prev = self;
+    ca__coro_switch(&self->run->coro, &next->run->coro);
+    after_switch(ca__loop());
+    return 1;
+}
+
+static inline __attribute__((always_inline)) void switch_away(ca_loop *l,
+                                                              ca_task *self)
+{
+    if (!switch_fast(l, self))
+        switch_away_slow(l, self, 0);
+}
+
 /* Run node of a task popped by the scheduler. */
 static void task_ready_run(ca__ready *r)
 {
@@ -410,7 +449,7 @@ static __attribute__((noreturn)) void task_finish(ca_loop *l, ca_task *t,
     run->stack = NULL;
     tls_dead = t;
     l->after_work |= CA__AFTER_DEAD;
-    switch_away(l, t, 1);
+    switch_away_slow(l, t, 1);
     __builtin_unreachable();
 }
 
@@ -443,12 +482,13 @@ int ca__task_check_slow(ca_task *self)
     return 0;
 }
 
-int ca__task_park(ca_task *self, int64_t until)
+/* ca__task_park with a cancel request, a deadline scope or a timeout. */
+static __attribute__((noinline)) int park_slow(ca_loop *l, ca_task *self,
+                                               int64_t until)
 {
-    ca_loop *l = ca__loop();
     struct ca__task_run *run = self->run;
     int64_t dl = INT64_MAX;
-    if (__builtin_expect(self->cancel_req | run->nscopes, 0)) {
+    if (self->cancel_req | run->nscopes) {
         if (self->cancel_req && !run->shield)
             return -ECANCELED;
         dl = ca__task_deadline(self);
@@ -468,8 +508,20 @@ int ca__task_park(ca_task *self, int64_t until)
             return r;
     }
     self->state = CA__T_WAITING;
-    switch_away(l, self, 0);
-    return self->run->wake_result;
+    switch_away(l, self);
+    return ca__loop()->current->run->wake_result;
+}
+
+int ca__task_park(ca_task *self, int64_t until)
+{
+    ca_loop *l = ca__loop();
+    if (__builtin_expect((self->cancel_req | self->run->nscopes) ||
+                             until != INT64_MAX,
+                         0))
+        return park_slow(l, self, until);
+    self->state = CA__T_WAITING;
+    switch_away(l, self);
+    return ca__loop()->current->run->wake_result;
 }
 
 static void task_timer_fire(ca__timer *tm)
@@ -715,28 +767,50 @@ void ca_task_set_userdata(ca_task *t, void *p)
 /* Sleep and yield                                                          */
 /* ------------------------------------------------------------------------ */
 
+/* ca_yield's switching half, out of line so that the path that does not
+ * switch saves no registers. */
+static __attribute__((noinline)) int yield_switch(ca_loop *l, ca_task *self)
+{
+    self->state = CA__T_READY;
+    ca__ready_push(l, &self->ready);
+    switch_away(l, self);
+    return 0;
+}
+
+/* Nothing else ready, no poll due, no timer due: yielding would put the
+ * task at the head of an empty queue and take it out again. */
+static inline int yield_needless(ca_loop *l)
+{
+    return l->nready == 0 &&
+           l->slices - l->poll_slice < CA__EVENT_INTERVAL - 1 &&
+           !(l->nheap && l->heap[0].when <= l->now);
+}
+
+static __attribute__((noinline)) int yield_slow(ca_loop *l, ca_task *self)
+{
+    if (!self)
+        return ca__task_self("ca_yield") ? 0 : -EPERM;
+    int r = ca__task_check(self);
+    if (r < 0)
+        return r;
+    if (yield_needless(l)) {
+        l->slices++;
+        return 0;
+    }
+    return yield_switch(l, self);
+}
+
 int ca_yield(void)
 {
     ca_loop *l = ca__loop();
     ca_task *self = l ? l->current : NULL;
-    if (__builtin_expect(!self, 0))
-        return ca__task_self("ca_yield") ? 0 : -EPERM;
-    if (__builtin_expect(self->cancel_req | self->run->nscopes, 0)) {
-        int r = ca__task_check(self);
-        if (r < 0)
-            return r;
-    }
-    /* Nothing else ready, no poll due, no timer due: yielding would put
-     * this task at the head of an empty queue and take it out again. */
-    if (l->nready == 0 && l->slices - l->poll_slice < CA__EVENT_INTERVAL - 1 &&
-        !(l->nheap && l->heap[0].when <= l->now)) {
+    if (__builtin_expect(!self || (self->cancel_req | self->run->nscopes), 0))
+        return yield_slow(l, self);
+    if (yield_needless(l)) {
         l->slices++;
         return 0;
     }
-    self->state = CA__T_READY;
-    ca__ready_push(l, &self->ready);
-    switch_away(l, self, 0);
-    return 0;
+    return yield_switch(l, self);
 }
 
 int ca_sleep(double seconds)
