@@ -91,6 +91,9 @@ struct ca__stack_pool {
     struct size_class *classes;
     size_t nclasses, cap;
     size_t last; /* index of the class used last: nearly always the one */
+    /* The stack put back last, still counted in use: a task that finishes
+     * and the next one to start trade it without touching the free lists. */
+    ca__stack *spare;
 };
 
 static size_t page_size;
@@ -384,6 +387,11 @@ static void chunk_release(struct size_class *c, ca__stack_chunk *ch)
 ca__stack *ca__stack_get(ca__stack_pool *p, size_t size)
 {
     size = (size + page_size - 1) & ~(page_size - 1);
+    ca__stack *spare = p->spare;
+    if (spare && spare->size == size) {
+        p->spare = NULL;
+        return spare;
+    }
     struct size_class *c = find_class(p, size);
     if (!c)
         return NULL;
@@ -435,9 +443,19 @@ int ca__stack_check(const ca__stack *s, const void *sp)
     return 0;
 }
 
+static void stack_release(ca__stack *s, int64_t now);
+
 void ca__stack_put(ca__stack_pool *p, ca__stack *s, int64_t now)
 {
-    (void)p;
+    ca__stack *old = p->spare;
+    p->spare = s;
+    if (old)
+        stack_release(old, now);
+}
+
+/* Back on its size class's free list. */
+static void stack_release(ca__stack *s, int64_t now)
+{
     ca__stack_chunk *ch = s->chunk;
     struct size_class *c = ch->cls;
     s->in_use = 0;
@@ -460,6 +478,10 @@ void ca__stack_put(ca__stack_pool *p, ca__stack *s, int64_t now)
 int ca__stack_pool_trim(ca__stack_pool *p, int max_chunks, int64_t now)
 {
     int released = 0;
+    if (p && p->spare) {
+        stack_release(p->spare, now);
+        p->spare = NULL;
+    }
     for (size_t i = 0; p && i < p->nclasses; i++) {
         struct size_class *c = &p->classes[i];
         ca__stack_chunk *ch = c->empty;
