@@ -29,6 +29,9 @@
  * on the other CPU.  Exits 1 (with a message on stderr) if the server closes
  * a connection, returns wrong bytes, or an error happens.
  *
+ * With ECHO_CLIENT_SPIN=1 in the environment it polls epoll without ever
+ * sleeping (bench/run.sh sets it; see the comment at the loop).
+ *
  * To keep its own cost low it relies on edge-triggered epoll semantics: a
  * read that returns less than asked means the socket is drained (a new
  * arrival raises a new event), and after a round trip completes nothing
@@ -286,14 +289,28 @@ int main(int argc, char **argv)
         next_message(&conns[i]);
         conn_send(&conns[i]);
     }
+    /* ECHO_CLIENT_SPIN=1: poll without ever sleeping (epoll_wait with a
+     * zero timeout).  A client that sleeps pays a wake-up on the other CPU
+     * for nearly every reply, so it saturates first and every fast server
+     * measures the same; a spinning client leaves the server the
+     * bottleneck. */
+    const char *spin_env = getenv("ECHO_CLIENT_SPIN");
+    int spin = spin_env && strcmp(spin_env, "1") == 0;
+    double last_event = now_s();
     for (;;) {
-        int n = epoll_wait(ep, evs, nconns, 1000);
+        int n = epoll_wait(ep, evs, nconns, spin ? 0 : 1000);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             die(NULL, strerror(errno));
         }
         double t = now_s();
+        if (spin) {
+            if (n > 0)
+                last_event = t;
+            else if (t - last_event < 1.0 && !(measuring && t >= stop))
+                continue;
+        }
         if (!measuring && t >= start) {
             measuring = 1;
             start = t;

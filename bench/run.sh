@@ -27,8 +27,8 @@
 # Network benchmarks: every echo server (cawait's echo_server, the epoll
 # reference echo_epoll, asyncio streams and Protocol, uvloop Protocol, Go)
 # listens on a free port of 127.0.0.1 and is loaded by the same client,
-# echo_client (C, epoll): ECHO_CONNS connections doing ECHO_MSG-byte round
-# trips.  echo: round trips per second, best of ECHO_ROUNDS rounds of
+# echo_client (C, epoll, spinning: ECHO_CLIENT_SPIN=1 unless set otherwise):
+# ECHO_CONNS connections doing ECHO_MSG-byte round trips.  echo: round trips per second, best of ECHO_ROUNDS rounds of
 # ECHO_SECONDS each (the rounds go round-robin over the servers); higher is
 # better, so its ratio is cawait / peer.  echo_cpu: the server's CPU time
 # per round trip in the same runs (the lowest of the rounds), less
@@ -92,6 +92,12 @@ ECHO_CONNS=10
 ECHO_MSG=1024
 ECHO_SECONDS=3
 ECHO_ROUNDS=3
+# The client polls without sleeping (echo_client's ECHO_CLIENT_SPIN): a
+# client that sleeps between replies pays a wake-up on the other CPU for
+# nearly every round trip, saturates first, and every fast server then
+# measures about the same.  ECHO_CLIENT_SPIN=0 in the environment restores
+# the sleeping client.
+export ECHO_CLIENT_SPIN=${ECHO_CLIENT_SPIN:-1}
 IDLE_N=10000
 if [ "$QUICK" = 1 ]; then
   PY_SWITCH_N=1000000
@@ -311,7 +317,7 @@ emit() {
 
 # echo: start every server, then ECHO_ROUNDS rounds of echo_client against
 # each in turn; report each server's best round.
-note "echo: $ECHO_CONNS connections x $ECHO_MSG-byte round trips, best of $ECHO_ROUNDS rounds of ${ECHO_SECONDS} s (+0.5 s warm-up) per server, servers: ${NET_IMPLS[*]}"
+note "echo: $ECHO_CONNS connections x $ECHO_MSG-byte round trips, best of $ECHO_ROUNDS rounds of ${ECHO_SECONDS} s (+0.5 s warm-up) per server, servers: ${NET_IMPLS[*]}; client spinning: ECHO_CLIENT_SPIN=$ECHO_CLIENT_SPIN"
 note "  the pure-Python asyncio servers run 3-4x slower in their first ~2 s (their first round);"
 note "  every server gets the same rounds and the best one is kept"
 declare -A EPID=() EPORT=() BEST=() BEST_CPU=() ROUNDS=()
