@@ -6,7 +6,11 @@
  *     BENCH spawn_rss cawait <peak RSS> MiB
  *
  * The time covers the spawns, the joins and the releases; the handle array
- * is allocated (and touched) before the clock starts.
+ * is allocated (and touched) before the clock starts.  The best of
+ * SPAWN_ROUNDS rounds is reported, each round a loop of its own (ca_run),
+ * so every round maps its task memory afresh: on this VM the kernel
+ * sometimes takes 0.2-0.3 s longer to hand over the same 100 MB.  The Go
+ * peer does the same.
  */
 #include <cawait.h>
 #include <string.h>
@@ -19,9 +23,17 @@ static int empty_task(void *arg)
     return 0;
 }
 
+#define SPAWN_ROUNDS 3
+
+typedef struct spawn_round {
+    size_t n;
+    double seconds;
+} spawn_round;
+
 static int bench_main(void *arg)
 {
-    size_t n = *(const size_t *)arg;
+    spawn_round *sr = arg;
+    size_t n = sr->n;
     ca_task **tasks = malloc(n * sizeof(*tasks));
     if (!tasks)
         return -ENOMEM;
@@ -47,18 +59,25 @@ static int bench_main(void *arg)
         fprintf(stderr, "bench_spawn: %d tasks failed\n", failed);
         return -EIO;
     }
-    bench_report("spawn", "cawait", (double)(t1 - t0) / 1e9, 4, "s");
-    bench_report("spawn_rss", "cawait", bench_peak_rss_mib(), 1, "MiB");
+    sr->seconds = (double)(t1 - t0) / 1e9;
     return 0;
 }
 
 int main(int argc, char **argv)
 {
     size_t n = bench_parse_n(argc, argv, 1000000);
-    int r = ca_run(bench_main, &n);
-    if (r < 0) {
-        fprintf(stderr, "bench_spawn: %s\n", ca_strerror(r));
-        return 1;
+    double best = 0;
+    for (int i = 0; i < SPAWN_ROUNDS; i++) {
+        spawn_round sr = {n, 0};
+        int r = ca_run(bench_main, &sr);
+        if (r < 0) {
+            fprintf(stderr, "bench_spawn: %s\n", ca_strerror(r));
+            return 1;
+        }
+        if (i == 0 || sr.seconds < best)
+            best = sr.seconds;
     }
+    bench_report("spawn", "cawait", best, 4, "s");
+    bench_report("spawn_rss", "cawait", bench_peak_rss_mib(), 1, "MiB");
     return 0;
 }

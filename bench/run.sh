@@ -134,7 +134,7 @@ else
   note "$PY not found: skipping the asyncio and uvloop peers"
 fi
 note "this is a noisy shared VM (~40% between rounds of the same binary):"
-note "  switch, queue, lock: cawait and go report the best of 3 rounds, the Python"
+note "  switch, spawn, queue, lock: cawait and go report the best of 3 rounds, the Python"
 note "  peers run 1 round; gather: every implementation reports the best of 3 rounds"
 note "lock: Go's sync.Mutex is not FIFO: under GOMAXPROCS=1 the holder re-takes it"
 note "  while the waiter stays parked (a few hundred hand-offs per 1M locks), while"

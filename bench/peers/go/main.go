@@ -82,16 +82,23 @@ const switchRounds = 3
 
 // n empty goroutines, joined all with a WaitGroup.
 func benchSpawn(n int) {
-	var wg sync.WaitGroup
-	empty := func() { wg.Done() }
-	t0 := time.Now()
-	wg.Add(n)
-	for i := 0; i < n; i++ {
-		go empty()
+	// The best of 3 rounds, as bench_spawn reports.
+	best := 0.0
+	for round := 0; round < 3; round++ {
+		var wg sync.WaitGroup
+		empty := func() { wg.Done() }
+		t0 := time.Now()
+		wg.Add(n)
+		for i := 0; i < n; i++ {
+			go empty()
+		}
+		wg.Wait()
+		elapsed := time.Since(t0).Seconds()
+		if round == 0 || elapsed < best {
+			best = elapsed
+		}
 	}
-	wg.Wait()
-	elapsed := time.Since(t0)
-	report("spawn", elapsed.Seconds(), 4, "s")
+	report("spawn", best, 4, "s")
 	report("spawn_rss", peakRSSMiB(), 1, "MiB")
 }
 
