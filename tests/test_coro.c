@@ -114,6 +114,31 @@ static void test_stack_pool_reuse(void)
     ca__stack_pool_free(p);
 }
 
+/* The stack put back last waits in a spare slot: the next get of its size
+ * takes it, a get of another size does not, and the next put moves it on
+ * to its free list. */
+static void test_stack_pool_spare(void)
+{
+    ca__stack_pool *p = ca__stack_pool_new();
+    ca__stack *a = ca__stack_get(p, 64 * 1024);
+    ca__stack *b = ca__stack_get(p, 128 * 1024);
+    ASSERT(a && b && a != b);
+    ca__stack_put(p, a, 0); /* a: the spare */
+    ca__stack *c = ca__stack_get(p, 128 * 1024);
+    ASSERT(c && c != a && c != b); /* another size: not the spare */
+    ca__stack *d = ca__stack_get(p, 64 * 1024);
+    ASSERT(d == a); /* the spare */
+    ca__stack_put(p, b, 0);
+    ca__stack_put(p, c, 0); /* c: the spare; b: its free list */
+    ASSERT(ca__stack_get(p, 128 * 1024) == c);
+    ASSERT(ca__stack_get(p, 128 * 1024) == b);
+    memset(b->lo, 0x5a, b->size); /* all of it usable */
+    ca__stack_put(p, a, 0);
+    ca__stack_put(p, b, 0);
+    ca__stack_put(p, c, 0);
+    ca__stack_pool_free(p);
+}
+
 static void test_stack_pool_many(void)
 {
     enum { N = 5000 };
@@ -233,6 +258,7 @@ static const struct test_case tests[] = {
     {"switch_pingpong", test_switch_pingpong, 10, 0},
     {"fp_control_preserved", test_fp_control_preserved, 10, 0},
     {"stack_pool_reuse", test_stack_pool_reuse, 10, 0},
+    {"stack_pool_spare", test_stack_pool_spare, 10, 0},
     {"stack_pool_many", test_stack_pool_many, 30, 0},
     {"stack_pool_trim", test_stack_pool_trim, 30, 0},
     {"guard_detection", test_guard_detection, 10, 0},
