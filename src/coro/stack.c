@@ -443,16 +443,6 @@ int ca__stack_check(const ca__stack *s, const void *sp)
     return 0;
 }
 
-static void stack_release(ca__stack *s, int64_t now);
-
-void ca__stack_put(ca__stack_pool *p, ca__stack *s, int64_t now)
-{
-    ca__stack *old = p->spare;
-    p->spare = s;
-    if (old)
-        stack_release(old, now);
-}
-
 /* Back on its size class's free list. */
 static void stack_release(ca__stack *s, int64_t now)
 {
@@ -473,6 +463,14 @@ static void stack_release(ca__stack *s, int64_t now)
         ch->empty_since = now;
         empty_add(c, ch);
     }
+}
+
+void ca__stack_put(ca__stack_pool *p, ca__stack *s, int64_t now)
+{
+    ca__stack *old = p->spare;
+    p->spare = s;
+    if (old)
+        stack_release(old, now);
 }
 
 int ca__stack_pool_trim(ca__stack_pool *p, int max_chunks, int64_t now)

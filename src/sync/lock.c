@@ -38,10 +38,16 @@ static __attribute__((noinline)) int acquire_wait(struct lock_impl *L,
 
 int ca_lock_acquire(ca_lock *l)
 {
+    if (!l)
+        return -EINVAL;
     ca_loop *loop = ca__loop();
     ca_task *self = loop ? loop->current : NULL;
-    if (__builtin_expect(!l || !self, 0))
-        return !l ? -EINVAL : (ca__task_self("ca_lock_acquire"), -EPERM);
+    if (!self) {
+        /* Reported here, on the way out, so that the fast path below keeps
+         * no register across the report's call. */
+        ca__task_self_slow("ca_lock_acquire");
+        return -EPERM;
+    }
     struct lock_impl *L = (struct lock_impl *)l;
     if (!L->owner && !L->waiters.head) {
         L->owner = self;

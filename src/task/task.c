@@ -19,8 +19,8 @@
 /*
  * Task memory: tasks are carved from arenas that double from 64 KiB to
  * 4 MiB and are populated when mapped (see arena_map), so their pages
- * arrive in one system call instead of one page fault each (a million tasks: 41,000
- * faults).  Freed tasks go on a free list chained through ready.next and are
+ * arrive in one system call instead of one page fault each (a million
+ * tasks: 41,000 faults).  Freed tasks go on a free list chained through ready.next and are
  * reused; arenas are unmapped with the loop.  Walking the arenas finds every
  * uncollected task (state != CA__T_FREE), so tasks need no list links.
  */
@@ -356,36 +356,19 @@ static __attribute__((noinline)) int prepare_new(ca_loop *l, ca_task *t)
 /*
  * Leave `self` (which has already been queued, parked or finished) and run
  * the next ready task directly, or return to the scheduler when the turn
- * is over, a poll is due, or the next node is a callback.
+ * is over, a poll is due, or the next node is a callback.  The general
+ * path: switch_fast below takes the common case first, except for a
+ * finished task (`final`), which comes straight here.
  */
 static __attribute__((noinline)) void switch_away_slow(ca_loop *l,
                                                       ca_task *self, int final)
 {
     ca__coro *to = &l->sched;
     ca_task *next = NULL;
-    ca__ready *n;
-    if (__builtin_expect(l->slices >= l->turn_end, 0) &&
-        !ca__loop_turn_nopoll(l))
-        goto go;
-    n = l->ready_head;
-    /* Fast path: the next node is a task that has already started. */
-    if (__builtin_expect(n->run == task_ready_run, 1)) {
-        next = ca__task_of_ready(n);
-        if (__builtin_expect(next->state != CA__T_NEW && next != self, 1)) {
-            l->ready_head = n->next;
-            if (!n->next)
-                l->ready_tail = NULL;
-            l->nready--;
-            l->slices++;
-            to = &next->run->coro;
-            goto go;
-        }
-        next = NULL;
-    }
     for (;;) {
         if (l->slices >= l->turn_end && !ca__loop_turn_nopoll(l))
             break;
-        n = l->ready_head;
+        ca__ready *n = l->ready_head;
         if (n->run != task_ready_run)
             break;
         ca__ready_pop(l);
@@ -402,7 +385,6 @@ static __attribute__((noinline)) void switch_away_slow(ca_loop *l,
             break;
         }
     }
-go:
     l->current = next;
     if (next)
         next->state = CA__T_RUNNING;
@@ -517,6 +499,16 @@ int ca__task_check_slow(ca_task *self)
     return 0;
 }
 
+/* Wait until woken; the result is read through the loop, not `self`, so
+ * nothing stays live across the switch. */
+static inline __attribute__((always_inline)) int park_switch(ca_loop *l,
+                                                             ca_task *self)
+{
+    self->state = CA__T_WAITING;
+    switch_away(l, self);
+    return ca__loop()->current->run->wake_result;
+}
+
 /* ca__task_park with a cancel request, a deadline scope or a timeout. */
 static __attribute__((noinline)) int park_slow(ca_loop *l, ca_task *self,
                                                int64_t until)
@@ -542,9 +534,7 @@ static __attribute__((noinline)) int park_slow(ca_loop *l, ca_task *self,
         if (r < 0)
             return r;
     }
-    self->state = CA__T_WAITING;
-    switch_away(l, self);
-    return ca__loop()->current->run->wake_result;
+    return park_switch(l, self);
 }
 
 int ca__task_park(ca_task *self, int64_t until)
@@ -554,9 +544,7 @@ int ca__task_park(ca_task *self, int64_t until)
                              until != INT64_MAX,
                          0))
         return park_slow(l, self, until);
-    self->state = CA__T_WAITING;
-    switch_away(l, self);
-    return ca__loop()->current->run->wake_result;
+    return park_switch(l, self);
 }
 
 static void task_timer_fire(ca__timer *tm)
