@@ -144,4 +144,33 @@ static inline int bench_serve(const char *name, unsigned port, ca_conn_fn fn)
     return 0;
 }
 
+typedef struct bench_server {
+    const char *name;
+    unsigned port;
+    ca_conn_fn fn;
+} bench_server;
+
+static inline int bench_server_task(void *arg)
+{
+    const bench_server *b = arg;
+    return bench_serve(b->name, b->port, b->fn);
+}
+
+/* The whole life of a benchmark server process, from main: descriptor
+ * limit raised, SIGPIPE ignored, bench_serve in a loop of its own.
+ * Returns main's exit status (1, with a message, if the loop failed). */
+static inline int bench_serve_main(const char *name, unsigned port,
+                                   ca_conn_fn fn)
+{
+    bench_raise_nofile(name);
+    signal(SIGPIPE, SIG_IGN);
+    bench_server b = {name, port, fn};
+    int r = ca_run(bench_server_task, &b);
+    if (r < 0) {
+        fprintf(stderr, "%s: %s\n", name, ca_strerror(r));
+        return 1;
+    }
+    return 0;
+}
+
 #endif

@@ -19,7 +19,6 @@
  * connections).
  */
 #include <cawait.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -47,11 +46,6 @@ static int echo_conn(ca_stream *s, void *arg)
     return 0;
 }
 
-static int server_main(void *arg)
-{
-    return bench_serve("echo_server", *(const unsigned *)arg, echo_conn);
-}
-
 int main(int argc, char **argv)
 {
     char *end = NULL;
@@ -60,14 +54,5 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s PORT   (0: any free port)\n", argv[0]);
         return 2;
     }
-    bench_raise_nofile("echo_server");
-    signal(SIGPIPE, SIG_IGN);
-
-    unsigned p = (unsigned)port;
-    int r = ca_run(server_main, &p);
-    if (r < 0) {
-        fprintf(stderr, "echo_server: %s\n", ca_strerror(r));
-        return 1;
-    }
-    return 0;
+    return bench_serve_main("echo_server", (unsigned)port, echo_conn);
 }

@@ -150,11 +150,6 @@ static int http_conn(ca_stream *s, void *arg)
     return 0;
 }
 
-static int server_main(void *arg)
-{
-    return bench_serve("http_server", *(const unsigned *)arg, http_conn);
-}
-
 int main(int argc, char **argv)
 {
     char *end1 = NULL, *end2 = NULL;
@@ -172,14 +167,5 @@ int main(int argc, char **argv)
      * 50 us timer slack adds to every delayed answer. */
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
     delay_s = (double)delay / 1000.0;
-    bench_raise_nofile("http_server");
-    signal(SIGPIPE, SIG_IGN);
-
-    unsigned p = (unsigned)port;
-    int r = ca_run(server_main, &p);
-    if (r < 0) {
-        fprintf(stderr, "http_server: %s\n", ca_strerror(r));
-        return 1;
-    }
-    return 0;
+    return bench_serve_main("http_server", (unsigned)port, http_conn);
 }

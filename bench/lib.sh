@@ -21,3 +21,60 @@ build_go_peer() {
   fi
   return 0
 }
+
+# bench_dirs SCRIPT BUILD BINARY...: checks that BUILD is a build directory
+# holding bench/BINARY for each BINARY, then sets BUILD (absolute) and OUT
+# (BUILD/bench).  Exits the calling script with 1 and a message otherwise.
+bench_dirs() {
+  local script=$1 build=$2 b
+  shift 2
+  if [ ! -d "$build" ]; then
+    echo "$script: no build directory $build; build first (make build)" >&2
+    exit 1
+  fi
+  for b in "$@"; do
+    if [ ! -x "$build/bench/$b" ]; then
+      echo "$script: $build/bench/$b is missing; build first:" >&2
+      echo "  cmake -S . -B $build && cmake --build $build -j2" >&2
+      exit 1
+    fi
+  done
+  BUILD=$(cd "$build" && pwd)
+  OUT=$BUILD/bench
+}
+
+# stop_pid PID: SIGTERM, then SIGKILL after 5 s; reaps it and takes it out
+# of the caller's LIVE array (pids its exit trap kills).
+stop_pid() {
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  unset "LIVE[$pid]"
+}
+
+# start_listening OUTFILE ERRFILE COMMAND...: starts a benchmark server
+# (stdout to OUTFILE, stderr to ERRFILE, its pid in LIVE) and waits up to
+# 10 s for its "listening on PORT" line.  Sets SRV_PID and SRV_PORT;
+# returns 1, the server stopped, if the line does not come.
+start_listening() {
+  local out=$1 err=$2 i
+  shift 2
+  : >"$out"
+  "$@" >>"$out" 2>"$err" &
+  SRV_PID=$!
+  LIVE[$SRV_PID]=1
+  SRV_PORT=
+  for ((i = 0; i < 200; i++)); do
+    SRV_PORT=$(awk '$1 == "listening" && $2 == "on" { print $3; exit }' "$out")
+    [ -n "$SRV_PORT" ] && return 0
+    kill -0 "$SRV_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  stop_pid "$SRV_PID"
+  return 1
+}

@@ -54,20 +54,9 @@ done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-if [ ! -d "$BUILD" ]; then
-  echo "run.sh: no build directory $BUILD; build first (make build)" >&2
-  exit 1
-fi
-BUILD=$(cd "$BUILD" && pwd)
-OUT=$BUILD/bench
-for b in bench_switch bench_spawn bench_sleepers bench_timers bench_gather \
-         bench_queue bench_lock echo_server echo_epoll echo_client idle_client; do
-  if [ ! -x "$OUT/$b" ]; then
-    echo "run.sh: $OUT/$b is missing; build first:" >&2
-    echo "  cmake -S . -B $BUILD && cmake --build $BUILD -j2" >&2
-    exit 1
-  fi
-done
+bench_dirs run.sh "$BUILD" bench_switch bench_spawn bench_sleepers \
+  bench_timers bench_gather bench_queue bench_lock echo_server echo_epoll \
+  echo_client idle_client
 mkdir -p "$OUT"
 RESULTS=$OUT/results.txt
 : >"$RESULTS"
@@ -274,39 +263,14 @@ server_cmd() {
   esac
 }
 
-# stop_pid PID: SIGTERM, then SIGKILL after 5 s; reaps it.
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  unset "LIVE[$pid]"
-}
-
 # start_server IMPL: starts IMPL's echo server on a free port (the process
-# itself, no wrapper: its VmRSS is read) and waits for its "listening on
-# PORT" line.  Sets SRV_PID and SRV_PORT; returns 1 (with a note) if it
-# does not come up within 10 s.
+# itself, no wrapper: its VmRSS is read).  Sets SRV_PID and SRV_PORT;
+# returns 1 (with a note) if it does not come up within 10 s.
 start_server() {
-  local impl=$1 i
+  local impl=$1
   server_cmd "$impl" 0
-  : >"$NETTMP/$impl.out"
-  "${CMD[@]}" >>"$NETTMP/$impl.out" 2>"$NETTMP/$impl.err" &
-  SRV_PID=$!
-  LIVE[$SRV_PID]=1
-  SRV_PORT=
-  for ((i = 0; i < 200; i++)); do
-    SRV_PORT=$(awk '$1 == "listening" && $2 == "on" { print $3; exit }' "$NETTMP/$impl.out")
-    [ -n "$SRV_PORT" ] && return 0
-    kill -0 "$SRV_PID" 2>/dev/null || break
-    sleep 0.05
-  done
+  start_listening "$NETTMP/$impl.out" "$NETTMP/$impl.err" "${CMD[@]}" && return 0
   note "$impl echo server did not start: $(head -c 300 "$NETTMP/$impl.err")"
-  stop_pid "$SRV_PID"
   return 1
 }
 

@@ -63,19 +63,7 @@ done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-if [ ! -d "$BUILD" ]; then
-  echo "run_http.sh: no build directory $BUILD; build first (make build)" >&2
-  exit 1
-fi
-BUILD=$(cd "$BUILD" && pwd)
-OUT=$BUILD/bench
-for b in http_server http_client_bench; do
-  if [ ! -x "$OUT/$b" ]; then
-    echo "run_http.sh: $OUT/$b is missing; build first:" >&2
-    echo "  cmake -S . -B $BUILD && cmake --build $BUILD -j2" >&2
-    exit 1
-  fi
-done
+bench_dirs run_http.sh "$BUILD" http_server http_client_bench
 RESULTS=$OUT/results_http.txt
 : >"$RESULTS"
 
@@ -98,6 +86,16 @@ note() { echo "# $*"; }
 emit() {
   echo "$*"
   echo "$*" >>"$RESULTS"
+}
+
+# emit_best NAME UNIT ARRAY: a BENCH line per implementation that has a
+# value in the associative array ARRAY (its best round).
+emit_best() {
+  local name=$1 unit=$2 impl
+  local -n best=$3
+  for impl in "${IMPLS[@]}"; do
+    if [ -n "${best[$impl]:-}" ]; then emit "BENCH $name $impl ${best[$impl]} $unit"; fi
+  done
 }
 start_s=$(date +%s)
 
@@ -143,37 +141,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# stop_pid PID: SIGTERM, then SIGKILL after 5 s; reaps it.
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  unset "LIVE[$pid]"
-}
-
-# start_server DELAY_MS: starts http_server on a free port and waits for
-# its "listening on PORT" line.  Sets SRV_PID and SRV_PORT; returns 1 (with
-# a note) if it does not come up within 10 s.
+# start_server DELAY_MS: starts http_server on a free port.  Sets SRV_PID
+# and SRV_PORT; returns 1 (with a note) if it does not come up within 10 s.
 start_server() {
-  local delay=$1 i
-  : >"$TMP/server$delay.out"
-  "$OUT/http_server" 0 "$delay" >>"$TMP/server$delay.out" 2>"$TMP/server$delay.err" &
-  SRV_PID=$!
-  LIVE[$SRV_PID]=1
-  SRV_PORT=
-  for ((i = 0; i < 200; i++)); do
-    SRV_PORT=$(awk '$1 == "listening" && $2 == "on" { print $3; exit }' "$TMP/server$delay.out")
-    [ -n "$SRV_PORT" ] && return 0
-    kill -0 "$SRV_PID" 2>/dev/null || break
-    sleep 0.05
-  done
+  local delay=$1
+  start_listening "$TMP/server$delay.out" "$TMP/server$delay.err" \
+    "$OUT/http_server" 0 "$delay" && return 0
   note "http_server $delay ms did not start: $(head -c 300 "$TMP/server$delay.err")"
-  stop_pid "$SRV_PID"
   return 1
 }
 
@@ -291,15 +265,9 @@ workload() {
   for impl in "${IMPLS[@]}"; do
     [ -n "${LOG[$impl]:-}" ] && note "  $impl rounds: ${LOG[$impl]}"
   done
-  for impl in "${IMPLS[@]}"; do
-    [ -n "${W[$impl]:-}" ] && emit "BENCH client_wall_$label $impl ${W[$impl]} s"
-  done
-  for impl in "${IMPLS[@]}"; do
-    [ -n "${C[$impl]:-}" ] && emit "BENCH client_cpu_$label $impl ${C[$impl]} s"
-  done
-  for impl in "${IMPLS[@]}"; do
-    [ -n "${R[$impl]:-}" ] && emit "BENCH client_rps_$label $impl ${R[$impl]} req/s"
-  done
+  emit_best "client_wall_$label" s W
+  emit_best "client_cpu_$label" s C
+  emit_best "client_rps_$label" req/s R
 }
 
 note "client benchmark; implementations: ${IMPLS[*]}; $(nproc) CPUs; $(uname -srm)"

@@ -30,13 +30,7 @@ done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-if [ ! -x "$BUILD/bench/bench_spawn_process" ]; then
-  echo "run_spawn_process.sh: $BUILD/bench/bench_spawn_process is missing; build first:" >&2
-  echo "  cmake -S . -B $BUILD && cmake --build $BUILD -j2" >&2
-  exit 1
-fi
-BUILD=$(cd "$BUILD" && pwd)
-OUT=$BUILD/bench
+bench_dirs run_spawn_process.sh "$BUILD" bench_spawn_process
 TIMEOUT=${CAWAIT_BENCH_TIMEOUT:-300}
 note() { echo "# $*"; }
 

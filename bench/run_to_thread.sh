@@ -33,17 +33,7 @@ done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-if [ ! -d "$BUILD" ]; then
-  echo "run_to_thread.sh: no build directory $BUILD; build first (make build)" >&2
-  exit 1
-fi
-BUILD=$(cd "$BUILD" && pwd)
-OUT=$BUILD/bench
-if [ ! -x "$OUT/bench_to_thread" ]; then
-  echo "run_to_thread.sh: $OUT/bench_to_thread is missing; build first:" >&2
-  echo "  cmake -S . -B $BUILD && cmake --build $BUILD -j2" >&2
-  exit 1
-fi
+bench_dirs run_to_thread.sh "$BUILD" bench_to_thread
 RESULTS=$OUT/results_to_thread.txt
 : >"$RESULTS"
 
