@@ -78,3 +78,21 @@ start_listening() {
   stop_pid "$SRV_PID"
   return 1
 }
+
+# val NAME IMPL: the value of the last "BENCH NAME IMPL VALUE UNIT" line in
+# the caller's $RESULTS file (empty if none).
+val() { awk -v n="$1" -v i="$2" '$1 == "BENCH" && $2 == n && $3 == i { print $4 }' "$RESULTS" | tail -n 1; }
+
+# verdict LABEL VALUE OP LIMIT [DETAIL]: prints LABEL and PASS or FAIL with
+# VALUE (and DETAIL); OP is le or ge.  No VALUE or LIMIT: FAIL (no result).
+verdict() {
+  local label=$1 v=$2 op=$3 lim=$4 detail=${5:-} res
+  if [ -z "$v" ] || [ -z "$lim" ]; then
+    res="FAIL (no result)"
+  elif awk -v v="$v" -v l="$lim" -v op="$op" 'BEGIN { exit !(op == "le" ? v <= l : v >= l) }'; then
+    res="PASS ($v${detail:+; $detail})"
+  else
+    res="FAIL ($v${detail:+; $detail})"
+  fi
+  printf "%-44s %s\n" "$label" "$res"
+}

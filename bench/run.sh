@@ -514,19 +514,6 @@ fi
 
 echo
 echo "== targets =="
-val() { awk -v n="$1" -v i="$2" '$1 == "BENCH" && $2 == n && $3 == i { print $4 }' "$RESULTS" | tail -n 1; }
-# target LABEL VALUE OP LIMIT  (OP: le or ge)
-target() {
-  local label=$1 v=$2 op=$3 lim=$4 verdict
-  if [ -z "$v" ]; then
-    verdict="FAIL (no result)"
-  elif awk -v v="$v" -v l="$lim" -v op="$op" 'BEGIN { exit !(op == "le" ? v <= l : v >= l) }'; then
-    verdict="PASS ($v)"
-  else
-    verdict="FAIL ($v)"
-  fi
-  printf "%-44s %s\n" "$label" "$verdict"
-}
 # ratio_target LABEL BENCH PEER LIMIT: PASS if how many times cawait is
 # better than PEER (PEER's value / cawait's value; cawait's / PEER's for the
 # HIGHER benchmarks) >= LIMIT; SKIP if PEER did not run.
@@ -547,27 +534,27 @@ ratio_target() {
       r=$(awk -v p="$p" -v c="$c" 'BEGIN { if (c > 0) printf "%.2f", p / c }')
     fi
   fi
-  target "$label" "$r" ge "$lim"
+  verdict "$label" "$r" ge "$lim"
 }
 if [ "$NET_ONLY" = 0 ]; then
-  target "switch <= 10 ns" "$(val switch cawait)" le 10
+  verdict "switch <= 10 ns" "$(val switch cawait)" le 10
   ratio_target "switch >= 4.5x faster than go" switch go 4.5
-  target "spawn <= 0.10 s" "$(val spawn cawait)" le 0.10
-  target "spawn_rss <= 300 MiB" "$(val spawn_rss cawait)" le 300
-  target "sleepers_100k <= 1.10 s" "$(val sleepers_100k cawait)" le 1.10
-  target "sleepers_1m <= 2.0 s" "$(val sleepers_1m cawait)" le 2.0
-  target "sleepers_rss_1m <= 4608 MiB" "$(val sleepers_rss_1m cawait)" le 4608
-  target "timers <= 150 ns" "$(val timers cawait)" le 150
-  target "gather_overhead_10k <= 5 ms" "$(val gather_overhead_10k cawait)" le 5
+  verdict "spawn <= 0.10 s" "$(val spawn cawait)" le 0.10
+  verdict "spawn_rss <= 300 MiB" "$(val spawn_rss cawait)" le 300
+  verdict "sleepers_100k <= 1.10 s" "$(val sleepers_100k cawait)" le 1.10
+  verdict "sleepers_1m <= 2.0 s" "$(val sleepers_1m cawait)" le 2.0
+  verdict "sleepers_rss_1m <= 4608 MiB" "$(val sleepers_rss_1m cawait)" le 4608
+  verdict "timers <= 150 ns" "$(val timers cawait)" le 150
+  verdict "gather_overhead_10k <= 5 ms" "$(val gather_overhead_10k cawait)" le 5
   ratio_target "gather_overhead_10k >= 5x lower than uvloop" gather_overhead_10k uvloop 5
   ratio_target "queue >= 2x faster than go" queue go 2
   ratio_target "queue >= 20x faster than asyncio" queue asyncio 20
-  target "lock <= 30 ns" "$(val lock cawait)" le 30
+  verdict "lock <= 30 ns" "$(val lock cawait)" le 30
 fi
 ratio_target "echo >= 0.95x the epoll reference" echo epoll 0.95
 ratio_target "echo >= 1.2x uvloop_protocol" echo uvloop_protocol 1.2
 ratio_target "echo >= 1.2x go" echo go 1.2
-target "idle_rss_per_conn <= 8 KiB" "$(val idle_rss_per_conn cawait)" le 8
+verdict "idle_rss_per_conn <= 8 KiB" "$(val idle_rss_per_conn cawait)" le 8
 
 # ------------------------------------------------------- other parts ---
 

@@ -321,20 +321,7 @@ awk -v order="$ORDER" -v peers="${PEERS[*]}" '
 
 echo
 echo "== targets =="
-val() { awk -v n="$1" -v i="$2" '$1 == "BENCH" && $2 == n && $3 == i { print $4 }' "$RESULTS" | tail -n 1; }
 has_impl() { [[ " ${IMPLS[*]} " == *" $1 "* ]]; }
-# verdict LABEL VALUE OP LIMIT [DETAIL]  (OP: le or ge)
-verdict() {
-  local label=$1 v=$2 op=$3 lim=$4 detail=${5:-} res
-  if [ -z "$v" ] || [ -z "$lim" ]; then
-    res="FAIL (no result)"
-  elif awk -v v="$v" -v l="$lim" -v op="$op" 'BEGIN { exit !(op == "le" ? v <= l : v >= l) }'; then
-    res="PASS ($v${detail:+; $detail})"
-  else
-    res="FAIL ($v${detail:+; $detail})"
-  fi
-  printf "%-44s %s\n" "$label" "$res"
-}
 # peer_target LABEL BENCH OP PEER FACTOR: cawait's BENCH OP FACTOR x PEER's.
 peer_target() {
   local label=$1 b=$2 op=$3 peer=$4 f=$5 p lim

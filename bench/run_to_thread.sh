@@ -90,7 +90,6 @@ done
 
 echo
 echo "== targets =="
-val() { awk -v n="$1" -v i="$2" '$1 == "BENCH" && $2 == n && $3 == i { print $4 }' "$RESULTS" | tail -n 1; }
 c=$(val to_thread cawait)
 a=$(val to_thread asyncio)
 if [ -z "$c" ] || [ -z "$a" ]; then
