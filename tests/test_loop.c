@@ -141,13 +141,124 @@ static void test_timer_heap_random(void)
     for (int i = 0; i < N; i += 7)
         if (ca__timer_armed(&tm[i]))
             ASSERT_EQ(ca__timer_arm(l, &tm[i], 50000 + i), 0);
-    ASSERT_EQ((int)l->nheap, live);
+    ASSERT_EQ((int)l->nheap +
+                  (int)(l->lane_tail - l->lane_head - l->lane_dead),
+              live);
     l->now = INT64_MAX - 1;
     ca__timers_fire(l);
     ASSERT_EQ(fired_count, live);
     ASSERT_EQ((int)l->nheap, 0);
+    ASSERT_EQ(l->lane_head, l->lane_tail);
     ca__tls_loop = NULL;
     free(l->heap);
+    free(l->lane);
+    free(l->tslots);
+    free(l);
+}
+
+/*
+ * The lane and the heap together: timers armed in deadline order (the
+ * lane), out of order (the heap), equal deadlines on both sides, cancels
+ * in the middle of the lane (dead entries, compaction when the ring fills)
+ * and re-arms.  Every timer must fire once, in (deadline, arming order).
+ */
+enum { LANE_N = 6000 };
+static ca__timer lane_tm[LANE_N];
+static uint32_t lane_armseq[LANE_N], lane_seq_next;
+static int64_t lane_last_when;
+static uint32_t lane_last_seq;
+static int lane_fired, lane_fired_any;
+
+static void lane_fire(ca__timer *t)
+{
+    int i = (int)(t - lane_tm);
+    if (lane_fired_any) {
+        ASSERT(t->when > lane_last_when ||
+               (t->when == lane_last_when && lane_armseq[i] > lane_last_seq));
+    }
+    lane_fired_any = 1;
+    lane_last_when = t->when;
+    lane_last_seq = lane_armseq[i];
+    lane_fired++;
+}
+
+static void lane_arm(ca_loop *l, int i, int64_t when)
+{
+    lane_armseq[i] = lane_seq_next++;
+    ASSERT_EQ(ca__timer_arm(l, &lane_tm[i], when), 0);
+}
+
+static int lane_live(const ca_loop *l)
+{
+    return (int)l->nheap + (int)(l->lane_tail - l->lane_head - l->lane_dead);
+}
+
+static void test_timer_lane(void)
+{
+    ca_loop *l = calloc(1, sizeof(*l));
+    ASSERT(l);
+    l->tslot_free = CA__TIMER_IDLE;
+    ca__tls_loop = l;
+    unsigned seed = 777;
+    int live = 0;
+    for (int i = 0; i < LANE_N; i++) {
+        lane_tm[i].slot = CA__TIMER_IDLE;
+        lane_tm[i].fire = lane_fire;
+    }
+    /* In order, three timers per deadline, with every tenth one earlier
+     * (the heap), sometimes equal to a deadline the lane already has. */
+    for (int i = 0; i < LANE_N / 2; i++) {
+        seed = seed * 1103515245u + 12345u;
+        int64_t when = 1000 + i / 3;
+        if (i % 10 == 9)
+            when = 1000 + (int64_t)((seed >> 4) % (unsigned)(i / 3 + 1));
+        lane_arm(l, i, when);
+        live++;
+    }
+    ASSERT(l->lane_tail - l->lane_head > (uint32_t)LANE_N / 3);
+    ASSERT(l->nheap > 0);
+    /* Cancel most of the lane at random: dead entries in the middle. */
+    for (int k = 0; k < LANE_N; k++) {
+        seed = seed * 1103515245u + 12345u;
+        int j = (int)((seed >> 8) % (unsigned)(LANE_N / 2));
+        if (ca__timer_armed(&lane_tm[j])) {
+            ca__timer_cancel(l, &lane_tm[j]);
+            live--;
+        }
+    }
+    ASSERT_EQ(lane_live(l), live);
+    /* More in order: the ring fills with dead entries and is compacted
+     * or grown; some re-arms land in the lane, some in the heap. */
+    for (int i = LANE_N / 2; i < LANE_N; i++) {
+        lane_arm(l, i, 1000 + LANE_N / 6 + (i - LANE_N / 2) / 2);
+        live++;
+        if (i % 50 == 0) {
+            int j = i - 25;
+            if (!ca__timer_armed(&lane_tm[j]))
+                live++;
+            lane_arm(l, j, 900 + (i % 300)); /* earlier: the heap */
+        }
+    }
+    ASSERT_EQ(lane_live(l), live);
+    /* Fire in two steps: nothing after `now` may fire. */
+    l->now = 1000 + LANE_N / 6;
+    ca__timers_fire(l);
+    int first = lane_fired;
+    ASSERT(first > 0);
+    ASSERT(ca__timers_next(l) > l->now);
+    for (int i = 0; i < LANE_N; i++)
+        if (ca__timer_armed(&lane_tm[i]))
+            ASSERT(lane_tm[i].when > l->now);
+    l->now = INT64_MAX - 1;
+    ca__timers_fire(l);
+    ASSERT_EQ(lane_fired, live);
+    ASSERT_EQ((int)l->nheap, 0);
+    ASSERT_EQ(l->lane_head, l->lane_tail);
+    ASSERT_EQ(l->lane_dead, 0u);
+    ASSERT_EQ(ca__timers_next(l), INT64_MAX);
+    ca__tls_loop = NULL;
+    free(l->heap);
+    free(l->lane);
     free(l->tslots);
     free(l);
 }
@@ -498,6 +609,7 @@ static const struct test_case tests[] = {
     {"call_soon_fifo", test_call_soon_fifo, 10, 0},
     {"call_later_order_and_cancel", test_call_later_order_and_cancel, 10, 0},
     {"timer_heap_random", test_timer_heap_random, 20, 0},
+    {"timer_lane", test_timer_lane, 20, 0},
     {"sleep_precision", test_sleep_precision, 10, 0},
     {"threadsafe_4x100k", test_threadsafe_4x100k, 60, 0},
     {"threadsafe_wakes_sleeping_loop", test_threadsafe_wakes_sleeping_loop, 10, 0},

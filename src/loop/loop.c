@@ -323,6 +323,7 @@ void ca__loop_free(ca_loop *l)
     l->backend->fini(l);
     ca__fd_table_free(l);
     free(l->heap);
+    free(l->lane);
     free(l->tslots);
     while (l->cbh_slabs) {
         struct cbh_slab *s = l->cbh_slabs;

@@ -822,7 +822,7 @@ static inline int yield_needless(ca_loop *l)
 {
     return l->nready == 0 &&
            l->slices - l->poll_slice < CA__EVENT_INTERVAL - 1 &&
-           !(l->nheap && l->heap[0].when <= l->now);
+           !ca__timers_due(l);
 }
 
 static __attribute__((noinline)) int yield_slow(ca_loop *l, ca_task *self)
