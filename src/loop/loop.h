@@ -21,8 +21,10 @@
  * that were ready at that point.  Tasks switch directly to the next ready
  * task instead of returning to the scheduler; when a turn's nodes are done
  * and fewer than CA__EVENT_INTERVAL slices ran since the last poll, the next
- * turn starts without polling, so a busy loop pays for a syscall only every
- * CA__EVENT_INTERVAL slices (the order of the ready queue is the same).
+ * turn starts without polling; after CA__EVENT_INTERVAL slices it reads the
+ * clock, and polls only if CA__POLL_GAP_NS have passed since the last poll,
+ * so a busy loop pays for a syscall at most every 50 us (the order of the
+ * ready queue is the same).
  */
 #ifndef CA_LOOP_H
 #define CA_LOOP_H
@@ -35,6 +37,10 @@
 #include <stdint.h>
 
 #define CA__EVENT_INTERVAL 128
+/* A busy loop polls at most this often (ns): at every CA__EVENT_INTERVAL
+ * slices it reads the clock, refreshes its time and fires due timers, but
+ * skips the epoll_wait until this much time has passed since the last. */
+#define CA__POLL_GAP_NS 50000
 
 #define CA__AFTER_WATCH 1u
 #define CA__AFTER_DEAD 2u
@@ -133,7 +139,7 @@ struct ca_loop {
     size_t nready;
     /* One counter drives turns and polls: every node run (a task slice or a
      * callback) increments `slices`; the current turn ends when it reaches
-     * turn_end, and a poll is due CA__EVENT_INTERVAL slices after
+     * turn_end, and a poll may be due CA__EVENT_INTERVAL slices after
      * poll_slice.  Task slices = slices - cb_slices.  `slices` must not sit
      * next to `nready`: GCC merges their updates into one 128-bit add right
      * after scalar stores, a store-forwarding stall on every switch. */
@@ -245,9 +251,18 @@ static inline int ca__timers_due(const ca_loop *l)
            (l->lane_head != l->lane_tail &&
             l->lane[l->lane_head & (l->lane_cap - 1)].when <= l->now);
 }
+/* Every CA__EVENT_INTERVAL slices: nonzero if the loop must poll now,
+ * else the clock is refreshed and a new interval starts. */
+int ca__loop_poll_due_slow(ca_loop *l);
+static inline int ca__loop_poll_due(ca_loop *l)
+{
+    if (__builtin_expect(l->slices - l->poll_slice < CA__EVENT_INTERVAL, 1))
+        return 0;
+    return ca__loop_poll_due_slow(l);
+}
 static inline int ca__loop_turn_nopoll(ca_loop *l)
 {
-    if (l->slices - l->poll_slice >= CA__EVENT_INTERVAL)
+    if (ca__loop_poll_due(l))
         return 0;
     if (ca__timers_due(l))
         ca__timers_fire(l);
