@@ -120,6 +120,7 @@ static void test_timer_heap_random(void)
     ca_loop *l = calloc(1, sizeof(*l));
     ASSERT(l);
     l->tslot_free = CA__TIMER_IDLE;
+    l->timer_next = INT64_MAX;
     ca__tls_loop = l;
     unsigned seed = 12345;
     int live = 0;
@@ -193,11 +194,22 @@ static int lane_live(const ca_loop *l)
     return (int)l->nheap + (int)(l->lane_tail - l->lane_head - l->lane_dead);
 }
 
+/* The earliest deadline among the armed lane_tm timers. */
+static int64_t lane_min_when(void)
+{
+    int64_t m = INT64_MAX;
+    for (int i = 0; i < LANE_N; i++)
+        if (ca__timer_armed(&lane_tm[i]) && lane_tm[i].when < m)
+            m = lane_tm[i].when;
+    return m;
+}
+
 static void test_timer_lane(void)
 {
     ca_loop *l = calloc(1, sizeof(*l));
     ASSERT(l);
     l->tslot_free = CA__TIMER_IDLE;
+    l->timer_next = INT64_MAX;
     ca__tls_loop = l;
     unsigned seed = 777;
     int live = 0;
@@ -227,6 +239,7 @@ static void test_timer_lane(void)
         }
     }
     ASSERT_EQ(lane_live(l), live);
+    ASSERT_EQ(ca__timers_next(l), lane_min_when());
     /* More in order: the ring fills with dead entries and is compacted
      * or grown; some re-arms land in the lane, some in the heap. */
     for (int i = LANE_N / 2; i < LANE_N; i++) {
@@ -246,6 +259,7 @@ static void test_timer_lane(void)
     int first = lane_fired;
     ASSERT(first > 0);
     ASSERT(ca__timers_next(l) > l->now);
+    ASSERT_EQ(ca__timers_next(l), lane_min_when());
     for (int i = 0; i < LANE_N; i++)
         if (ca__timer_armed(&lane_tm[i]))
             ASSERT(lane_tm[i].when > l->now);

@@ -275,6 +275,7 @@ ca_loop *ca__loop_new(void)
     l->epfd = -1;
     l->wakefd = -1;
     l->tslot_free = CA__TIMER_IDLE;
+    l->timer_next = INT64_MAX;
     l->backend = &ca__backend_epoll;
     pthread_mutex_init(&l->ts_lock, NULL);
     l->ts_node.run = ts_run;

@@ -168,6 +168,10 @@ struct ca_loop {
      * dead (slot CA__TIMER_IDLE), both ends are always live. */
     struct ca__heap_ent *lane;
     uint32_t lane_head, lane_tail, lane_cap, lane_dead;
+    /* When the next timer is due (the lesser of the heap's top and the
+     * lane's head), INT64_MAX when none is armed: one compare tells a
+     * switch whether timers are due. */
+    int64_t timer_next;
     struct ca__timer_slot *tslots;
     uint32_t ntslots, tslot_cap, tslot_free;
     uint32_t timer_seq;
@@ -247,9 +251,7 @@ void ca__timers_fire(ca_loop *l);
 /* Nonzero if a timer is due at the cached time. */
 static inline int ca__timers_due(const ca_loop *l)
 {
-    return (l->nheap && l->heap[0].when <= l->now) ||
-           (l->lane_head != l->lane_tail &&
-            l->lane[l->lane_head & (l->lane_cap - 1)].when <= l->now);
+    return l->timer_next <= l->now;
 }
 /* Every CA__EVENT_INTERVAL slices: nonzero if the loop must poll now,
  * else the clock is refreshed and a new interval starts. */

@@ -220,13 +220,33 @@ static void lane_cancel(ca_loop *l, uint32_t index)
 /* Arm, cancel, fire                                                        */
 /* ------------------------------------------------------------------------ */
 
+/* The entry that fires next (the lesser of the heap's top and the lane's
+ * head), or NULL when no timer is armed. */
+static const struct ca__heap_ent *timers_first(const ca_loop *l)
+{
+    const struct ca__heap_ent *h = l->nheap ? &l->heap[0] : NULL;
+    if (l->lane_head == l->lane_tail)
+        return h;
+    const struct ca__heap_ent *q = &l->lane[l->lane_head & (l->lane_cap - 1)];
+    return h && ent_less(h, q) ? h : q;
+}
+
+static void next_update(ca_loop *l)
+{
+    const struct ca__heap_ent *e = timers_first(l);
+    l->timer_next = e ? e->when : INT64_MAX;
+}
+
 int ca__timer_arm(ca_loop *l, ca__timer *t, int64_t when)
 {
     if (ca__timer_armed(t))
         ca__timer_cancel(l, t);
     int q = lane_push(l, t, when);
-    if (q != 0)
+    if (q != 0) {
+        if (q > 0 && when < l->timer_next)
+            l->timer_next = when;
         return q < 0 ? q : 0;
+    }
     if (l->nheap == l->heap_cap) {
         size_t cap = l->heap_cap ? l->heap_cap * 2 : 64;
         if (cap >= CA__TIMER_IDLE / 2)
@@ -246,6 +266,8 @@ int ca__timer_arm(ca_loop *l, ca__timer *t, int64_t when)
                               .seq = l->timer_seq++};
     l->nheap++;
     sift_up(l, l->nheap - 1);
+    if (when < l->timer_next)
+        l->timer_next = when;
     return 0;
 }
 
@@ -257,34 +279,24 @@ void ca__timer_cancel(ca_loop *l, ca__timer *t)
     slot_release(l, t);
     if (index & CA__TIMER_LANE) {
         lane_cancel(l, index);
-        return;
+    } else {
+        size_t i = index;
+        size_t last = --l->nheap;
+        if (i != last) {
+            place(l, i, l->heap[last]);
+            if (i > 0 && ent_less(&l->heap[i], &l->heap[(i - 1) / ARITY]))
+                sift_up(l, i);
+            else
+                sift_down(l, i);
+        }
     }
-    size_t i = index;
-    size_t last = --l->nheap;
-    if (i == last)
-        return;
-    place(l, i, l->heap[last]);
-    if (i > 0 && ent_less(&l->heap[i], &l->heap[(i - 1) / ARITY]))
-        sift_up(l, i);
-    else
-        sift_down(l, i);
-}
-
-/* The entry that fires next (the lesser of the heap's top and the lane's
- * head), or NULL when no timer is armed. */
-static const struct ca__heap_ent *timers_first(const ca_loop *l)
-{
-    const struct ca__heap_ent *h = l->nheap ? &l->heap[0] : NULL;
-    if (l->lane_head == l->lane_tail)
-        return h;
-    const struct ca__heap_ent *q = &l->lane[l->lane_head & (l->lane_cap - 1)];
-    return h && ent_less(h, q) ? h : q;
+    if (t->when == l->timer_next)
+        next_update(l);
 }
 
 int64_t ca__timers_next(const ca_loop *l)
 {
-    const struct ca__heap_ent *e = timers_first(l);
-    return e ? e->when : INT64_MAX;
+    return l->timer_next;
 }
 
 void ca__timers_fire(ca_loop *l)
