@@ -103,6 +103,26 @@ static void test_call_later_order_and_cancel(void)
     ASSERT_EQ(ca_loop_stats_get(&st), -CA_ENOLOOP);
 }
 
+/* A loop with nothing but its timers, for driving timer.c directly. */
+static ca_loop *bare_timer_loop(void)
+{
+    ca_loop *l = calloc(1, sizeof(*l));
+    ASSERT(l);
+    l->tslot_free = CA__TIMER_IDLE;
+    l->timer_next = INT64_MAX;
+    ca__tls_loop = l;
+    return l;
+}
+
+static void bare_timer_loop_free(ca_loop *l)
+{
+    ca__tls_loop = NULL;
+    free(l->heap);
+    free(l->lane);
+    free(l->tslots);
+    free(l);
+}
+
 /* Many timers armed and cancelled at random keep the heap ordered. */
 static int fired_count;
 static int64_t last_when;
@@ -117,11 +137,7 @@ static void test_timer_heap_random(void)
 {
     enum { N = 20000 };
     static ca__timer tm[N];
-    ca_loop *l = calloc(1, sizeof(*l));
-    ASSERT(l);
-    l->tslot_free = CA__TIMER_IDLE;
-    l->timer_next = INT64_MAX;
-    ca__tls_loop = l;
+    ca_loop *l = bare_timer_loop();
     unsigned seed = 12345;
     int live = 0;
     for (int i = 0; i < N; i++) {
@@ -150,11 +166,7 @@ static void test_timer_heap_random(void)
     ASSERT_EQ(fired_count, live);
     ASSERT_EQ((int)l->nheap, 0);
     ASSERT_EQ(l->lane_head, l->lane_tail);
-    ca__tls_loop = NULL;
-    free(l->heap);
-    free(l->lane);
-    free(l->tslots);
-    free(l);
+    bare_timer_loop_free(l);
 }
 
 /*
@@ -206,11 +218,7 @@ static int64_t lane_min_when(void)
 
 static void test_timer_lane(void)
 {
-    ca_loop *l = calloc(1, sizeof(*l));
-    ASSERT(l);
-    l->tslot_free = CA__TIMER_IDLE;
-    l->timer_next = INT64_MAX;
-    ca__tls_loop = l;
+    ca_loop *l = bare_timer_loop();
     unsigned seed = 777;
     int live = 0;
     for (int i = 0; i < LANE_N; i++) {
@@ -270,11 +278,7 @@ static void test_timer_lane(void)
     ASSERT_EQ(l->lane_head, l->lane_tail);
     ASSERT_EQ(l->lane_dead, 0u);
     ASSERT_EQ(ca__timers_next(l), INT64_MAX);
-    ca__tls_loop = NULL;
-    free(l->heap);
-    free(l->lane);
-    free(l->tslots);
-    free(l);
+    bare_timer_loop_free(l);
 }
 
 static double sleep_err;
