@@ -136,6 +136,95 @@ static void test_stream_limits(void)
     ASSERT_EQ(ca_run(limit_main, NULL), 0);
 }
 
+/* ---- a short read, then the FIN that came with it ------------------------- */
+
+/*
+ * After a short read of a stream socket the stream waits for the next edge
+ * instead of calling read() for an EAGAIN.  When the peer's FIN arrives in
+ * the same edge as the data, no edge follows: the stream must still see the
+ * end (the loop records EPOLLRDHUP), not wait forever.  Also over TCP, and
+ * with more data following a short read in a later turn.
+ */
+static int fin_sender(void *a)
+{
+    int fd = *(int *)a;
+    /* Both before the loop polls: the reader's one edge carries both. */
+    if (write(fd, "hello", 5) != 5)
+        return -EIO;
+    return shutdown(fd, SHUT_WR) == 0 ? 0 : -errno;
+}
+
+static int more_sender(void *a)
+{
+    int fd = *(int *)a;
+    for (int i = 0; i < 3; i++) {
+        int r = ca_sleep(0.01);
+        if (r < 0)
+            return r;
+        if (write(fd, "abc", 3) != 3)
+            return -EIO;
+    }
+    return shutdown(fd, SHUT_WR) == 0 ? 0 : -errno;
+}
+
+static void short_read_case(int rfd, int wfd, ca_fn sender, const char *want)
+{
+    ca_stream *s;
+    ASSERT_EQ(ca_stream_open(&s, rfd, NULL), 0);
+    ca_task *t = ca_spawn(sender, &wfd);
+    ASSERT(t);
+    char buf[4096], got[64];
+    size_t len = 0;
+    ASSERT_EQ(ca_deadline_push(5.0), 0);
+    ssize_t n;
+    while ((n = ca_stream_read(s, buf, sizeof(buf))) > 0) {
+        ASSERT(len + (size_t)n < sizeof(got));
+        memcpy(got + len, buf, (size_t)n);
+        len += (size_t)n;
+    }
+    ASSERT_EQ(n, 0); /* the end, not -ETIMEDOUT */
+    ASSERT_EQ(ca_deadline_pop(), 0);
+    got[len] = 0;
+    ASSERT_STREQ(got, want);
+    ASSERT_EQ(ca_join(t), 0);
+    ca_task_release(t);
+    ASSERT_EQ(ca_stream_close(s), 0);
+    ca_close(wfd);
+}
+
+static int short_fin_main(void *a)
+{
+    (void)a;
+    int sv[2];
+    for (int round = 0; round < 2; round++) {
+        ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                             0, sv),
+                  0);
+        short_read_case(sv[0], sv[1], round ? more_sender : fin_sender,
+                        round ? "abcabcabc" : "hello");
+    }
+    /* TCP on loopback: the reader's side first waits on an empty socket. */
+    for (int round = 0; round < 2; round++) {
+        int lfd = ca_tcp_listen("127.0.0.1", 0, NULL);
+        ASSERT_GE(lfd, 0);
+        int port = ca_sock_port(lfd);
+        ASSERT(port > 0);
+        int cfd = ca_tcp_connect("127.0.0.1", (unsigned)port);
+        ASSERT_GE(cfd, 0);
+        int afd = ca_accept(lfd, NULL, NULL);
+        ASSERT_GE(afd, 0);
+        ca_close(lfd);
+        short_read_case(afd, cfd, round ? more_sender : fin_sender,
+                        round ? "abcabcabc" : "hello");
+    }
+    return 0;
+}
+
+static void test_short_read_then_fin(void)
+{
+    ASSERT_EQ(ca_run(short_fin_main, NULL), 0);
+}
+
 /* ---- Unix sockets ---------------------------------------------------------- */
 
 static int unix_server(void *a)
@@ -682,6 +771,7 @@ static void test_10k_connections(void)
 static const struct test_case tests[] = {
     {"echo_and_stream_reads", test_echo_and_stream_reads, 20, 0},
     {"stream_limits", test_stream_limits, 10, 0},
+    {"short_read_then_fin", test_short_read_then_fin, 20, 0},
     {"unix_sockets", test_unix_sockets, 10, 0},
     {"backpressure", test_backpressure, 10, 0},
     {"peer_reset", test_peer_reset, 10, 0},

@@ -84,6 +84,8 @@ static int ep_poll(ca_loop *l, int64_t timeout_ns)
         int m = 0;
         if (e & (EPOLLIN | EPOLLRDHUP | EPOLLPRI))
             m |= CA_READ;
+        if (e & EPOLLRDHUP)
+            m |= CA__FD_PEER_CLOSED;
         if (e & EPOLLOUT)
             m |= CA_WRITE;
         if (e & EPOLLERR)

@@ -69,6 +69,12 @@ int ca__fd_take_ready(ca_loop *l, int fd, int events)
     return got;
 }
 
+int ca__fd_peer_closed(const ca_loop *l, int fd)
+{
+    return l && fd >= 0 && fd < l->nfds &&
+           (l->fds[fd].ready & CA__FD_PEER_CLOSED);
+}
+
 void ca__fd_add_waiter(ca_loop *l, ca__fdwait *w)
 {
     ca__fdent *e = &l->fds[w->fd];

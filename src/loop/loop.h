@@ -345,6 +345,12 @@ int ca__fd_register(ca_loop *l, int fd);
 /* Consume cached readiness for events; returns the mask consumed (0 if the
  * caller must wait). */
 int ca__fd_take_ready(ca_loop *l, int fd, int events);
+/* Internal event bit: the peer shut down its side (EPOLLRDHUP).  Sticky in
+ * the fd's readiness until the fd is forgotten; never passed to waiters. */
+#define CA__FD_PEER_CLOSED 0x40
+/* Nonzero if fd has reported that its peer shut down its side: its queue
+ * may still hold data, then the end of the stream, with no edge to come. */
+int ca__fd_peer_closed(const ca_loop *l, int fd);
 void ca__fd_add_waiter(ca_loop *l, ca__fdwait *w);
 void ca__fd_remove_waiter(ca_loop *l, ca__fdwait *w);
 int ca__fd_forget(ca_loop *l, int fd);

@@ -39,8 +39,15 @@ static ssize_t fd_recv(ca__layer *l, void *buf, size_t n, int *want)
 {
     for (;;) {
         ssize_t r = read(l->s->fd, buf, n);
-        if (r >= 0)
+        if (r >= 0) {
+            /* A short read from a stream socket emptied its queue, unless
+             * the peer's FIN is already there (it came with the same edge
+             * as the data, and no edge would follow). */
+            ca_stream *s = l->s;
+            s->rdrained = s->is_stream_socket && r > 0 && (size_t)r < n &&
+                          !ca__fd_peer_closed(ca__loop(), s->fd);
             return r;
+        }
         if (errno == EINTR)
             continue;
         *want = CA_READ;
@@ -79,14 +86,23 @@ static const struct ca__layer_ops fd_layer = {
 
 int ca__stream_wait(ca_stream *s, int want)
 {
+    s->rdrained = 0;
     return ca_wait_fd(s->fd, want);
 }
 
-/* Receive into buf, waiting while the transport has nothing. */
+/* Receive into buf, waiting while the transport has nothing.  After a short
+ * read of the bare socket, wait for the next edge before reading: an echo
+ * or request/response peer saves one failing read() per message. */
 static ssize_t recv_wait(ca_stream *s, void *buf, size_t n)
 {
     for (;;) {
         int want = CA_READ;
+        if (s->rdrained && s->top == &s->base) {
+            s->rdrained = 0;
+            int w = ca_wait_fd(s->fd, CA_READ);
+            if (w < 0)
+                return w;
+        }
         ssize_t r = s->top->ops->recv(s->top, buf, n, &want);
         if (r != -EAGAIN)
             return r;
@@ -132,6 +148,7 @@ int ca_stream_open(ca_stream **out, int fd, const ca_stream_opts *opts)
     int type;
     socklen_t tl = sizeof(type);
     s->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0;
+    s->is_stream_socket = s->is_socket && type == SOCK_STREAM;
     *out = s;
     return 0;
 }
@@ -618,6 +635,7 @@ int ca__stream_push(ca_stream *s, ca__layer *l, char **pre, size_t *pre_len)
     l->s = s;
     l->lower = s->top;
     s->top = l;
+    s->rdrained = 0;
     return 0;
 }
 
@@ -625,6 +643,7 @@ void ca__stream_pop(ca_stream *s, ca__layer *l)
 {
     if (s->top == l)
         s->top = l->lower;
+    s->rdrained = 0;
 }
 
 int ca_stream_close(ca_stream *s)

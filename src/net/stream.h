@@ -46,6 +46,13 @@ struct ca_stream {
     int werr;    /* sticky write error */
     int wclosed; /* write_eof or close started */
     int is_socket;
+    int is_stream_socket; /* SOCK_STREAM: a short read means drained */
+    /* The fd layer's last read from the socket was short: the kernel had
+     * no more then, and data arriving since raises a new edge.  The next
+     * read waits for readiness first instead of a read() that would fail
+     * with EAGAIN (libuv does the same); cleared by any other wait for the
+     * fd and whenever a layer is pushed or popped. */
+    int rdrained;
     char *rbuf;
     size_t rstart, rend, rcap;
     char *wbuf;
