@@ -357,6 +357,13 @@ static void poll_once(ca_loop *l)
             timeout = next == INT64_MAX ? -1 : (next > t0 ? next - t0 : 0);
         }
         l->stats.run_ns += t0 - l->last_poll_end;
+        /* Linux lets a poll's timer fire up to 0.1% of the timeout late
+         * (select_estimate_accuracy: 100 us on a 100 ms sleep, or the
+         * thread's timer slack if larger): ask for that much less, so a long
+         * sleep ends at its deadline instead of after it.  Woken early, the
+         * loop finds no timer due and polls again for the rest. */
+        if (timeout > 0)
+            timeout -= timeout / 1000;
         l->backend->poll(l, timeout);
         l->now = ca__clock_ns();
         l->stats.poll_ns += l->now - t0;
