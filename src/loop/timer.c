@@ -73,22 +73,30 @@ static void sift_down(ca_loop *l, size_t i)
     place(l, i, e);
 }
 
-static int slot_alloc(ca_loop *l, ca__timer *t)
+/* The slot table is full: grow it.  Returns 0 or -ENOMEM. */
+static __attribute__((noinline)) int slot_grow(ca_loop *l)
+{
+    uint32_t cap = l->tslot_cap ? l->tslot_cap * 2 : 64;
+    if (cap >= CA__TIMER_IDLE / 2)
+        return -ENOMEM;
+    struct ca__timer_slot *ts = realloc(l->tslots, (size_t)cap * sizeof(*ts));
+    if (!ts)
+        return -ENOMEM;
+    l->tslots = ts;
+    l->tslot_cap = cap;
+    return 0;
+}
+
+static inline int slot_alloc(ca_loop *l, ca__timer *t)
 {
     uint32_t s = l->tslot_free;
     if (s != CA__TIMER_IDLE && s < l->ntslots) {
         l->tslot_free = l->tslots[s].next_free;
     } else {
         if (l->ntslots == l->tslot_cap) {
-            uint32_t cap = l->tslot_cap ? l->tslot_cap * 2 : 64;
-            if (cap >= CA__TIMER_IDLE / 2)
-                return -ENOMEM;
-            struct ca__timer_slot *ts =
-                realloc(l->tslots, (size_t)cap * sizeof(*ts));
-            if (!ts)
-                return -ENOMEM;
-            l->tslots = ts;
-            l->tslot_cap = cap;
+            int r = slot_grow(l);
+            if (r < 0)
+                return r;
         }
         s = l->ntslots++;
     }
@@ -97,7 +105,7 @@ static int slot_alloc(ca_loop *l, ca__timer *t)
     return 0;
 }
 
-static void slot_release(ca_loop *l, ca__timer *t)
+static inline void slot_release(ca_loop *l, ca__timer *t)
 {
     uint32_t s = t->slot;
     l->tslots[s].t = NULL;
@@ -130,7 +138,7 @@ static inline int lane_empty(const ca_loop *l)
 }
 
 /* Drop dead entries at both ends, so that both ends are live. */
-static void lane_trim(ca_loop *l)
+static inline void lane_trim(ca_loop *l)
 {
     while (!lane_empty(l) && lane_at(l, l->lane_head)->slot == DEAD) {
         l->lane_head++;
@@ -159,13 +167,10 @@ static void lane_relay(ca_loop *l, struct ca__heap_ent *to)
     l->lane_dead = 0;
 }
 
-/* Room for one more entry: compact a ring that is at least half dead,
- * else double it.  Returns 0 or -ENOMEM. */
-static int lane_make_room(ca_loop *l)
+/* The ring is full (or not there yet): compact a ring that is at least
+ * half dead, else double it.  Returns 0 or -ENOMEM. */
+static __attribute__((noinline)) int lane_grow(ca_loop *l)
 {
-    uint32_t used = l->lane_tail - l->lane_head;
-    if (l->lane && used < l->lane_cap)
-        return 0;
     if (l->lane && l->lane_dead >= l->lane_cap / 2) {
         struct ca__heap_ent *tmp = malloc((size_t)l->lane_cap * sizeof(*tmp));
         if (tmp) {
@@ -191,14 +196,16 @@ static int lane_make_room(ca_loop *l)
 
 /* Queue t at the end of the lane if it is due no earlier than the last
  * entry.  Returns 1 if queued, 0 if it belongs in the heap, or -ENOMEM. */
-static int lane_push(ca_loop *l, ca__timer *t, int64_t when)
+static inline int lane_push(ca_loop *l, ca__timer *t, int64_t when)
 {
     if (!lane_empty(l) && when < lane_at(l, l->lane_tail - 1)->when)
         return 0;
-    int r = lane_make_room(l);
-    if (r < 0)
-        return r;
-    r = slot_alloc(l, t);
+    if (!l->lane || l->lane_tail - l->lane_head == l->lane_cap) {
+        int g = lane_grow(l);
+        if (g < 0)
+            return g;
+    }
+    int r = slot_alloc(l, t);
     if (r < 0)
         return r;
     t->when = when;
@@ -209,7 +216,7 @@ static int lane_push(ca_loop *l, ca__timer *t, int64_t when)
     return 1;
 }
 
-static void lane_cancel(ca_loop *l, uint32_t index)
+static inline void lane_cancel(ca_loop *l, uint32_t index)
 {
     l->lane[index & ~CA__TIMER_LANE].slot = DEAD;
     l->lane_dead++;
@@ -237,16 +244,10 @@ static void next_update(ca_loop *l)
     l->timer_next = e ? e->when : INT64_MAX;
 }
 
-int ca__timer_arm(ca_loop *l, ca__timer *t, int64_t when)
+/* Arm t in the heap (it is due before the lane's last entry). */
+static __attribute__((noinline)) int heap_arm(ca_loop *l, ca__timer *t,
+                                              int64_t when)
 {
-    if (ca__timer_armed(t))
-        ca__timer_cancel(l, t);
-    int q = lane_push(l, t, when);
-    if (q != 0) {
-        if (q > 0 && when < l->timer_next)
-            l->timer_next = when;
-        return q < 0 ? q : 0;
-    }
     if (l->nheap == l->heap_cap) {
         size_t cap = l->heap_cap ? l->heap_cap * 2 : 64;
         if (cap >= CA__TIMER_IDLE / 2)
@@ -271,25 +272,41 @@ int ca__timer_arm(ca_loop *l, ca__timer *t, int64_t when)
     return 0;
 }
 
+int ca__timer_arm(ca_loop *l, ca__timer *t, int64_t when)
+{
+    if (ca__timer_armed(t))
+        ca__timer_cancel(l, t);
+    int q = lane_push(l, t, when);
+    if (q == 0)
+        return heap_arm(l, t, when);
+    if (q > 0 && when < l->timer_next)
+        l->timer_next = when;
+    return q < 0 ? q : 0;
+}
+
+/* Take the entry at heap position i out of the heap. */
+static __attribute__((noinline)) void heap_remove(ca_loop *l, size_t i)
+{
+    size_t last = --l->nheap;
+    if (i == last)
+        return;
+    place(l, i, l->heap[last]);
+    if (i > 0 && ent_less(&l->heap[i], &l->heap[(i - 1) / ARITY]))
+        sift_up(l, i);
+    else
+        sift_down(l, i);
+}
+
 void ca__timer_cancel(ca_loop *l, ca__timer *t)
 {
     if (!ca__timer_armed(t))
         return;
     uint32_t index = l->tslots[t->slot].index;
     slot_release(l, t);
-    if (index & CA__TIMER_LANE) {
+    if (index & CA__TIMER_LANE)
         lane_cancel(l, index);
-    } else {
-        size_t i = index;
-        size_t last = --l->nheap;
-        if (i != last) {
-            place(l, i, l->heap[last]);
-            if (i > 0 && ent_less(&l->heap[i], &l->heap[(i - 1) / ARITY]))
-                sift_up(l, i);
-            else
-                sift_down(l, i);
-        }
-    }
+    else
+        heap_remove(l, index);
     if (t->when == l->timer_next)
         next_update(l);
 }
