@@ -623,6 +623,132 @@ static void test_stats(void)
     ASSERT_EQ(ca_run(stats_main, NULL), 0);
 }
 
+/* ---- a busy loop still polls -------------------------------------------- */
+
+/*
+ * Two tasks yield to each other without pause (the loop reads the clock
+ * every 128 slices and polls only after 50 us).  Meanwhile a thread writes
+ * to a pipe and posts a thread-safe call, and a task sleeps 10 ms: each must
+ * be served within a generous bound, not after the yielders give up (2 s).
+ */
+struct busy_state {
+    int pipefd[2];
+    double written_at, read_at, posted_at, called_at, slept_late;
+    long yields;
+};
+
+static void busy_ts_cb(void *a)
+{
+    struct busy_state *b = a;
+    b->called_at = mono();
+}
+
+static void *busy_thread(void *a)
+{
+    struct busy_state *b = a;
+    struct timespec d = {0, 20 * 1000 * 1000};
+    nanosleep(&d, NULL);
+    b->written_at = mono();
+    ASSERT_EQ(write(b->pipefd[1], "x", 1), 1);
+    return NULL;
+}
+
+static int busy_yielder(void *a)
+{
+    struct busy_state *b = a;
+    double end = mono() + 2.0;
+    while (!(b->read_at > 0 && b->called_at > 0 && b->slept_late >= 0) &&
+           mono() < end) {
+        for (int i = 0; i < 64; i++) {
+            ASSERT_EQ(ca_yield(), 0);
+            b->yields++;
+        }
+    }
+    return 0;
+}
+
+static int busy_reader(void *a)
+{
+    struct busy_state *b = a;
+    char c;
+    for (;;) {
+        ssize_t n = read(b->pipefd[0], &c, 1);
+        if (n == 1)
+            break;
+        ASSERT(n < 0 && errno == EAGAIN);
+        int r = ca_wait_fd(b->pipefd[0], CA_READ);
+        ASSERT(r > 0);
+    }
+    b->read_at = mono();
+    return 0;
+}
+
+static int busy_sleeper(void *a)
+{
+    struct busy_state *b = a;
+    double t0 = mono();
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    b->slept_late = mono() - t0 - 0.01;
+    return 0;
+}
+
+struct busy_post {
+    struct busy_state *b;
+    ca_loop *loop;
+};
+
+static void *busy_poster(void *a)
+{
+    struct busy_post *p = a;
+    struct timespec d = {0, 40 * 1000 * 1000};
+    nanosleep(&d, NULL);
+    p->b->posted_at = mono();
+    ASSERT_EQ(ca_call_soon_threadsafe(p->loop, busy_ts_cb, p->b), 0);
+    return NULL;
+}
+
+static int busy_main(void *a)
+{
+    (void)a;
+    static struct busy_state b;
+    memset(&b, 0, sizeof(b));
+    b.slept_late = -1;
+    ASSERT_EQ(pipe2(b.pipefd, O_NONBLOCK | O_CLOEXEC), 0);
+    ca_task *t[4];
+    t[0] = ca_spawn(busy_yielder, &b);
+    t[1] = ca_spawn(busy_yielder, &b);
+    t[2] = ca_spawn(busy_reader, &b);
+    t[3] = ca_spawn(busy_sleeper, &b);
+    struct busy_post post = {&b, ca_loop_current()};
+    pthread_t th, th2;
+    ASSERT_EQ(pthread_create(&th, NULL, busy_thread, &b), 0);
+    ASSERT_EQ(pthread_create(&th2, NULL, busy_poster, &post), 0);
+    for (int i = 0; i < 4; i++) {
+        ASSERT(t[i]);
+        ASSERT_EQ(ca_join(t[i]), 0);
+        ca_task_release(t[i]);
+    }
+    pthread_join(th, NULL);
+    pthread_join(th2, NULL);
+    ASSERT(b.yields > 1000); /* the loop was busy */
+    ASSERT(b.read_at > 0);
+    ASSERT(b.called_at > 0);
+    ASSERT(b.slept_late >= 0);
+    /* Generous bounds for a shared VM; a loop that stopped polling while
+     * busy would only get there after the yielders' 2 s. */
+    ASSERT(b.read_at - b.written_at < 0.5);
+    ASSERT(b.called_at - b.posted_at < 0.5);
+    ASSERT(b.slept_late < 0.5);
+    ca_close(b.pipefd[0]);
+    close(b.pipefd[1]);
+    return 0;
+}
+
+static void test_busy_loop_still_polls(void)
+{
+    ASSERT_EQ(ca_run(busy_main, NULL), 0);
+}
+
 static const struct test_case tests[] = {
     {"call_soon_fifo", test_call_soon_fifo, 10, 0},
     {"call_later_order_and_cancel", test_call_later_order_and_cancel, 10, 0},
@@ -636,6 +762,7 @@ static const struct test_case tests[] = {
     {"close_wakes_waiters_and_no_stale_events",
      test_close_wakes_waiters_and_no_stale_events, 10, 0},
     {"stats", test_stats, 10, 0},
+    {"busy_loop_still_polls", test_busy_loop_still_polls, 20, 0},
     {NULL, NULL, 0, 0},
 };
 
