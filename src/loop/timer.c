@@ -167,20 +167,14 @@ static void lane_relay(ca_loop *l, struct ca__heap_ent *to)
     l->lane_dead = 0;
 }
 
-/* The ring is full (or not there yet): compact a ring that is at least
- * half dead, else double it.  Returns 0 or -ENOMEM. */
+/* The ring is full (or not there yet): move its live entries to a new
+ * ring, of the same size if at least half of it was dead, else twice as
+ * large.  Returns 0 or -ENOMEM. */
 static __attribute__((noinline)) int lane_grow(ca_loop *l)
 {
-    if (l->lane && l->lane_dead >= l->lane_cap / 2) {
-        struct ca__heap_ent *tmp = malloc((size_t)l->lane_cap * sizeof(*tmp));
-        if (tmp) {
-            lane_relay(l, tmp);
-            free(l->lane);
-            l->lane = tmp;
-            return 0;
-        }
-    }
-    uint32_t cap = l->lane_cap ? l->lane_cap * 2 : LANE_MIN;
+    uint32_t cap = !l->lane                        ? LANE_MIN
+                   : l->lane_dead >= l->lane_cap / 2 ? l->lane_cap
+                                                     : l->lane_cap * 2;
     if (cap > LANE_MAX)
         return -ENOMEM;
     struct ca__heap_ent *to = malloc((size_t)cap * sizeof(*to));
@@ -318,9 +312,8 @@ int64_t ca__timers_next(const ca_loop *l)
 
 void ca__timers_fire(ca_loop *l)
 {
-    const struct ca__heap_ent *e;
-    while ((e = timers_first(l)) && e->when <= l->now) {
-        ca__timer *t = l->tslots[e->slot].t;
+    while (ca__timers_due(l)) {
+        ca__timer *t = l->tslots[timers_first(l)->slot].t;
         ca__timer_cancel(l, t);
         t->fire(t);
     }

@@ -97,13 +97,11 @@ static ssize_t recv_wait(ca_stream *s, void *buf, size_t n)
 {
     for (;;) {
         int want = CA_READ;
-        if (s->rdrained && s->top == &s->base) {
+        ssize_t r = -EAGAIN; /* drained: as if the read had said so */
+        if (s->rdrained && s->top == &s->base)
             s->rdrained = 0;
-            int w = ca_wait_fd(s->fd, CA_READ);
-            if (w < 0)
-                return w;
-        }
-        ssize_t r = s->top->ops->recv(s->top, buf, n, &want);
+        else
+            r = s->top->ops->recv(s->top, buf, n, &want);
         if (r != -EAGAIN)
             return r;
         int w = ca_wait_fd(s->fd, want);

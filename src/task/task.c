@@ -414,10 +414,7 @@ static inline __attribute__((always_inline)) int switch_fast(ca_loop *l,
     ca_task *next = ca__task_of_ready(n);
     if (__builtin_expect(next->state == CA__T_NEW || next == self, 0))
         return 0;
-    l->ready_head = n->next;
-    if (!n->next)
-        l->ready_tail = NULL;
-    l->nready--;
+    ca__ready_pop(l);
     l->slices++;
     l->current = next;
     next->state = CA__T_RUNNING;
