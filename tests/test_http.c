@@ -191,6 +191,15 @@ static int serve_one(ca_stream *s, struct req *q, int conn_id)
         int n = snprintf(b, sizeof(b), "%d", conn_id);
         return send_response(s, 200, NULL, b, (size_t)n);
     }
+    if (strcmp(q->path, "/conn-then-close") == 0) {
+        /* a keep-alive answer, then the server drops the idle connection */
+        char b[32];
+        int n = snprintf(b, sizeof(b), "%d", conn_id);
+        if (send_response(s, 200, NULL, b, (size_t)n) < 0)
+            return -1;
+        ca_sleep(0.02);
+        return -1;
+    }
     if (strcmp(q->path, "/cookies") == 0)
         return send_response(s, 200, NULL, q->cookie, strlen(q->cookie));
     if (strcmp(q->path, "/echo") == 0) {
@@ -383,6 +392,28 @@ static int basics_main(void *a)
         if (i == 0)
             snprintf(first, sizeof(first), "%s", ca_http_response_body(r, NULL));
         ASSERT_STREQ(ca_http_response_body(r, NULL), first);
+        ca_http_response_free(r);
+    }
+
+    /* The server drops a pooled connection while it idles: the session
+     * takes the close without spinning the loop (a socket left reporting
+     * would run a drain every turn), and the next request connects anew. */
+    ASSERT_EQ(ca_http_get(s, "/conn-then-close", &r), 0);
+    char was[32];
+    snprintf(was, sizeof(was), "%s", ca_http_response_body(r, NULL));
+    ca_http_response_free(r);
+    ca_loop_stats st0, st1;
+    ASSERT_EQ(ca_loop_stats_get(&st0), 0);
+    ASSERT_EQ(ca_sleep(0.2), 0);
+    ASSERT_EQ(ca_loop_stats_get(&st1), 0);
+    ASSERT_LT(st1.turns - st0.turns, 100);
+    for (int i = 0; i < 3; i++) {
+        ASSERT_EQ(ca_http_get(s, "/conn", &r), 0);
+        ASSERT_EQ(ca_http_response_status(r), 200);
+        ASSERT(strcmp(ca_http_response_body(r, NULL), was) != 0);
+        if (i == 0)
+            snprintf(first, sizeof(first), "%s", ca_http_response_body(r, NULL));
+        ASSERT_STREQ(ca_http_response_body(r, NULL), first); /* reused */
         ca_http_response_free(r);
     }
 

@@ -9,8 +9,11 @@
  * epoll_wait and hands each event to curl_multi_socket_action.  curl does
  * not always read a socket dry; level triggering inside keeps such a socket
  * reported, and a batch that found events schedules the next drain for the
- * next turn instead of waiting for a new edge.  curl's timer is one loop
- * timer.  Finished transfers (curl_multi_info_read) wake their tasks.
+ * next turn instead of waiting for a new edge.  A socket that curl stops
+ * watching while it waits only for input (a connection going back to
+ * curl's pool) stays in the set, so that the next request on it costs no
+ * epoll_ctl; it leaves the set when it reports an event nobody wants or
+ * when curl closes it.  curl's timer is one loop timer.  Finished transfers (curl_multi_info_read) wake their tasks.
  *
  * A response owns its easy handle from the request to ca_http_response_free
  * (curl's info about the transfer stays readable).  The task that made the
@@ -55,6 +58,8 @@ struct ca_http_session {
     CURLSH *share;
     ca_loop *loop;
     int epfd; /* level-triggered set of curl's sockets */
+    uint8_t *fdst; /* FD_* state of each fd number in epfd, see sock_cb */
+    size_t nfdst;
     ca__fdwait w;
     int armed;
     ca_handle drain_h;
@@ -186,6 +191,45 @@ static void check_done(ca_http_session *s)
 static void arm_epfd(ca_http_session *s);
 static void drain(ca_http_session *s);
 
+/*
+ * The state of an fd number in the session's epoll set: the events it is
+ * registered for there (FD_IN, FD_OUT) and whether curl watches it now
+ * (FD_WANTED).  curl's CURL_POLL_REMOVE of an input-only socket clears
+ * only FD_WANTED: the registration stays (it would report nothing but the
+ * peer's data or close, which drain() takes as the moment to remove it),
+ * and a later CURL_POLL_IN finds it in place.  close_cb forgets an fd that
+ * curl closes (the kernel drops it from the set), so a new socket that
+ * gets the same number starts from nothing.
+ */
+#define FD_IN 1u
+#define FD_OUT 2u
+#define FD_WANTED 4u
+
+/* The state byte of fd, growing the table; NULL if out of memory. */
+static uint8_t *fd_state(ca_http_session *s, curl_socket_t fd)
+{
+    if (fd < 0)
+        return NULL;
+    if ((size_t)fd >= s->nfdst) {
+        size_t n = s->nfdst ? s->nfdst : 64;
+        while (n <= (size_t)fd)
+            n *= 2;
+        uint8_t *t = realloc(s->fdst, n);
+        if (!t)
+            return NULL;
+        memset(t + s->nfdst, 0, n - s->nfdst);
+        s->fdst = t;
+        s->nfdst = n;
+    }
+    return &s->fdst[fd];
+}
+
+static void fd_unregister(ca_http_session *s, int fd)
+{
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL);
+    s->fdst[fd] = 0;
+}
+
 static void drain_cb(void *arg)
 {
     ca_http_session *s = arg;
@@ -199,6 +243,13 @@ static void drain(ca_http_session *s)
     int n = epoll_wait(s->epfd, ev, 64, 0);
     int running;
     for (int i = 0; i < n; i++) {
+        int fd = ev[i].data.fd;
+        if ((size_t)fd < s->nfdst && !(s->fdst[fd] & FD_WANTED)) {
+            /* Kept in the set while idle: its peer spoke or closed, which
+             * curl will see when it next looks at the connection. */
+            fd_unregister(s, fd);
+            continue;
+        }
         int mask = 0;
         if (ev[i].events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
             mask |= CURL_CSELECT_IN;
@@ -206,7 +257,7 @@ static void drain(ca_http_session *s)
             mask |= CURL_CSELECT_OUT;
         if (ev[i].events & EPOLLERR)
             mask |= CURL_CSELECT_ERR;
-        curl_multi_socket_action(s->multi, ev[i].data.fd, mask, &running);
+        curl_multi_socket_action(s->multi, fd, mask, &running);
     }
     check_done(s);
     /* Level-triggered inside: whatever curl left unread is reported again
@@ -240,26 +291,50 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
                    void *socketp)
 {
     (void)e;
+    (void)socketp;
     ca_http_session *s = userp;
+    uint8_t *st = fd_state(s, fd);
     if (what == CURL_POLL_REMOVE) {
-        epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL);
-        curl_multi_assign(s->multi, fd, NULL);
+        if (st && (*st & FD_OUT))
+            fd_unregister(s, fd);
+        else if (st)
+            *st &= (uint8_t)~FD_WANTED;
+        else
+            epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL);
         return 0;
     }
-    struct epoll_event ev = {.data.fd = fd};
-    if (what & CURL_POLL_IN)
-        ev.events |= EPOLLIN | EPOLLRDHUP;
-    if (what & CURL_POLL_OUT)
-        ev.events |= EPOLLOUT;
-    int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-    if (epoll_ctl(s->epfd, op, fd, &ev) < 0) {
-        /* A reused fd number, or one the kernel dropped on close. */
-        op = errno == EEXIST ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-        if (epoll_ctl(s->epfd, op, fd, &ev) < 0)
-            return -1;
+    if (!st)
+        return -1;
+    unsigned want = (what & CURL_POLL_IN ? FD_IN : 0u) |
+                    (what & CURL_POLL_OUT ? FD_OUT : 0u);
+    unsigned reg = *st & (FD_IN | FD_OUT);
+    if (reg != want) {
+        struct epoll_event ev = {.data.fd = fd};
+        if (want & FD_IN)
+            ev.events |= EPOLLIN | EPOLLRDHUP;
+        if (want & FD_OUT)
+            ev.events |= EPOLLOUT;
+        int op = reg ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+        if (epoll_ctl(s->epfd, op, fd, &ev) < 0) {
+            /* Registered by an earlier owner of the number, or dropped. */
+            op = errno == EEXIST ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+            if (epoll_ctl(s->epfd, op, fd, &ev) < 0) {
+                *st = 0;
+                return -1;
+            }
+        }
     }
-    curl_multi_assign(s->multi, fd, (void *)1);
+    *st = (uint8_t)(want | FD_WANTED);
     return 0;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION: curl closes one of its sockets. */
+static int close_cb(void *clientp, curl_socket_t fd)
+{
+    ca_http_session *s = clientp;
+    if (fd >= 0 && (size_t)fd < s->nfdst)
+        s->fdst[fd] = 0;
+    return close(fd);
 }
 
 static void timer_fire(ca__timer *t)
@@ -399,6 +474,7 @@ int ca_http_session_free(ca_http_session *s)
         close(s->epfd);
     }
     curl_slist_free_all(s->headers);
+    free(s->fdst);
     free(s->base_url);
     free(s->proxy);
     free(s->ca_file);
@@ -880,6 +956,8 @@ static int setup(ca_http_response *r, const char *method, const char *url,
     curl_easy_setopt(e, CURLOPT_PRIVATE, r);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_cb);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, s);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
