@@ -13,7 +13,8 @@
  * watching while it waits only for input (a connection going back to
  * curl's pool) stays in the set, so that the next request on it costs no
  * epoll_ctl; it leaves the set when it reports an event nobody wants or
- * when curl closes it.  curl's timer is one loop timer.  Finished transfers (curl_multi_info_read) wake their tasks.
+ * when curl closes it.  curl's timer is one loop timer.  Finished
+ * transfers (curl_multi_info_read) wake their tasks.
  *
  * A response owns its easy handle from the request to ca_http_response_free
  * (curl's info about the transfer stays readable).  The task that made the
@@ -57,7 +58,7 @@ struct ca_http_session {
     CURLM *multi;
     CURLSH *share;
     ca_loop *loop;
-    int epfd; /* level-triggered set of curl's sockets */
+    int epfd;      /* level-triggered set of curl's sockets */
     uint8_t *fdst; /* FD_* state of each fd number in epfd, see sock_cb */
     size_t nfdst;
     ca__fdwait w;
