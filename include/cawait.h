@@ -235,7 +235,8 @@ CA_EXTERN void ca_task_set_userdata(ca_task *t, void *p);
 /* The loop's monotonic time in seconds: CLOCK_MONOTONIC, cached each time
  * the loop polls for events and at least every 128 task slices (a busy loop
  * reads the clock then, and polls only if 50 us have passed since its last
- * poll), so it may lag inside a long slice.  Outside a loop: the current monotonic time. */
+ * poll), so it may lag inside a long slice.  Outside a loop: the current
+ * monotonic time. */
 CA_EXTERN double ca_now(void);
 /* The same in nanoseconds. */
 CA_EXTERN int64_t ca_now_ns(void);

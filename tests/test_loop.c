@@ -123,6 +123,12 @@ static void bare_timer_loop_free(ca_loop *l)
     free(l);
 }
 
+/* Timers armed and not cancelled: in the heap, or live in the lane. */
+static int lane_live(const ca_loop *l)
+{
+    return (int)l->nheap + (int)(l->lane_tail - l->lane_head - l->lane_dead);
+}
+
 /* Many timers armed and cancelled at random keep the heap ordered. */
 static int fired_count;
 static int64_t last_when;
@@ -158,9 +164,7 @@ static void test_timer_heap_random(void)
     for (int i = 0; i < N; i += 7)
         if (ca__timer_armed(&tm[i]))
             ASSERT_EQ(ca__timer_arm(l, &tm[i], 50000 + i), 0);
-    ASSERT_EQ((int)l->nheap +
-                  (int)(l->lane_tail - l->lane_head - l->lane_dead),
-              live);
+    ASSERT_EQ(lane_live(l), live);
     l->now = INT64_MAX - 1;
     ca__timers_fire(l);
     ASSERT_EQ(fired_count, live);
@@ -199,11 +203,6 @@ static void lane_arm(ca_loop *l, int i, int64_t when)
 {
     lane_armseq[i] = lane_seq_next++;
     ASSERT_EQ(ca__timer_arm(l, &lane_tm[i], when), 0);
-}
-
-static int lane_live(const ca_loop *l)
-{
-    return (int)l->nheap + (int)(l->lane_tail - l->lane_head - l->lane_dead);
 }
 
 /* The earliest deadline among the armed lane_tm timers. */

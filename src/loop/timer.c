@@ -127,7 +127,7 @@ static inline uint32_t lane_mask(const ca_loop *l)
     return l->lane_cap - 1;
 }
 
-static inline struct ca__heap_ent *lane_at(ca_loop *l, uint32_t pos)
+static inline struct ca__heap_ent *lane_at(const ca_loop *l, uint32_t pos)
 {
     return &l->lane[pos & lane_mask(l)];
 }
@@ -226,9 +226,9 @@ static inline void lane_cancel(ca_loop *l, uint32_t index)
 static const struct ca__heap_ent *timers_first(const ca_loop *l)
 {
     const struct ca__heap_ent *h = l->nheap ? &l->heap[0] : NULL;
-    if (l->lane_head == l->lane_tail)
+    if (lane_empty(l))
         return h;
-    const struct ca__heap_ent *q = &l->lane[l->lane_head & (l->lane_cap - 1)];
+    const struct ca__heap_ent *q = lane_at(l, l->lane_head);
     return h && ent_less(h, q) ? h : q;
 }
 

@@ -20,9 +20,10 @@
  * Task memory: tasks are carved from arenas that double from 64 KiB to
  * 4 MiB and are populated when mapped (see arena_map), so their pages
  * arrive in one system call instead of one page fault each (a million
- * tasks: 41,000 faults).  Freed tasks go on a free list chained through ready.next and are
- * reused; arenas are unmapped with the loop.  Walking the arenas finds every
- * uncollected task (state != CA__T_FREE), so tasks need no list links.
+ * tasks: 41,000 faults).  Freed tasks go on a free list chained through
+ * ready.next and are reused; arenas are unmapped with the loop.  Walking
+ * the arenas finds every uncollected task (state != CA__T_FREE), so tasks
+ * need no list links.
  */
 #define ARENA_MIN (64u * 1024u)
 #define ARENA_MAX (4u * 1024u * 1024u)
