@@ -5,6 +5,9 @@
 #   - the lines whose order the seed fixes come out in that order;
 #   - each measured "... total: X.XX s" is within [-5%, +50%] of the expected
 #     (scaled) time: sleeps never end early, and a loaded machine only adds.
+#     An example that is only too slow runs once more (a shared host can
+#     stall any process for a moment), and its times are checked again on
+#     the second run; too fast, or too slow twice, fails.
 # Usage: scripts/demo.sh BUILD_DIR      (`make demo` builds first, then calls
 # this with its build directory).  Builds nothing itself.
 set -euo pipefail
@@ -33,6 +36,7 @@ name=""     # example being checked
 out=""      # its stdout and stderr
 bad=0       # checks it failed
 skip=0      # 1 if it could not run, so its output checks are skipped
+rerun=0     # 1 once the current example has been run a second time
 
 # fail MESSAGE: record a failed check of the current example.
 fail() {
@@ -45,6 +49,7 @@ run() {
   name=$1
   bad=0
   skip=0
+  rerun=0
   total=$((total + 1))
   covered+=("$name")
   echo
@@ -106,8 +111,25 @@ expect_time() {
   if awk -v g="$got" -v w="$want" -v lo="$lo_factor" -v hi="$hi_factor" \
     'BEGIN { exit !(g >= w * lo && g <= w * hi) }'; then
     echo "  ok: ${label}total ${got} s, expected ${want} s (-5%/+50%)"
+  elif [ "$rerun" -eq 0 ] && awk -v g="$got" -v w="$want" -v hi="$hi_factor" \
+    'BEGIN { exit !(g > w * hi) }'; then
+    rerun_example "${label}total ${got} s is above ${want} s +50%"
+    expect_time "$label" "$want"
   else
     fail "${label}total ${got} s is outside ${want} s -5%/+50%"
+  fi
+}
+
+# rerun_example WHY: run the current example once more; later checks read
+# the new output.
+rerun_example() {
+  local rc=0
+  rerun=1
+  echo "  slow: $1; running $name once more"
+  out=$(timeout "$limit" "$bin/$name" 2>&1) || rc=$?
+  printf '%s\n' "$out" | grep -E 'total: [0-9]+\.[0-9]+ s' | sed 's/^/    | /'
+  if [ "$rc" -ne 0 ]; then
+    fail "second run: exit status $rc, expected 0"
   fi
 }
 

@@ -11,6 +11,7 @@
  *
  * Environment: CAWAIT_TEST_LIGHT=1 skips tests marked heavy (valgrind);
  * CAWAIT_TEST_TIMEOUT_SCALE=N multiplies every timeout.
+ * A test that misses a wall-clock bound (ASSERT_TIME_LT) runs once more.
  * A test that cannot run here calls SKIP("why") (exit code 77).
  */
 #ifndef CA_TEST_RUNNER_H
@@ -76,6 +77,24 @@ int test_is_instrumented(void);
 #define ASSERT_LE(a, b) ASSERT_CMP(a, <=, b)
 #define ASSERT_GT(a, b) ASSERT_CMP(a, >, b)
 #define ASSERT_GE(a, b) ASSERT_CMP(a, >=, b)
+
+/* A wall-clock upper bound: "this took less than b seconds".  A shared host
+ * can stall any process for a fraction of a second, so a miss exits with
+ * TEST_EXIT_TIMING and the runner runs the test once more; only a second
+ * miss fails it.  Lower bounds (a sleep never ends early) and every other
+ * assertion fail at once. */
+#define TEST_EXIT_TIMING 75
+#define ASSERT_TIME_LT(a, b)                                                   \
+    do {                                                                       \
+        double a_ = (double)(a), b_ = (double)(b);                             \
+        if (!(a_ < b_)) {                                                      \
+            fprintf(stderr,                                                    \
+                    "%s:%d: timing bound missed: %s < %s (%.6g vs "            \
+                    "%.6g)\n",                                                 \
+                    __FILE__, __LINE__, #a, #b, a_, b_);                       \
+            exit(TEST_EXIT_TIMING);                                            \
+        }                                                                      \
+    } while (0)
 
 #define ASSERT_STREQ(a, b)                                                     \
     do {                                                                       \

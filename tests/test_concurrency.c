@@ -62,7 +62,7 @@ static int gather100_main(void *a)
     double dt = mono() - t0;
     printf("gather 100 x 0.1 s: %.3f s\n", dt);
     ASSERT_GE(dt, 0.1);
-    ASSERT_LT(dt, 0.4);
+    ASSERT_TIME_LT(dt, 0.4);
     for (int i = 0; i < N; i++)
         ASSERT_EQ(ca_task_status(ts[i]), i);
     release_all(ts, N);
@@ -100,7 +100,7 @@ static int gather_fail_main(void *a)
         ts[i] = spawn_job(&j2[i]);
     t0 = mono();
     ASSERT_EQ(ca_gather(ts, 3, 0), -EIO);
-    ASSERT_LT(mono() - t0, 0.08);
+    ASSERT_TIME_LT(mono() - t0, 0.08);
     ASSERT(!ca_task_done(ts[2]));
     ASSERT_EQ(ca_join(ts[2]), 3);
     ASSERT(j2[0].finished && j2[2].finished);
@@ -164,7 +164,7 @@ static int wait_main(void *a)
     ASSERT(ca_task_done(ts[1]) && !ca_task_done(ts[2]));
     double t0 = mono();
     ASSERT_EQ(ca_wait(ts, 3, 0.02, CA_ALL_COMPLETED), 2); /* timeout */
-    ASSERT_LT(mono() - t0, 0.15);
+    ASSERT_TIME_LT(mono() - t0, 0.15);
     ASSERT(!ca_task_done(ts[2])); /* wait never cancels */
     ASSERT_EQ(ca_wait(ts, 3, 5, CA_ALL_COMPLETED), 3);
     ASSERT_EQ(ca_wait(ts, 3, 0, 99), -EINVAL);
@@ -205,7 +205,7 @@ static int wait_for_main(void *a)
     ASSERT_EQ(ca_wait_for(t, 0.2), -ETIMEDOUT);
     double dt = mono() - t0;
     ASSERT_GE(dt, 0.2);
-    ASSERT_LT(dt, 0.45);
+    ASSERT_TIME_LT(dt, 0.45);
     ASSERT(ca_task_done(t));     /* cancelled and really finished */
     ASSERT(slow_cleanup_done);   /* its cleanup ran before we returned */
     ca_task_release(t);
@@ -344,7 +344,7 @@ static int group_fail_main(void *a)
         ASSERT_EQ(ca_group_spawn(g, NULL, job_run, &jobs[i]), 0);
     double t0 = mono();
     ASSERT_EQ(ca_group_wait(g), -EIO);
-    ASSERT_LT(mono() - t0, 0.15); /* did not wait 0.2 s */
+    ASSERT_TIME_LT(mono() - t0, 0.15); /* did not wait 0.2 s */
     ASSERT(jobs[0].cancelled && jobs[2].cancelled);
     ASSERT(!jobs[0].finished && !jobs[2].finished);
     ASSERT_EQ(ca_group_size(g), 3);

@@ -528,7 +528,7 @@ static int concurrency_main(void *a)
     /* 100 requests of 50 ms each: about 50 ms, not 5 s (valgrind and
      * sanitizers slow the connection setup down, not the waiting) */
     double dt = run_many(100, "/delay?ms=50");
-    ASSERT_LT(dt, test_is_instrumented() ? 4.0 : 1.5);
+    ASSERT_TIME_LT(dt, test_is_instrumented() ? 4.0 : 1.5);
     ASSERT_GE(conns_max, test_is_instrumented() ? 20 : 90);
     ca_http_session_free(shared);
 
@@ -669,7 +669,7 @@ static int cancel_main(void *a)
     double t0 = mono();
     ca_cancel(t);
     ASSERT_EQ(ca_join(t), -ECANCELED);
-    ASSERT_LT(mono() - t0, test_is_instrumented() ? 2.0 : 0.5);
+    ASSERT_TIME_LT(mono() - t0, test_is_instrumented() ? 2.0 : 0.5);
     ca_task_release(t);
     for (int i = 0; i < 200 && !server_write_failed; i++)
         ca_sleep(0.01);
@@ -707,7 +707,7 @@ static int timeouts_main(void *a)
     ASSERT_EQ(ca_http_request(s, NULL, "/delay?ms=3000", &o, &r), -ETIMEDOUT);
     double dt = mono() - t0;
     ASSERT_GE(dt, 0.19);
-    ASSERT_LT(dt, 2.0);
+    ASSERT_TIME_LT(dt, 2.0);
 
     /* idle: headers and 5 bytes, then silence */
     o = (ca_http_request_opts){.idle_timeout = 0.2};
@@ -715,7 +715,7 @@ static int timeouts_main(void *a)
     ASSERT_EQ(ca_http_request(s, NULL, "/silent", &o, &r), -ETIMEDOUT);
     dt = mono() - t0;
     ASSERT_GE(dt, 0.19);
-    ASSERT_LT(dt, 2.0);
+    ASSERT_TIME_LT(dt, 2.0);
     ASSERT(strstr(ca_http_last_error(), "idle") != NULL);
 
     /* a deadline scope, like any blocking call */
@@ -723,7 +723,7 @@ static int timeouts_main(void *a)
     t0 = mono();
     ASSERT_EQ(ca_http_get(s, "/delay?ms=3000", &r), -ETIMEDOUT);
     ca_deadline_pop();
-    ASSERT_LT(mono() - t0, 2.0);
+    ASSERT_TIME_LT(mono() - t0, 2.0);
 
     /* connect: a listener whose backlog is full drops our SYN */
     ca_listen_opts lo = {.backlog = 1};
@@ -747,7 +747,7 @@ static int timeouts_main(void *a)
     int rc = ca_http_request(s, NULL, url, &o, &r);
     dt = mono() - t0;
     ASSERT_EQ(rc, -ETIMEDOUT);
-    ASSERT_LT(dt, 3.0);
+    ASSERT_TIME_LT(dt, 3.0);
     for (int i = 0; i < nfill; i++)
         close(fill[i]);
     ca_close(lfd);

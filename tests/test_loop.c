@@ -352,7 +352,7 @@ static int threadsafe_main(void *a)
     double t0 = mono();
     while (total_received < (long)THREADS * PER_THREAD) {
         ASSERT_EQ(ca_sleep(0.001), 0);
-        ASSERT_LT(mono() - t0, 60);
+        ASSERT_TIME_LT(mono() - t0, 60);
     }
     for (int i = 0; i < THREADS; i++)
         pthread_join(th[i], NULL);
@@ -400,7 +400,7 @@ static int wake_sleeping_main(void *a)
     double dt = mono() - t0;
     pthread_join(th, NULL);
     ASSERT_GE(dt, 0.04);
-    ASSERT_LT(dt, 5);
+    ASSERT_TIME_LT(dt, 5);
     return 0;
 }
 
@@ -735,9 +735,9 @@ static int busy_main(void *a)
     ASSERT(b.slept_late >= 0);
     /* Generous bounds for a shared VM; a loop that stopped polling while
      * busy would only get there after the yielders' 2 s. */
-    ASSERT(b.read_at - b.written_at < 0.5);
-    ASSERT(b.called_at - b.posted_at < 0.5);
-    ASSERT(b.slept_late < 0.5);
+    ASSERT_TIME_LT(b.read_at - b.written_at, 0.5);
+    ASSERT_TIME_LT(b.called_at - b.posted_at, 0.5);
+    ASSERT_TIME_LT(b.slept_late, 0.5);
     ca_close(b.pipefd[0]);
     close(b.pipefd[1]);
     return 0;

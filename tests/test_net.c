@@ -395,7 +395,7 @@ static int graceful_main(void *a)
     ASSERT_EQ(ca_server_connections(srv), 3);
     double t0 = mono();
     ASSERT_EQ(ca_server_close(srv, 1.0), 0);
-    ASSERT_LT(mono() - t0, 0.5);
+    ASSERT_TIME_LT(mono() - t0, 0.5);
     ASSERT_EQ(finished_handlers, 3);
     ASSERT_EQ(ca_tcp_connect("127.0.0.1", (unsigned)port), -ECONNREFUSED);
     for (int i = 0; i < 3; i++)
@@ -412,7 +412,7 @@ static int graceful_main(void *a)
     ASSERT_EQ(ca_server_close(srv, 0.05), 0);
     double dt = mono() - t0;
     ASSERT_GE(dt, 0.05);
-    ASSERT_LT(dt, 1.0);
+    ASSERT_TIME_LT(dt, 1.0);
     ASSERT_EQ(cancelled_handlers, 3);
     for (int i = 0; i < 3; i++)
         ca_close(fds[i]);
@@ -747,7 +747,7 @@ static int many_main(void *a)
         pid_t w = waitpid(pid, &status, WNOHANG);
         if (w == pid)
             break;
-        ASSERT_LT(mono() - t0, 60);
+        ASSERT_TIME_LT(mono() - t0, 60);
         ca_sleep(0.01);
     }
     ASSERT(WIFEXITED(status));

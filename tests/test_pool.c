@@ -191,7 +191,7 @@ static int max_not_sum_main(void *a)
     ASSERT_STREQ(f[0].result, "Result of 1");
     ASSERT_STREQ(f[1].result, "Result of 2");
     ASSERT_GE(dt, 0.29);
-    ASSERT_LT(dt, 0.42); /* the sum would be 0.45 */
+    ASSERT_TIME_LT(dt, 0.42); /* the sum would be 0.45 */
     return 0;
 }
 
@@ -409,7 +409,7 @@ static int cancel_detach_main(void *a)
     double t0 = mono();
     ASSERT_EQ(ca_cancel(t), 0);
     ASSERT_EQ(ca_join(t), -ECANCELED);
-    ASSERT_LT(c.returned_at - t0, 0.1); /* at once */
+    ASSERT_TIME_LT(c.returned_at - t0, 0.1); /* at once */
     ASSERT_EQ(atomic_load(&detached_finished), 0);
     ASSERT_EQ(freed_count, 0);
     /* Its later completion is handled safely: free_arg, nothing else. */
@@ -544,7 +544,7 @@ static int coop_main(void *a)
     double t0 = mono();
     ca_cancel(t);
     ASSERT_EQ(ca_join(t), -ECANCELED);
-    ASSERT_LT(mono() - t0, 1.0);
+    ASSERT_TIME_LT(mono() - t0, 1.0);
     ASSERT_EQ(atomic_load(&saw_flag), 1);
     ca_task_release(t);
 
@@ -569,7 +569,7 @@ static int coop_main(void *a)
     ASSERT(wait_until(job_started, 5));
     t0 = mono();
     ASSERT_EQ(ca_pool_shutdown(p, CA_POOL_CANCEL_RUNNING), 0);
-    ASSERT_LT(mono() - t0, 1.0);
+    ASSERT_TIME_LT(mono() - t0, 1.0);
     ASSERT_EQ(ca_job_status(j), -ECANCELED);
     ca_job_release(j);
     ASSERT_EQ(ca_pool_free(p), 0);

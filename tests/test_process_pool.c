@@ -649,7 +649,7 @@ static void wait_zombie(int pid)
         char *rp = strrchr(buf, ')');
         if (rp && rp[1] == ' ' && rp[2] == 'Z')
             return;
-        ASSERT_LT(mono() - t0, 20);
+        ASSERT_TIME_LT(mono() - t0, 20);
         usleep(1000);
     }
 }
@@ -669,7 +669,7 @@ static int killed_main(void *a)
     ASSERT(t != NULL);
     double t0 = mono();
     while (g_shared[0] == 0) {
-        ASSERT_LT(mono() - t0, 20);
+        ASSERT_TIME_LT(mono() - t0, 20);
         ASSERT_EQ(ca_sleep(0.002), 0);
     }
     int victim = g_shared[0];
@@ -678,7 +678,7 @@ static int killed_main(void *a)
     ca_task_release(t);
     ASSERT_EQ(j.rc, -ECHILD);
     ASSERT_EQ(j.res.signo, SIGKILL);
-    ASSERT_LT(j.elapsed, 10);
+    ASSERT_TIME_LT(j.elapsed, 10);
     int pid = run_pid(p);
     ASSERT_NE(pid, victim);
 
@@ -760,7 +760,7 @@ static int timeout_main(void *a)
               -ETIMEDOUT);
     double dt = mono() - t0;
     ASSERT_GE(dt, 0.19);
-    ASSERT_LT(dt, 10);
+    ASSERT_TIME_LT(dt, 10);
     int after = run_pid(p);
     ASSERT_NE(after, before);
 
@@ -772,7 +772,7 @@ static int timeout_main(void *a)
     ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
     dt = mono() - t0;
     ASSERT_GE(dt, 0.19);
-    ASSERT_LT(dt, 10);
+    ASSERT_TIME_LT(dt, 10);
     int third = run_pid(p);
     ASSERT_NE(third, after);
 
@@ -850,7 +850,7 @@ static int cancel_main(void *a)
     double t0 = mono();
     ASSERT_EQ(ca_cancel(rt), 0);
     ASSERT_EQ(ca_join(rt), 0);
-    ASSERT_LT(mono() - t0, 5);
+    ASSERT_TIME_LT(mono() - t0, 5);
     ASSERT_EQ(running.rc, -ECANCELED);
     ca_task_release(rt);
     ca_task_release(qt);
@@ -1117,7 +1117,7 @@ static int shutdown_main(void *a)
     ASSERT_EQ(ca_process_pool_shutdown(p, 0.1), 0);
     double dt = mono() - t0;
     ASSERT_GE(dt, 0.09);
-    ASSERT_LT(dt, 10);
+    ASSERT_TIME_LT(dt, 10);
     assert_no_children();
     ASSERT_EQ(ca_gather(ts, 4, CA_GATHER_ALL), 0);
     for (int i = 0; i < 4; i++) {
@@ -1189,7 +1189,7 @@ static int shutdown_cancel_main(void *a)
     double t0 = mono();
     ASSERT_EQ(ca_cancel(ct), 0);
     ASSERT_EQ(ca_join(ct), 0);
-    ASSERT_LT(mono() - t0, 10);
+    ASSERT_TIME_LT(mono() - t0, 10);
     ASSERT_EQ(c.rc, -ECANCELED);
     assert_no_children();
     ASSERT_EQ(ca_join(jt), 0);
@@ -1234,7 +1234,7 @@ static void test_ca_run_reaps_forgotten_pool(void)
 {
     double t0 = mono();
     ASSERT_EQ(ca_run(forgotten_main, NULL), 0);
-    ASSERT_LT(mono() - t0, 10);
+    ASSERT_TIME_LT(mono() - t0, 10);
     assert_no_children();
 }
 

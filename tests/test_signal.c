@@ -50,7 +50,7 @@ static int from_child_main(void *arg)
     ca_siginfo info;
     double t0 = mono();
     ASSERT_EQ(ca_signal_wait_set(&set, 10, &info), SIGUSR1);
-    ASSERT_LT(mono() - t0, 5);
+    ASSERT_TIME_LT(mono() - t0, 5);
     ASSERT_EQ(info.signo, SIGUSR1);
     ASSERT_EQ(info.code, SI_USER);
     ASSERT_EQ(info.pid, ca_subprocess_pid(p));
@@ -133,7 +133,7 @@ static int timeout_main(void *arg)
     ASSERT_EQ(ca_signal_wait(SIGUSR1, 0.1), -ETIMEDOUT);
     double dt = mono() - t0;
     ASSERT_GE(dt, 0.095);
-    ASSERT_LT(dt, 2);
+    ASSERT_TIME_LT(dt, 2);
     ASSERT(!blocked(SIGUSR1));
     /* a deadline scope */
     ASSERT_EQ(ca_deadline_push(0.05), 0);
@@ -418,7 +418,7 @@ static int raise_main(void *arg)
     ASSERT_EQ(ca_call_later(0.05, raise_sigint, NULL, NULL), 0);
     double t0 = mono();
     ASSERT_EQ(ca_sleep(30), -ECANCELED);
-    ASSERT_LT(mono() - t0, 10);
+    ASSERT_TIME_LT(mono() - t0, 10);
     return -ECANCELED;
 }
 

@@ -658,7 +658,7 @@ static int wait_main(void *arg)
     ASSERT_EQ(ca_subprocess_wait_timeout(p, 0.1, NULL), -ETIMEDOUT);
     double dt = mono() - t0;
     ASSERT_GE(dt, 0.095);
-    ASSERT_LT(dt, 2.0);
+    ASSERT_TIME_LT(dt, 2.0);
     /* a deadline scope */
     ASSERT_EQ(ca_deadline_push(0.05), 0);
     ASSERT_EQ(ca_subprocess_wait(p, NULL), -ETIMEDOUT);
