@@ -97,14 +97,13 @@ static ssize_t recv_wait(ca_stream *s, void *buf, size_t n)
 {
     for (;;) {
         int want = CA_READ;
-        ssize_t r = -EAGAIN; /* drained: as if the read had said so */
-        if (s->rdrained && s->top == &s->base)
-            s->rdrained = 0;
-        else
-            r = s->top->ops->recv(s->top, buf, n, &want);
+        /* Drained: as if the read had said EAGAIN (the wait clears it). */
+        ssize_t r = s->rdrained && s->top == &s->base
+                        ? -EAGAIN
+                        : s->top->ops->recv(s->top, buf, n, &want);
         if (r != -EAGAIN)
             return r;
-        int w = ca_wait_fd(s->fd, want);
+        int w = ca__stream_wait(s, want);
         if (w < 0)
             return w;
     }
