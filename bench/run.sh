@@ -24,12 +24,17 @@
 # (thread pool, subprocesses, HTTP client; not with --net-only), each with
 # its peers and targets; their BENCH lines join results.txt.
 #
+# After the sleepers of each size, bench/sleepers_floor prints this
+# machine's floor for them (BENCH sleepers_floor_100k pages ...): the wall
+# time of a runtime that did nothing per task but commit the page its
+# stack needs, in spawn order.  The sleepers targets show it beside them.
+#
 # Network benchmarks: every echo server (cawait's echo_server, the epoll
 # reference echo_epoll, asyncio streams and Protocol, uvloop Protocol, Go)
 # listens on a free port of 127.0.0.1 and is loaded by the same client,
 # echo_client (C, epoll, spinning: ECHO_CLIENT_SPIN=1 unless set otherwise):
-# ECHO_CONNS connections doing ECHO_MSG-byte round trips.  echo: round trips per second, best of ECHO_ROUNDS rounds of
-# ECHO_SECONDS each (the rounds go round-robin over the servers); higher is
+# ECHO_CONNS connections doing ECHO_MSG-byte round trips.  echo: round
+# trips per second, best of ECHO_ROUNDS rounds of ECHO_SECONDS each (the rounds go round-robin over the servers); higher is
 # better, so its ratio is cawait / peer.  echo_cpu: the server's CPU time
 # per round trip in the same runs (the lowest of the rounds), less
 # sensitive than the rate to how fast this VM wakes a process on the other
@@ -45,7 +50,7 @@ for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
     --net-only) NET_ONLY=1 ;;
-    -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $a" >&2; exit 2 ;;
     *) BUILD=$a ;;
   esac
@@ -54,7 +59,7 @@ done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-bench_dirs run.sh "$BUILD" bench_switch bench_spawn bench_sleepers \
+bench_dirs run.sh "$BUILD" bench_switch bench_spawn bench_sleepers sleepers_floor \
   bench_timers bench_gather bench_queue bench_lock echo_server echo_epoll \
   echo_client idle_client
 mkdir -p "$OUT"
@@ -206,6 +211,14 @@ if [ "$NET_ONLY" = 0 ]; then
       fi
       run_one "$impl" sleepers "$sn" "$sn" "$label"
     done
+    # This machine's floor for the same N (bench/sleepers_floor.c).
+    out=$(timeout "$TIMEOUT" "$OUT/sleepers_floor" "$sn") ||
+      note "sleepers_floor N=$sn failed"
+    while read -r tag name rest; do
+      [ "$tag" = BENCH ] || continue
+      echo "BENCH ${name}_$label $rest"
+      echo "BENCH ${name}_$label $rest" >>"$RESULTS"
+    done <<<"$out"
   done
   for impl in "${IMPLS[@]}"; do
     run_one "$impl" timers "$TIMERS_N" "$TIMERS_N"
@@ -541,8 +554,10 @@ if [ "$NET_ONLY" = 0 ]; then
   ratio_target "switch >= 4.5x faster than go" switch go 4.5
   verdict "spawn <= 0.10 s" "$(val spawn cawait)" le 0.10
   verdict "spawn_rss <= 300 MiB" "$(val spawn_rss cawait)" le 300
-  verdict "sleepers_100k <= 1.10 s" "$(val sleepers_100k cawait)" le 1.10
-  verdict "sleepers_1m <= 2.0 s" "$(val sleepers_1m cawait)" le 2.0
+  verdict "sleepers_100k <= 1.10 s" "$(val sleepers_100k cawait)" le 1.10 \
+    "floor with a page per task: $(val sleepers_floor_100k pages)"
+  verdict "sleepers_1m <= 2.0 s" "$(val sleepers_1m cawait)" le 2.0 \
+    "floor with a page per task: $(val sleepers_floor_1m pages)"
   verdict "sleepers_rss_1m <= 4608 MiB" "$(val sleepers_rss_1m cawait)" le 4608
   verdict "timers <= 150 ns" "$(val timers cawait)" le 150
   verdict "gather_overhead_10k <= 5 ms" "$(val gather_overhead_10k cawait)" le 5
