@@ -869,6 +869,37 @@ static int bodies_main(void *a)
     ca_http_response_free(r);
     close(fd);
 
+    /* the method goes out as asked, with a body too: a GET with bytes is
+     * not turned into a POST, nor a PATCH with a file into a PUT */
+    o = (ca_http_request_opts){.body = "query body", .body_len = 10};
+    ASSERT_EQ(ca_http_request(s, "GET", "/echo", &o, &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "x-method"), "GET");
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "query body");
+    ca_http_response_free(r);
+    fd = memfd_create("body", MFD_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(write(fd, "patch body", 10), 10);
+    ASSERT_EQ(lseek(fd, 0, SEEK_SET), 0);
+    o = (ca_http_request_opts){.body_fd = fd};
+    ASSERT_EQ(ca_http_request(s, "PATCH", "/echo", &o, &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "x-method"), "PATCH");
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "patch body");
+    ca_http_response_free(r);
+    close(fd);
+    o = (ca_http_request_opts){.body = "x", .body_len = 1};
+    r = (ca_http_response *)&o; /* must come back NULL */
+    ASSERT_EQ(ca_http_request(s, "HEAD", "/echo", &o, &r), -EINVAL);
+    ASSERT(r == NULL);
+    /* POST without a body: an empty one; a NULL body of nonzero length is
+     * refused before anything is read from it */
+    ASSERT_EQ(ca_http_post(s, "/echo", NULL, 0, NULL, &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "x-method"), "POST");
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "");
+    ca_http_response_free(r);
+    r = (ca_http_response *)&o;
+    ASSERT_EQ(ca_http_post(s, "/echo", NULL, 5, NULL, &r), -EINVAL);
+    ASSERT(r == NULL);
+
     /* a generator, sent chunked */
     ca_gen *g;
     ASSERT_EQ(ca_gen_new(&g, chunks_gen, NULL), 0);

@@ -110,16 +110,20 @@ CA_EXTERN int ca_http_session_new(ca_http_session **out,
 CA_EXTERN int ca_http_session_free(ca_http_session *s);
 
 /* Make a request: method ("GET", "POST", ...; NULL: "GET"), url (absolute,
- * or relative to the session's base_url), opts may be NULL.  Waits until
- * the response is complete (or, with opts->stream, until its headers are
- * in) and stores it in *out; the caller frees it with
- * ca_http_response_free.  Returns 0 (whatever the HTTP status) or an error
- * listed at the top (then *out is NULL).  Blocking. */
+ * or relative to the session's base_url), opts may be NULL.  The method
+ * goes out as given, with or without a body (a GET with a body is sent as
+ * a GET); a HEAD with a body is -EINVAL.  Waits until the response is
+ * complete (or, with opts->stream, until its headers are in) and stores it
+ * in *out; the caller frees it with ca_http_response_free.  Returns 0
+ * (whatever the HTTP status) or an error listed at the top (then *out is
+ * NULL).  Blocking. */
 CA_EXTERN int ca_http_request(ca_http_session *s, const char *method,
                               const char *url,
                               const ca_http_request_opts *opts,
                               ca_http_response **out);
-/* GET and POST shortcuts (content_type NULL: none set). */
+/* GET and POST shortcuts (content_type NULL: none set).  ca_http_post
+ * sends len bytes of body (not copied; NULL with len 0: an empty body, NULL
+ * with len > 0: -EINVAL). */
 CA_EXTERN int ca_http_get(ca_http_session *s, const char *url,
                           ca_http_response **out);
 CA_EXTERN int ca_http_post(ca_http_session *s, const char *url,

@@ -901,11 +901,20 @@ static int pre_resolve(ca_http_response *r)
     return 0;
 }
 
+/* The request body, and the method exactly as asked: curl's body options
+ * imply POST (bytes, or a stream with CURLOPT_POST) or PUT (a stream with
+ * CURLOPT_UPLOAD), so any other method with a body goes out through
+ * CURLOPT_CUSTOMREQUEST (a GET with a body stays a GET, as in aiohttp). */
 static int setup_body(ca_http_response *r, const char *method,
                       const ca_http_request_opts *o)
 {
     CURL *e = r->easy;
     int post = strcmp(method, "POST") == 0;
+    int head = strcmp(method, "HEAD") == 0;
+    int has_body = o->body || o->body_fd > 0 || o->body_gen;
+    if (head && has_body)
+        return -EINVAL; /* curl cannot send a HEAD with a body */
+    const char *implied = o->body || post ? "POST" : has_body ? "PUT" : "GET";
     if (o->body) {
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
                          (curl_off_t)o->body_len);
@@ -936,12 +945,10 @@ static int setup_body(ca_http_response *r, const char *method,
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
     }
-    if (!post && strcmp(method, "GET") != 0) {
-        if (strcmp(method, "HEAD") == 0)
-            curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-        else
-            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-    }
+    if (head)
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    else if (strcmp(method, implied) != 0)
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
     return 0;
 }
 
@@ -1489,6 +1496,10 @@ int ca_http_post(ca_http_session *s, const char *url, const void *body,
 {
     char ct[256];
     const char *hdrs[2] = {NULL, NULL};
+    if (out)
+        *out = NULL;
+    if (!body && len)
+        return -EINVAL;
     if (content_type) {
         if ((size_t)snprintf(ct, sizeof(ct), "Content-Type: %s",
                              content_type) >= sizeof(ct))
