@@ -323,6 +323,86 @@ static void test_backpressure(void)
     ASSERT_EQ(ca_run(backpressure_main, NULL), 0);
 }
 
+/* ---- the write ceiling: -ENOBUFS, and never a cut byte stream -------------- */
+
+#define BIG (4u * 1024u * 1024u)
+
+/* Reads BIG bytes from fd and checks the pattern; returns 0 if intact. */
+static int big_reader(void *arg)
+{
+    int fd = *(int *)arg;
+    static unsigned char buf[65536];
+    size_t got = 0;
+    while (got < BIG) {
+        ssize_t n = ca_read(fd, buf, sizeof(buf));
+        if (n <= 0)
+            return n < 0 ? (int)n : -EPIPE;
+        for (ssize_t i = 0; i < n; i++)
+            if (buf[i] != (unsigned char)((got + (size_t)i) * 7))
+                return -EILSEQ;
+        got += (size_t)n;
+    }
+    return 0;
+}
+
+static int ceiling_main(void *a)
+{
+    (void)a;
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                         0, sv),
+              0);
+    ca_stream *s;
+    ca_stream_opts o = {.high_water = 64 * 1024};
+    ASSERT_EQ(ca_stream_open(&s, sv[0], &o), 0);
+    unsigned char *big = malloc(BIG);
+    ASSERT(big != NULL);
+    for (size_t i = 0; i < BIG; i++)
+        big[i] = (unsigned char)(i * 7);
+    /* One write far above 16 x high_water into an empty queue is taken
+     * whole (the kernel takes a part at once, the rest is queued) ... */
+    ASSERT_EQ(ca_stream_write(s, big, BIG), 0);
+    size_t queued = ca_stream_write_buffered(s);
+    ASSERT_GT(queued, 16u * 64 * 1024);
+    /* ... and the next one, with more than the ceiling queued, is refused
+     * whole: nothing sent, nothing queued. */
+    ASSERT_EQ(ca_stream_write(s, "x", 1), -ENOBUFS);
+    ASSERT_EQ(ca_stream_write_buffered(s), queued);
+    /* The peer gets every byte of the large write, in order, and nothing
+     * of the refused one. */
+    ca_task *rd = ca_spawn(big_reader, &sv[1]);
+    ASSERT_EQ(ca_stream_drain(s), 0);
+    ASSERT_EQ(ca_join(rd), 0);
+    ca_task_release(rd);
+    /* Once drained, writing works again; the peer sees it next. */
+    ASSERT_EQ(ca_stream_write(s, "after", 5), 0);
+    char tail[8];
+    ASSERT_EQ(ca_read(sv[1], tail, sizeof(tail)), 5);
+    ASSERT(memcmp(tail, "after", 5) == 0);
+    /* A writer that keeps writing without draining is stopped by the
+     * ceiling: memory stays bounded by it plus one write. */
+    static char chunk[16384];
+    int r = 0, writes = 0;
+    while (r == 0 && writes < 10000) {
+        r = ca_stream_write(s, chunk, sizeof(chunk));
+        writes++;
+    }
+    ASSERT_EQ(r, -ENOBUFS);
+    ASSERT_LE(ca_stream_write_buffered(s), 16u * 64 * 1024 + sizeof(chunk));
+    free(big);
+    ASSERT_EQ(ca_deadline_push(0.05), 0);
+    r = ca_stream_close(s);
+    ASSERT(r == -ETIMEDOUT || r == 0);
+    ca_deadline_pop();
+    ca_close(sv[1]);
+    return 0;
+}
+
+static void test_write_ceiling(void)
+{
+    ASSERT_EQ(ca_run(ceiling_main, NULL), 0);
+}
+
 /* ---- a peer that resets the connection ------------------------------------ */
 
 static int reset_seen;
@@ -774,6 +854,7 @@ static const struct test_case tests[] = {
     {"short_read_then_fin", test_short_read_then_fin, 20, 0},
     {"unix_sockets", test_unix_sockets, 10, 0},
     {"backpressure", test_backpressure, 10, 0},
+    {"write_ceiling", test_write_ceiling, 20, 0},
     {"peer_reset", test_peer_reset, 10, 0},
     {"graceful_shutdown_and_limits", test_graceful_shutdown_and_limits, 20, 0},
     {"slow_client", test_slow_client, 10, 0},

@@ -62,10 +62,13 @@ CA_EXTERN int ca_dns_configure(const ca_dns_opts *opts);
 /* Sockets                                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* Connect a TCP socket to host:port (IPv6 first for "localhost" and
- * dual names, then IPv4).  Returns the fd, or -ECONNREFUSED, -ETIMEDOUT (a
- * deadline scope), -ECANCELED, -CA_ENORESOLVER, -EINVAL, -EPERM...  The
- * caller owns the fd (close it with ca_close).  Blocking. */
+/* Connect a TCP socket to host:port: a numeric address, "localhost", or a
+ * name resolved with ca_getaddrinfo (several addresses are raced, Happy
+ * Eyeballs: IPv6 first, the next one 250 ms later).  Returns the fd, or
+ * -ECONNREFUSED, -ETIMEDOUT (a deadline scope), -ECANCELED, -CA_ENOTFOUND
+ * and -CA_EDNSFAIL (the name), -CA_ENORESOLVER (a name in a build without
+ * c-ares), -EINVAL, -EPERM...  The caller owns the fd (close it with
+ * ca_close).  Blocking. */
 CA_EXTERN int ca_tcp_connect(const char *host, unsigned port);
 
 typedef struct ca_listen_opts {
@@ -75,8 +78,9 @@ typedef struct ca_listen_opts {
 } ca_listen_opts;
 
 /* Listen on host:port (host NULL or empty: all IPv4 addresses; port 0: any
- * free port, see ca_sock_port).  SO_REUSEADDR is always set.  Returns the
- * listening fd or a negative errno.  Never blocks. */
+ * free port, see ca_sock_port).  host is a numeric address or "localhost",
+ * never looked up (-CA_ENORESOLVER for a name).  SO_REUSEADDR is always
+ * set.  Returns the listening fd or a negative errno.  Never blocks. */
 CA_EXTERN int ca_tcp_listen(const char *host, unsigned port,
                             const ca_listen_opts *opts);
 /* Listen on a Unix stream socket at path (a leading '@' makes an abstract
@@ -106,8 +110,10 @@ CA_EXTERN ssize_t ca_write(int fd, const void *buf, size_t n);
 /* Datagrams and descriptor passing                                         */
 /* ------------------------------------------------------------------------ */
 
-/* A UDP socket bound to host:port (port 0: any; see ca_sock_port).  Returns
- * the fd or a negative errno.  Never blocks. */
+/* A UDP socket bound to host:port (port 0: any; see ca_sock_port).  host,
+ * here and in ca_udp_connect, is a numeric address or "localhost", never
+ * looked up (-CA_ENORESOLVER for a name: resolve it with ca_getaddrinfo
+ * first).  Returns the fd or a negative errno.  Never blocks. */
 CA_EXTERN int ca_udp_bind(const char *host, unsigned port);
 /* A UDP socket connected to host:port (send/recv with ca_sendto(fd, ...,
  * NULL, 0) / ca_recvfrom(fd, ..., NULL, NULL)).  Never blocks. */
@@ -160,8 +166,8 @@ CA_EXTERN int ca_open_connection(ca_stream **out, const char *host,
  * Returns the count, 0 at end of stream, or a negative errno.  Blocking. */
 CA_EXTERN ssize_t ca_stream_read(ca_stream *s, void *buf, size_t n);
 /* Read exactly n bytes.  Returns 0, or -CA_EINCOMPLETE if the stream ended
- * first (the partial bytes stay buffered and readable), or an error.
- * Blocking. */
+ * first (the partial bytes stay buffered and readable), -EMSGSIZE for n
+ * above 16 MiB (read such a body in pieces), or an error.  Blocking. */
 CA_EXTERN int ca_stream_readexactly(ca_stream *s, void *buf, size_t n);
 /* Read through the next "\n" (included) into buf (cap bytes; NUL-added if
  * room).  Returns the length; at end of stream, the rest without "\n" (0
@@ -177,7 +183,9 @@ CA_EXTERN int ca_stream_at_eof(const ca_stream *s);
 
 /* Queue n bytes for sending (asyncio's write: never blocks; it sends at
  * once what the kernel takes and buffers the rest).  Returns 0, -EPIPE
- * after write_eof/close or a failed send, -ENOMEM. */
+ * after write_eof/close or a failed send, -ENOMEM, or -ENOBUFS while more
+ * than 16 times the high-water mark is already queued (a writer that never
+ * calls ca_stream_drain; nothing of this write is sent or queued). */
 CA_EXTERN int ca_stream_write(ca_stream *s, const void *buf, size_t n);
 /* Wait until the write buffer is at or below the low-water mark (back
  * pressure: a peer that never reads blocks the writer here, memory stays

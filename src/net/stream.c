@@ -13,8 +13,11 @@
  * own context: like asyncio's transport, the data goes out even if nobody
  * calls drain.  ca_stream_drain is the back pressure: it parks the caller
  * while more than high_water bytes are buffered, until at most low_water
- * remain.  A hard ceiling (16 x high_water) makes a writer that never
- * drains get -ENOBUFS instead of growing memory without bound.
+ * remain.  A hard ceiling makes a writer that never drains get -ENOBUFS
+ * instead of growing memory without bound: a write is refused, before any
+ * of it is sent, while more than 16 x high_water bytes are already queued
+ * (one large write into a shorter queue is taken whole: refusing it after
+ * the kernel took a part would cut the byte stream).
  */
 #include "net/stream.h"
 #include "task/task.h"
@@ -425,6 +428,8 @@ int ca_stream_write(ca_stream *s, const void *buf, size_t n)
         return -EPIPE;
     if (n == 0)
         return 0;
+    if (wlen(s) > 16 * s->high)
+        return -ENOBUFS; /* the writer never drains: refuse to grow */
     const char *p = buf;
     if (wlen(s) == 0) {
         /* Nothing queued: try the kernel first (the common case). */
@@ -445,8 +450,6 @@ int ca_stream_write(ca_stream *s, const void *buf, size_t n)
             return s->werr = (int)k;
         }
     }
-    if (wlen(s) + n > 16 * s->high)
-        return -ENOBUFS; /* the writer never drains: refuse to grow */
     if (s->wcap - s->wend < n) {
         if (s->wstart > 0) {
             memmove(s->wbuf, s->wbuf + s->wstart, wlen(s));
