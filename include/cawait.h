@@ -151,7 +151,8 @@ CA_EXTERN ca_loop *ca_loop_current(void);
 /* Options for spawning a task.  Zero means default. */
 typedef struct ca_spawn_opts {
     const char *name;  /* copied; NULL: "Task-<id>" */
-    size_t stack_size; /* bytes; 0: the loop's default */
+    size_t stack_size; /* bytes; 0: the loop's default; below CA_STACK_MIN:
+                          CA_STACK_MIN; above 1 GiB: EINVAL */
     int eager;         /* run the body at once, inside the spawn call, until
                           it first blocks (asyncio's eager_task_factory) */
 } ca_spawn_opts;
@@ -259,7 +260,8 @@ CA_EXTERN int ca_yield(void);
  * scope is popped.  ca_deadline_pop closes the innermost scope and returns
  * -ETIMEDOUT if this scope's deadline interrupted a blocking call (or has
  * passed), else 0.  push returns 0, -EINVAL, -ENOMEM, or -EPERM outside a
- * task; pop returns -EPERM if no scope is open.  Never block.
+ * task; pop returns -EPERM if no scope is open, or if a shield scope opened
+ * inside this one is still open (pop that first).  Never block.
  */
 CA_EXTERN int ca_deadline_push(double seconds);
 CA_EXTERN int ca_deadline_push_at(double when);
@@ -271,7 +273,9 @@ CA_EXTERN int ca_deadline_pop(void);
  * opened outside the shield (deadline scopes opened inside still apply).
  * Use them for cleanup that must complete.  Cancellation requested during
  * the shield takes effect after the pop.  Return 0, or -EPERM outside a
- * task / without an open shield.
+ * task / without an open shield; push: -EOVERFLOW beyond 65,535 nested
+ * shields; pop: -EBUSY while a deadline scope opened inside the shield is
+ * still open (pop that first).
  */
 CA_EXTERN int ca_shield_push(void);
 CA_EXTERN int ca_shield_pop(void);
@@ -342,7 +346,9 @@ CA_EXTERN int ca_wait_fd(int fd, int events);
 
 /* Forget fd: remove it from the backend and wake every task waiting on it
  * with -EBADF.  Call before closing an fd that was waited on by other means
- * than ca_close.  Returns 0 or -EBADF/-EPERM. */
+ * than ca_close.  Returns 0, -EBADF (negative fd), -CA_ENOLOOP (no loop on
+ * this thread).  A plain close() does not wake the waiters: they wait on
+ * until their deadline or cancellation. */
 CA_EXTERN int ca_fd_forget(int fd);
 /* ca_fd_forget(fd) then close(fd).  Returns 0 or a negative errno.  Safe to
  * use on any fd, inside or outside a loop. */

@@ -25,7 +25,8 @@
  * passes) while gathering, the unfinished tasks are cancelled (except
  * shielded ones, see ca_task_shield) and waited for, and -ECANCELED (or
  * -ETIMEDOUT) is returned.  n == 0 returns 0.  -EINVAL for a NULL array or
- * task.
+ * task or unknown flags, -EPERM outside a task, -ENOMEM (more than 16 tasks
+ * need a small allocation).
  */
 CA_EXTERN int ca_gather(ca_task **ts, size_t n, int flags);
 
@@ -44,7 +45,7 @@ enum ca_wait_when {
  * pass (timeout < 0: no timeout).  Never cancels anything.  Returns the
  * number of tasks done (ca_task_done tells which), including on timeout, or
  * -ECANCELED/-ETIMEDOUT (the caller's cancellation or deadline scope),
- * -EINVAL, -EPERM.
+ * -EINVAL, -EPERM, -ENOMEM (more than 16 tasks need a small allocation).
  */
 CA_EXTERN int ca_wait(ca_task **ts, size_t n, double timeout, int when);
 
@@ -59,7 +60,10 @@ CA_EXTERN int ca_wait(ca_task **ts, size_t n, double timeout, int when);
  * turn, in which case its result wins (asyncio bug #86296).  If the caller
  * is cancelled, t is cancelled and waited for, and -ECANCELED is returned.
  * A shielded t (ca_task_shield) is not cancelled: -ETIMEDOUT is returned
- * and it keeps running.  -EINVAL for NULL or a NaN timeout.
+ * and it keeps running.  timeout < 0: no timeout.  A cancellation of the
+ * caller that loses to t's result stays requested: the caller's next
+ * blocking call returns -ECANCELED.  -EINVAL for NULL or a NaN timeout,
+ * -EDEADLK if t is the caller, -EPERM outside a task.
  */
 CA_EXTERN int ca_wait_for(ca_task *t, double timeout);
 
@@ -70,7 +74,9 @@ CA_EXTERN int ca_wait_for(ca_task *t, double timeout);
 typedef struct ca_as_completed ca_as_completed;
 
 /* An iterator that yields the n tasks in the order they finish, with an
- * overall timeout (< 0: none) counted from creation.  Never blocks.
+ * overall timeout (< 0: none) counted from creation.  The tasks must stay
+ * referenced (not ca_task_release'd) until ca_as_completed_free.  Never
+ * blocks.
  * Returns 0 and stores the iterator, or -EINVAL, -ENOMEM, -CA_ENOLOOP. */
 CA_EXTERN int ca_as_completed_new(ca_as_completed **out, ca_task **ts,
                                   size_t n, double timeout);
@@ -78,7 +84,8 @@ CA_EXTERN int ca_as_completed_new(ca_as_completed **out, ca_task **ts,
  * has been returned, -ETIMEDOUT when the overall timeout has passed,
  * -ECANCELED, -EPERM.  Blocking. */
 CA_EXTERN int ca_as_completed_next(ca_as_completed *it, ca_task **t);
-/* Free the iterator (the tasks are untouched). */
+/* Free the iterator (the tasks are untouched).  The caller must keep its
+ * references to the tasks until then: the iterator looks at them here. */
 CA_EXTERN void ca_as_completed_free(ca_as_completed *it);
 
 /* ------------------------------------------------------------------------ */

@@ -36,7 +36,8 @@ typedef struct ca_lock {
  * it already, -ECANCELED/-ETIMEDOUT (then the lock is not held), -EINVAL,
  * -EPERM outside a task.  Blocking. */
 CA_EXTERN int ca_lock_acquire(ca_lock *l);
-/* Acquire l if it is free and nobody waits: 0, or -EBUSY.  Never blocks. */
+/* Acquire l if it is free and nobody waits: 0, or -EBUSY; -EINVAL, -EPERM
+ * outside a task.  Never blocks. */
 CA_EXTERN int ca_lock_try_acquire(ca_lock *l);
 /* Release l; ownership passes to the first waiter.  Returns 0, -EPERM if the
  * caller is not the owner, -EINVAL.  Never blocks. */
