@@ -63,8 +63,10 @@ CA_EXTERN int ca_dns_configure(const ca_dns_opts *opts);
 /* ------------------------------------------------------------------------ */
 
 /* Connect a TCP socket to host:port: a numeric address, "localhost", or a
- * name resolved with ca_getaddrinfo (several addresses are raced, Happy
- * Eyeballs: IPv6 first, the next one 250 ms later).  Returns the fd, or
+ * name resolved with ca_getaddrinfo.  Several addresses are raced (Happy
+ * Eyeballs: families interleaved, "localhost" IPv6 first; each attempt
+ * starts 250 ms after the previous one, or as soon as it fails; the first
+ * to connect wins).  Returns the fd, or
  * -ECONNREFUSED, -ETIMEDOUT (a deadline scope), -ECANCELED, -CA_ENOTFOUND
  * and -CA_EDNSFAIL (the name), -CA_ENORESOLVER (a name in a build without
  * c-ares), -EINVAL, -EPERM...  The caller owns the fd (close it with
