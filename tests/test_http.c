@@ -828,6 +828,17 @@ static int chunks_gen(ca_gen *g, void *arg)
     return 0;
 }
 
+/* Yields one chunk, then fails. */
+static int failing_gen(ca_gen *g, void *arg)
+{
+    (void)arg;
+    ca_http_chunk c = {"first,", 6};
+    int r = ca_gen_yield(g, &c, NULL);
+    if (r < 0)
+        return r;
+    return -EIO;
+}
+
 static int bodies_main(void *a)
 {
     (void)a;
@@ -900,14 +911,30 @@ static int bodies_main(void *a)
     ASSERT_EQ(ca_http_post(s, "/echo", NULL, 5, NULL, &r), -EINVAL);
     ASSERT(r == NULL);
 
-    /* a generator, sent chunked */
+    /* a generator, sent chunked, without curl's "Expect: 100-continue"
+     * (which waits a second for a 100 this server, like most, never
+     * sends): the three 10 ms chunks take well under that */
     ca_gen *g;
     ASSERT_EQ(ca_gen_new(&g, chunks_gen, NULL), 0);
     o = (ca_http_request_opts){.body_gen = g};
+    double t0 = mono();
     ASSERT_EQ(ca_http_request(s, "POST", "/echo", &o, &r), 0);
+    ASSERT_TIME_LT(mono() - t0, 0.6);
     ASSERT_STREQ(ca_http_response_body(r, NULL), "alpha,beta,gamma");
     ca_http_response_free(r);
     ca_gen_close(g);
+    /* a generator that fails: the request fails with its error */
+    ASSERT_EQ(ca_gen_new(&g, failing_gen, NULL), 0);
+    o = (ca_http_request_opts){.body_gen = g};
+    r = (ca_http_response *)&o;
+    ASSERT_EQ(ca_http_request(s, "POST", "/echo", &o, &r), -EIO);
+    ASSERT(r == NULL);
+    ca_gen_close(g);
+
+    /* and the session goes on */
+    ASSERT_EQ(ca_http_get(s, "/hello", &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    ca_http_response_free(r);
 
     /* cookies kept by the session */
     ASSERT_EQ(ca_http_get(s, "/hello", &r), 0);

@@ -75,9 +75,11 @@ typedef struct ca_http_request_opts {
     const char *const *query;
     /* The body, one of: bytes (body, body_len; not copied: keep them
      * alive until the request returns), a file (body_fd >= 1 read from
-     * its current offset to its end; body_fd 0 means none), or a
-     * generator task yielding ca_http_chunk pointers (sent chunked unless
-     * a Content-Length header is given). */
+     * its current offset to its end; body_fd 0 means none; the caller
+     * keeps and closes it), or a generator task yielding ca_http_chunk
+     * pointers (sent chunked unless a Content-Length header is given; the
+     * caller keeps it and closes it with ca_gen_close after the request;
+     * a generator that fails makes the request fail with its error). */
     const void *body;
     size_t body_len;
     int body_fd;
@@ -112,7 +114,8 @@ CA_EXTERN int ca_http_session_free(ca_http_session *s);
 /* Make a request: method ("GET", "POST", ...; NULL: "GET"), url (absolute,
  * or relative to the session's base_url), opts may be NULL.  The method
  * goes out as given, with or without a body (a GET with a body is sent as
- * a GET); a HEAD with a body is -EINVAL.  Waits until the response is
+ * a GET); a HEAD with a body is -EINVAL.  A body goes out without curl's
+ * "Expect: 100-continue" (as in aiohttp; pass the header to ask for it).  Waits until the response is
  * complete (or, with opts->stream, until its headers are in) and stores it
  * in *out; the caller frees it with ca_http_response_free.  Returns 0
  * (whatever the HTTP status) or an error listed at the top (then *out is

@@ -1025,10 +1025,24 @@ static int setup(ca_http_response *r, const char *method, const char *url,
             r->req_headers = n;
         }
     }
+    int expect = 0;
     for (const char *const *q = o->headers; q && *q; q++) {
         if (!valid_header(*q))
             return -EINVAL;
         struct curl_slist *n = curl_slist_append(r->req_headers, *q);
+        if (!n)
+            return -ENOMEM;
+        r->req_headers = n;
+        expect |= strncasecmp(*q, "Expect:", 7) == 0;
+    }
+    for (struct curl_slist *h = s->headers; h; h = h->next)
+        expect |= strncasecmp(h->data, "Expect:", 7) == 0;
+    if (!expect && (o->body || o->body_fd > 0 || o->body_gen)) {
+        /* curl sends "Expect: 100-continue" with a streamed or large body
+         * and then waits a second for a 100 that most servers never send;
+         * aiohttp and httpx do not ask.  An empty Expect turns it off (a
+         * caller who wants it passes the header). */
+        struct curl_slist *n = curl_slist_append(r->req_headers, "Expect:");
         if (!n)
             return -ENOMEM;
         r->req_headers = n;
