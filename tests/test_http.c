@@ -304,8 +304,10 @@ static int http_handler(ca_stream *s, void *arg)
     for (;;) {
         struct req q;
         int r = read_request(s, &q);
-        if (r <= 0)
+        if (r <= 0) {
+            free(q.body); /* a body cut off by the client */
             break;
+        }
         r = serve_one(s, &q, id);
         free(q.body);
         if (r < 0 || q.close)
