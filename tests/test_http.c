@@ -261,10 +261,13 @@ static int serve_one(ca_stream *s, struct req *q, int conn_id)
         }
         return 0;
     }
-    if (strcmp(q->path, "/close-early") == 0) {
+    if (strcmp(q->path, "/close-early") == 0 ||
+        strcmp(q->path, "/close-later") == 0) {
         const char *h = "HTTP/1.1 200 X\r\nContent-Length: 100\r\n\r\n0123456789";
         ca_stream_write(s, h, strlen(h));
         ca_stream_drain(s);
+        if (q->path[7] == 'l')
+            ca_sleep(0.05); /* a stream-mode reader has the headers by now */
         return -1; /* the connection closes */
     }
     if (strcmp(q->path, "/hugeheader") == 0) {
@@ -544,6 +547,25 @@ static int concurrency_main(void *a)
     ASSERT_LE(conns_max, 2);
     ASSERT_LE(conns_accepted - before, 2);
     ca_http_session_free(shared);
+
+    /* at most 2 connections in all, over two host names of the same
+     * server: 8 requests of 100 ms take 4 rounds */
+    char other[96];
+    snprintf(other, sizeof(other), "http://localhost:%u/delay?ms=100", port);
+    o = (ca_http_session_opts){.max_total_connections = 2};
+    shared = session(&o);
+    conns_max = 0;
+    ca_task *ts[8];
+    double t0 = mono();
+    for (int i = 0; i < 8; i++)
+        ts[i] = ca_spawn(get_task, i % 2 ? other : "/delay?ms=100");
+    for (int i = 0; i < 8; i++) {
+        ASSERT_EQ(ca_join(ts[i]), 0);
+        ca_task_release(ts[i]);
+    }
+    ASSERT_GE(mono() - t0, 0.35);
+    ASSERT_LE(conns_max, 2);
+    ca_http_session_free(shared);
     ca_server_close(srv, 1.0);
     return 0;
 }
@@ -631,6 +653,19 @@ static int stream_main(void *a)
     for (int i = 0; i < 200 && !server_write_failed; i++)
         ca_sleep(0.01);
     ASSERT(server_write_failed);
+
+    /* a body cut off in stream mode: the read fails and the response says
+     * curl's words for it */
+    ASSERT_EQ(ca_http_request(s, NULL, "/close-later", &o, &r), 0);
+    ASSERT_STREQ(ca_http_response_error(r), "");
+    ssize_t got = 0;
+    while ((n = ca_http_response_read(r, buf, sizeof(buf))) > 0)
+        got += n;
+    ASSERT_EQ(n, -CA_EHTTP);
+    ASSERT_EQ(got, 10);
+    ASSERT(*ca_http_response_error(r) != '\0');
+    ca_http_response_free(r);
+    ASSERT_STREQ(ca_http_response_error(NULL), "");
 
     /* body limit: the full-body form refuses more than max_body */
     ca_http_request_opts lim = {.max_body = 1000};
