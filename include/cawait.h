@@ -378,7 +378,7 @@ CA_EXTERN int ca_loop_stats_get(ca_loop_stats *out);
  * threshold in milliseconds (<= 0 keeps the current one).  In debug mode a
  * task slice longer than the threshold is reported on stderr with the
  * task's name, where it was spawned and how long it held the loop.  Returns
- * 0 or CA_ENOLOOP. */
+ * 0 or -CA_ENOLOOP (no loop on this thread).  Never blocks. */
 CA_EXTERN int ca_set_debug(int on, double slow_ms);
 
 /* Structured concurrency; synchronization, queues and generators. */

@@ -331,7 +331,7 @@ static void test_as_completed(void)
     ASSERT_EQ(ca_run(as_completed_main, NULL), 0);
 }
 
-/* ---- task groups ---------------------------------------------------------- */
+/* ---- task groups --------------------------------------------------------- */
 
 /* seed 003: the TaskGroup cancels the others when one fails */
 static int group_fail_main(void *a)
@@ -515,6 +515,568 @@ static void test_cancel_wait_and_as_completed(void)
     ASSERT_EQ(ca_run(cancel_points_main, NULL), 0);
 }
 
+/* ---- helpers for the tests below ----------------------------------------- */
+
+/* A task that waits on an event (no timer involved), so whether it is still
+ * running does not depend on how fast this host is. */
+struct gate {
+    ca_event ev;
+    int result;    /* returned once the event is set */
+    int finished;  /* set when the body completes normally */
+    int cancelled; /* set when its wait was cancelled */
+};
+
+static int gate_run(void *a)
+{
+    struct gate *g = a;
+    int r = ca_event_wait(&g->ev);
+    if (r < 0) {
+        g->cancelled = r == -ECANCELED;
+        return r;
+    }
+    g->finished = 1;
+    return g->result;
+}
+
+static uint64_t loop_turn(void)
+{
+    ca_loop_stats st;
+    ASSERT_EQ(ca_loop_stats_get(&st), 0);
+    return st.turns;
+}
+
+/* Holds the loop, without yielding, for `secs` of wall time, so every timer
+ * armed before it runs is due when it returns and they all fire at the start
+ * of the next turn. */
+struct spin {
+    double secs;
+    uint64_t turn; /* the turn it ran in */
+    double end;    /* when it stopped spinning */
+};
+
+static int spin_run(void *a)
+{
+    struct spin *s = a;
+    s->turn = loop_turn();
+    double end = mono() + s->secs;
+    while (mono() < end)
+        ;
+    s->end = mono();
+    return 0;
+}
+
+/* Sleeps, then returns 7; records when it slept and the turn it ended in. */
+struct turn_job {
+    double secs;
+    double armed;  /* when it called ca_sleep */
+    uint64_t turn; /* the turn its sleep ended in */
+};
+
+static int turn_job_run(void *a)
+{
+    struct turn_job *j = a;
+    j->armed = mono();
+    int r = ca_sleep(j->secs);
+    j->turn = loop_turn();
+    return r == 0 ? 7 : r;
+}
+
+/* Calls ca_wait_for(t, timeout), then one more blocking call (a yield). */
+struct wf_call {
+    ca_task *t;
+    double timeout;
+    double armed; /* when it called ca_wait_for */
+    int result;   /* what ca_wait_for returned */
+    int after;    /* what the yield after it returned */
+};
+
+static int wf_call_run(void *a)
+{
+    struct wf_call *c = a;
+    c->armed = mono();
+    c->result = ca_wait_for(c->t, c->timeout);
+    c->after = ca_yield();
+    return c->result;
+}
+
+/* ---- combinators inside the caller's deadline scope ---------------------- */
+
+/* gather under a deadline scope: -ETIMEDOUT; the unfinished tasks are
+ * cancelled and waited for (a cancelled task's shielded cleanup has run when
+ * gather returns), a task that already finished keeps its result, and a
+ * shielded task is not cancelled and runs on to completion.  Both modes. */
+static int gather_deadline_main(void *a)
+{
+    (void)a;
+    for (int all = 0; all <= 1; all++) {
+        struct job quick = {0.01, 1, 0, 0};
+        struct job slow = {1.0, 2, 0, 0};
+        struct gate shielded = {.result = 3};
+        ca_task *ts[4];
+        ts[0] = spawn_job(&quick);
+        ts[1] = spawn_job(&slow);
+        ts[2] = ca_spawn(gate_run, &shielded);
+        ASSERT(ts[2]);
+        ASSERT_EQ(ca_task_shield(ts[2]), 0);
+        slow_cleanup_done = 0;
+        ts[3] = ca_spawn(slow_operation, NULL);
+        ASSERT(ts[3]);
+        double t0 = mono();
+        ASSERT_EQ(ca_deadline_push(0.03), 0);
+        ASSERT_EQ(ca_gather(ts, 4, all ? CA_GATHER_ALL : 0), -ETIMEDOUT);
+        ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+        double dt = mono() - t0;
+        ASSERT_GE(dt, 0.03);
+        ASSERT_TIME_LT(dt, 0.5); /* did not wait for the 1 s task */
+        ASSERT(quick.finished);
+        ASSERT_EQ(ca_task_status(ts[0]), 1);
+        ASSERT(ca_task_done(ts[1]) && slow.cancelled && !slow.finished);
+        ASSERT_EQ(ca_task_status(ts[1]), -ECANCELED);
+        ASSERT(ca_task_done(ts[3]) && slow_cleanup_done); /* waited for */
+        ASSERT_EQ(ca_task_status(ts[3]), -ECANCELED);
+        ASSERT(!ca_task_done(ts[2]) && !ca_task_cancel_requested(ts[2]));
+        ca_event_set(&shielded.ev);
+        ASSERT_EQ(ca_join(ts[2]), 3);
+        ASSERT(shielded.finished && !shielded.cancelled);
+        release_all(ts, 4);
+    }
+    return 0;
+}
+
+static void test_gather_deadline(void)
+{
+    ASSERT_EQ(ca_run(gather_deadline_main, NULL), 0);
+}
+
+/* wait under a deadline scope: -ETIMEDOUT (not a count), whether wait has
+ * no timeout or a longer one, and nothing is cancelled: the tasks finish
+ * normally afterwards.  wait's own timeout, shorter than the scope's, is not
+ * an error: it returns the count and the scope is not marked expired. */
+static int wait_deadline_main(void *a)
+{
+    (void)a;
+    struct job quick = {0.01, 1, 0, 0};
+    struct gate g = {.result = 2};
+    ca_task *ts[2];
+    ts[0] = spawn_job(&quick);
+    ts[1] = ca_spawn(gate_run, &g);
+    ASSERT(ts[1]);
+    const double timeouts[2] = {-1, 5};
+    for (int i = 0; i < 2; i++) {
+        double t0 = mono();
+        ASSERT_EQ(ca_deadline_push(0.03), 0);
+        ASSERT_EQ(ca_wait(ts, 2, timeouts[i], CA_ALL_COMPLETED), -ETIMEDOUT);
+        ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+        double dt = mono() - t0;
+        ASSERT_GE(dt, 0.03);
+        ASSERT_TIME_LT(dt, 0.5);
+        ASSERT(ca_task_done(ts[0]));
+        ASSERT(!ca_task_done(ts[1]) && !ca_task_cancel_requested(ts[1]));
+    }
+    ASSERT_EQ(ca_deadline_push(5), 0);
+    ASSERT_EQ(ca_wait(ts, 2, 0.01, CA_ALL_COMPLETED), 1);
+    ASSERT_EQ(ca_deadline_pop(), 0);
+    ca_event_set(&g.ev);
+    ASSERT_EQ(ca_wait(ts, 2, -1, CA_ALL_COMPLETED), 2);
+    ASSERT(quick.finished && g.finished && !g.cancelled);
+    ASSERT_EQ(ca_task_status(ts[0]), 1);
+    ASSERT_EQ(ca_task_status(ts[1]), 2);
+    release_all(ts, 2);
+    return 0;
+}
+
+static void test_wait_deadline(void)
+{
+    ASSERT_EQ(ca_run(wait_deadline_main, NULL), 0);
+}
+
+/* wait_for under a deadline scope earlier than its own timeout: -ETIMEDOUT,
+ * and the task was cancelled and has really finished (its shielded cleanup
+ * ran) before wait_for returned. */
+static int wait_for_deadline_main(void *a)
+{
+    (void)a;
+    slow_cleanup_done = 0;
+    ca_task *t = ca_spawn(slow_operation, NULL);
+    ASSERT(t);
+    double t0 = mono();
+    ASSERT_EQ(ca_deadline_push(0.03), 0);
+    ASSERT_EQ(ca_wait_for(t, 5), -ETIMEDOUT);
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    double dt = mono() - t0;
+    ASSERT_GE(dt, 0.03);
+    ASSERT_TIME_LT(dt, 0.3); /* slow_operation sleeps 0.5 s */
+    ASSERT(ca_task_done(t) && slow_cleanup_done);
+    ASSERT(ca_task_cancelled(t));
+    ca_task_release(t);
+    return 0;
+}
+
+static void test_wait_for_deadline(void)
+{
+    ASSERT_EQ(ca_run(wait_for_deadline_main, NULL), 0);
+}
+
+/* as_completed_next (no timeout of its own) under a deadline scope: hands
+ * out the task that finished in time, then -ETIMEDOUT with *t NULL; the
+ * task still running is untouched and finishes normally. */
+static int as_completed_deadline_main(void *a)
+{
+    (void)a;
+    struct job quick = {0.01, 1, 0, 0};
+    struct gate g = {.result = 2};
+    ca_task *ts[2];
+    ts[0] = spawn_job(&quick);
+    ts[1] = ca_spawn(gate_run, &g);
+    ASSERT(ts[1]);
+    ca_as_completed *it;
+    ASSERT_EQ(ca_as_completed_new(&it, ts, 2, -1), 0);
+    double t0 = mono();
+    ASSERT_EQ(ca_deadline_push(0.03), 0);
+    ca_task *t;
+    ASSERT_EQ(ca_as_completed_next(it, &t), 1);
+    ASSERT(t == ts[0]);
+    ASSERT_EQ(ca_as_completed_next(it, &t), -ETIMEDOUT);
+    ASSERT(t == NULL);
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    double dt = mono() - t0;
+    ASSERT_GE(dt, 0.03);
+    ASSERT_TIME_LT(dt, 0.5);
+    ca_as_completed_free(it);
+    ASSERT(!ca_task_done(ts[1]) && !ca_task_cancel_requested(ts[1]));
+    ca_event_set(&g.ev);
+    ASSERT_EQ(ca_join(ts[1]), 2);
+    ASSERT(g.finished);
+    release_all(ts, 2);
+    return 0;
+}
+
+static void test_as_completed_deadline(void)
+{
+    ASSERT_EQ(ca_run(as_completed_deadline_main, NULL), 0);
+}
+
+/* ---- wait_for: the task finishes in the same turn ------------------------ */
+
+/* The task's sleep and wait_for's timeout are armed in one turn, then a
+ * spinner holds the loop past both, so both timers fire at the start of the
+ * next turn (in deadline order).  Whichever fires first, the task's result
+ * wins: wait_for returns 7 and the task's status is 7. */
+static void same_turn_timeout_case(double task_secs, double timeout)
+{
+    struct turn_job j = {.secs = task_secs};
+    ca_task *t = ca_spawn(turn_job_run, &j);
+    ASSERT(t);
+    struct wf_call c = {.t = t, .timeout = timeout};
+    ca_task *w = ca_spawn(wf_call_run, &c);
+    ASSERT(w);
+    struct spin s = {.secs =
+                         (task_secs > timeout ? task_secs : timeout) + 0.03};
+    ca_task *sp = ca_spawn(spin_run, &s);
+    ASSERT(sp);
+    /* t, w and the spinner run in this order in the next turn. */
+    ASSERT_EQ(ca_join(w), 7);
+    ASSERT_EQ(ca_join(sp), 0);
+    ASSERT_EQ(c.result, 7);
+    ASSERT_EQ(c.after, 0); /* nothing left pending in the caller */
+    ASSERT_EQ(ca_task_status(t), 7);
+    /* The premise: both deadlines had passed when the spinner stopped, and
+     * the task's sleep ended in the turn right after the spinner's, the
+     * one in which both timers fired. */
+    ASSERT_GE(s.end, j.armed + task_secs);
+    ASSERT_GE(s.end, c.armed + timeout);
+    ASSERT_EQ(j.turn, s.turn + 1);
+    ca_task_release(sp);
+    ca_task_release(w);
+    ca_task_release(t);
+}
+
+static int same_turn_timeout_main(void *a)
+{
+    (void)a;
+    same_turn_timeout_case(0.02, 0.04); /* the task's timer fires first */
+    same_turn_timeout_case(0.04, 0.02); /* the timeout fires first */
+    return 0;
+}
+
+static void test_wait_for_same_turn_timeout(void)
+{
+    ASSERT_EQ(ca_run(same_turn_timeout_main, NULL), 0);
+}
+
+/* Cancels a task after a sleep, recording the turn it did so in. */
+struct canceller {
+    double secs;
+    ca_task *target;
+    uint64_t turn;
+};
+
+static int canceller_run(void *a)
+{
+    struct canceller *k = a;
+    int r = ca_sleep(k->secs);
+    k->turn = loop_turn();
+    ca_cancel(k->target);
+    return r;
+}
+
+/* The caller of wait_for is cancelled in the same turn as the task finishes
+ * (same set-up as above, with a canceller instead of the timeout), in both
+ * orders.  The task's result wins (wait_for returns 7), and the caller's
+ * cancellation is not swallowed: it stays requested and the caller's next
+ * blocking call returns -ECANCELED. */
+static void same_turn_cancel_case(double task_secs, double cancel_secs)
+{
+    struct turn_job j = {.secs = task_secs};
+    ca_task *t = ca_spawn(turn_job_run, &j);
+    ASSERT(t);
+    struct wf_call c = {.t = t, .timeout = 10};
+    ca_task *w = ca_spawn(wf_call_run, &c);
+    ASSERT(w);
+    struct canceller k = {.secs = cancel_secs, .target = w};
+    ca_task *kt = ca_spawn(canceller_run, &k);
+    ASSERT(kt);
+    struct spin s = {
+        .secs = (task_secs > cancel_secs ? task_secs : cancel_secs) + 0.03};
+    ca_task *sp = ca_spawn(spin_run, &s);
+    ASSERT(sp);
+    ASSERT_EQ(ca_join(w), 7);
+    ASSERT_EQ(ca_join(kt), 0);
+    ASSERT_EQ(ca_join(sp), 0);
+    ASSERT_EQ(c.result, 7);
+    ASSERT(ca_task_cancel_requested(w));
+    ASSERT_EQ(c.after, -ECANCELED);
+    ASSERT_EQ(ca_task_status(t), 7);
+    ASSERT(!ca_task_cancel_requested(t));
+    /* The premise: the task finished and the caller was cancelled in the
+     * same turn, the one after the spinner's. */
+    ASSERT_EQ(j.turn, s.turn + 1);
+    ASSERT_EQ(k.turn, s.turn + 1);
+    ca_task_release(sp);
+    ca_task_release(kt);
+    ca_task_release(w);
+    ca_task_release(t);
+}
+
+static int same_turn_cancel_main(void *a)
+{
+    (void)a;
+    same_turn_cancel_case(0.02, 0.04); /* the task finishes, then the cancel */
+    same_turn_cancel_case(0.04, 0.02); /* the cancel, then the task finishes */
+    return 0;
+}
+
+static void test_wait_for_same_turn_cancel(void)
+{
+    ASSERT_EQ(ca_run(same_turn_cancel_main, NULL), 0);
+}
+
+/* ---- ca_group_cancel --------------------------------------------------- */
+
+/* A group child: sleeps; if cancelled, tries to spawn a sibling into its
+ * (closing) group and returns on_cancel. */
+struct gkid {
+    ca_group *g;
+    double secs;
+    int result;    /* returned after the sleep */
+    int on_cancel; /* returned when cancelled */
+    int ran;       /* the body started */
+    int cancelled;
+    int spawn_r; /* ca_group_spawn from inside, once cancelled */
+};
+
+static int gkid_run(void *a)
+{
+    struct gkid *k = a;
+    k->ran = 1;
+    int r = ca_sleep(k->secs);
+    if (r == -ECANCELED) {
+        k->cancelled = 1;
+        ca_task *out = (ca_task *)&out; /* must be reset to NULL */
+        k->spawn_r = ca_group_spawn(k->g, &out, job_run, NULL);
+        ASSERT(out == NULL);
+        return k->on_cancel;
+    }
+    return k->result;
+}
+
+/* ca_group_cancel cancels every running child (and one not started yet,
+ * which never runs its body) without blocking, and closes the group:
+ * spawning fails with -ESHUTDOWN before ca_group_wait and while it waits
+ * (from a child).  The cancelled children are not failures: ca_group_wait
+ * returns 0, again on a second call; each child's status is -ECANCELED. */
+static int group_cancel_main(void *a)
+{
+    (void)a;
+    ca_group *g;
+    ASSERT_EQ(ca_group_new(&g), 0);
+    struct gkid kids[4];
+    for (int i = 0; i < 4; i++)
+        kids[i] = (struct gkid){
+            .g = g, .secs = 1.0, .result = i, .on_cancel = -ECANCELED};
+    for (int i = 0; i < 3; i++)
+        ASSERT_EQ(ca_group_spawn(g, NULL, gkid_run, &kids[i]), 0);
+    ASSERT_EQ(ca_sleep(0.01), 0); /* they are sleeping now */
+    ASSERT_EQ(ca_group_spawn(g, NULL, gkid_run, &kids[3]), 0); /* not started */
+    double t0 = mono();
+    ASSERT_EQ(ca_group_cancel(g), 0);
+    for (size_t i = 0; i < 4; i++)
+        ASSERT(ca_task_cancel_requested(ca_group_task(g, i)));
+    for (size_t i = 0; i < 3; i++) /* not finished yet: cancel never blocks */
+        ASSERT(!ca_task_done(ca_group_task(g, i)));
+    ca_task *out = (ca_task *)&out;
+    struct job j = {0, 0, 0, 0};
+    ASSERT_EQ(ca_group_spawn(g, &out, job_run, &j), -ESHUTDOWN);
+    ASSERT(out == NULL);
+    ASSERT_EQ(ca_group_wait(g), 0);
+    ASSERT_TIME_LT(mono() - t0, 0.5); /* did not wait for the 1 s sleeps */
+    ASSERT_EQ(ca_group_size(g), 4);
+    for (size_t i = 0; i < 4; i++) {
+        ASSERT(ca_task_done(ca_group_task(g, i)));
+        ASSERT_EQ(ca_task_status(ca_group_task(g, i)), -ECANCELED);
+    }
+    for (int i = 0; i < 3; i++) {
+        ASSERT(kids[i].ran && kids[i].cancelled);
+        ASSERT_EQ(kids[i].spawn_r, -ESHUTDOWN);
+    }
+    ASSERT(!kids[3].ran);
+    ASSERT_EQ(ca_group_wait(g), 0);
+    ASSERT_EQ(ca_group_spawn(g, NULL, job_run, &j), -ESHUTDOWN);
+    ASSERT_EQ(ca_group_size(g), 4);
+    ASSERT_EQ(ca_group_cancel(g), 0); /* again: nothing left to cancel */
+    ca_group_free(g);
+    ASSERT_EQ(ca_group_cancel(NULL), -EINVAL);
+    return 0;
+}
+
+static void test_group_cancel(void)
+{
+    ASSERT_EQ(ca_run(group_cancel_main, NULL), 0);
+}
+
+/* A child that fails for real while being cancelled (its cleanup returns
+ * -EIO) is a failure: after ca_group_cancel, ca_group_wait returns it. */
+static int group_cancel_fail_main(void *a)
+{
+    (void)a;
+    ca_group *g;
+    ASSERT_EQ(ca_group_new(&g), 0);
+    struct gkid kids[2] = {
+        {.secs = 1.0, .on_cancel = -ECANCELED},
+        {.secs = 1.0, .on_cancel = -EIO},
+    };
+    for (int i = 0; i < 2; i++) {
+        kids[i].g = g;
+        ASSERT_EQ(ca_group_spawn(g, NULL, gkid_run, &kids[i]), 0);
+    }
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ASSERT_EQ(ca_group_cancel(g), 0);
+    ASSERT_EQ(ca_group_wait(g), -EIO);
+    ASSERT_EQ(ca_task_status(ca_group_task(g, 0)), -ECANCELED);
+    ASSERT_EQ(ca_task_status(ca_group_task(g, 1)), -EIO);
+    ASSERT(kids[0].cancelled && kids[1].cancelled);
+    ca_group_free(g);
+    return 0;
+}
+
+static void test_group_cancel_child_fails(void)
+{
+    ASSERT_EQ(ca_run(group_cancel_fail_main, NULL), 0);
+}
+
+/* ---- ca_task_shield ------------------------------------------------------ */
+
+/* wait_for on a shielded task: on timeout (its own or the caller's deadline
+ * scope) and when its caller is cancelled, the task is not cancelled and
+ * keeps running; joined afterwards it returns its result. */
+static int wait_for_shield_main(void *a)
+{
+    (void)a;
+    for (int how = 0; how < 3; how++) {
+        struct gate g = {.result = 5};
+        ca_task *t = ca_spawn(gate_run, &g);
+        ASSERT(t);
+        ASSERT_EQ(ca_task_shield(t), 0);
+        double t0 = mono();
+        if (how == 0) { /* wait_for's own timeout */
+            ASSERT_EQ(ca_wait_for(t, 0.02), -ETIMEDOUT);
+        } else if (how == 1) { /* the caller's deadline scope */
+            ASSERT_EQ(ca_deadline_push(0.02), 0);
+            ASSERT_EQ(ca_wait_for(t, 5), -ETIMEDOUT);
+            ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+        } else { /* the caller is cancelled */
+            struct wf_call c = {.t = t, .timeout = 5};
+            ca_task *w = ca_spawn(wf_call_run, &c);
+            ASSERT(w);
+            ASSERT_EQ(ca_sleep(0.02), 0);
+            ca_cancel(w);
+            ASSERT_EQ(ca_join(w), -ECANCELED);
+            ASSERT_EQ(c.result, -ECANCELED);
+            ca_task_release(w);
+        }
+        double dt = mono() - t0;
+        ASSERT_GE(dt, 0.02);
+        ASSERT_TIME_LT(dt, 0.5);
+        ASSERT(!ca_task_done(t) && !ca_task_cancel_requested(t));
+        ca_event_set(&g.ev);
+        ASSERT_EQ(ca_join(t), 5);
+        ASSERT(g.finished && !g.cancelled);
+        ca_task_release(t);
+    }
+    return 0;
+}
+
+static void test_wait_for_shielded(void)
+{
+    ASSERT_EQ(ca_run(wait_for_shield_main, NULL), 0);
+}
+
+/* A shielded group child is cancelled neither by the owner's deadline nor
+ * by ca_group_cancel; ca_group_wait still waits for it (all children are
+ * waited for) and its result is readable.  The unshielded sibling is
+ * cancelled. */
+static int group_shield_main(void *a)
+{
+    (void)a;
+    for (int how = 0; how < 2; how++) {
+        ca_group *g;
+        ASSERT_EQ(ca_group_new(&g), 0);
+        struct job shielded = {0.08, 5, 0, 0};
+        struct job other = {1.0, 6, 0, 0};
+        ca_task *ts = NULL;
+        ASSERT_EQ(ca_group_spawn(g, &ts, job_run, &shielded), 0);
+        ASSERT(ts);
+        ASSERT_EQ(ca_task_shield(ts), 0);
+        ASSERT_EQ(ca_group_spawn(g, NULL, job_run, &other), 0);
+        double t0 = mono();
+        if (how == 0) {
+            ASSERT_EQ(ca_deadline_push(0.02), 0);
+            ASSERT_EQ(ca_group_wait(g), -ETIMEDOUT);
+            ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+        } else {
+            ASSERT_EQ(ca_sleep(0.02), 0);
+            ASSERT_EQ(ca_group_cancel(g), 0);
+            ASSERT(!ca_task_cancel_requested(ts));
+            ASSERT_EQ(ca_group_wait(g), 0);
+        }
+        double dt = mono() - t0;
+        ASSERT_GE(dt, 0.08); /* waited for the shielded child */
+        ASSERT_TIME_LT(dt, 0.5);
+        ASSERT(shielded.finished && !shielded.cancelled);
+        ASSERT(!ca_task_cancel_requested(ts));
+        ASSERT_EQ(ca_task_status(ts), 5);
+        ASSERT(other.cancelled && !other.finished);
+        ASSERT_EQ(ca_task_status(ca_group_task(g, 1)), -ECANCELED);
+        ca_group_free(g);
+    }
+    return 0;
+}
+
+static void test_group_shielded_child(void)
+{
+    ASSERT_EQ(ca_run(group_shield_main, NULL), 0);
+}
+
 static const struct test_case tests[] = {
     {"gather_100", test_gather_100, 10, 0},
     {"gather_failure_modes", test_gather_failure_modes, 10, 0},
@@ -529,6 +1091,16 @@ static const struct test_case tests[] = {
     {"group_nested_and_owner_cancelled", test_group_nested_and_owner_cancelled, 10, 0},
     {"group_deadline_and_free", test_group_deadline_and_free, 10, 0},
     {"cancel_wait_and_as_completed", test_cancel_wait_and_as_completed, 10, 0},
+    {"gather_deadline", test_gather_deadline, 10, 0},
+    {"wait_deadline", test_wait_deadline, 10, 0},
+    {"wait_for_deadline", test_wait_for_deadline, 10, 0},
+    {"as_completed_deadline", test_as_completed_deadline, 10, 0},
+    {"wait_for_same_turn_timeout", test_wait_for_same_turn_timeout, 10, 0},
+    {"wait_for_same_turn_cancel", test_wait_for_same_turn_cancel, 10, 0},
+    {"group_cancel", test_group_cancel, 10, 0},
+    {"group_cancel_child_fails", test_group_cancel_child_fails, 10, 0},
+    {"wait_for_shielded", test_wait_for_shielded, 10, 0},
+    {"group_shielded_child", test_group_shielded_child, 10, 0},
     {NULL, NULL, 0, 0},
 };
 

@@ -591,6 +591,40 @@ static void test_close_wakes_waiters_and_no_stale_events(void)
     ASSERT_EQ(ca_run(close_main, NULL), 0);
 }
 
+/* ca_fd_forget wakes the waiters like ca_close but leaves the fd open: the
+ * owner closes it (or keeps using it: a later wait registers it again). */
+static int forget_main(void *a)
+{
+    (void)a;
+    int p[2];
+    ASSERT_EQ(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+    ca_task *r1 = ca_spawn(reader, &p[0]);
+    ca_task *r2 = ca_spawn(reader, &p[0]);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ASSERT_EQ(ca_fd_forget(p[0]), 0);
+    ASSERT_EQ(ca_join(r1), -EBADF);
+    ASSERT_EQ(ca_join(r2), -EBADF);
+    ca_task_release(r1);
+    ca_task_release(r2);
+    ASSERT_EQ(fcntl(p[0], F_GETFD), FD_CLOEXEC); /* still open */
+    ASSERT_EQ(write(p[1], "z", 1), 1);
+    ASSERT_EQ(ca_wait_fd(p[0], CA_READ) & CA_READ, CA_READ);
+    char c;
+    ASSERT_EQ(read(p[0], &c, 1), 1);
+    ASSERT_EQ(c, 'z');
+    ASSERT_EQ(ca_fd_forget(p[0]), 0);
+    ASSERT_EQ(ca_fd_forget(-1), -EBADF);
+    close(p[0]);
+    ca_close(p[1]);
+    return 0;
+}
+
+static void test_fd_forget(void)
+{
+    ASSERT_EQ(ca_fd_forget(0), -CA_ENOLOOP);
+    ASSERT_EQ(ca_run(forget_main, NULL), 0);
+}
+
 /* ---- statistics ---------------------------------------------------------- */
 
 static int stats_main(void *a)
@@ -760,6 +794,7 @@ static const struct test_case tests[] = {
     {"wait_fd_write_backpressure", test_wait_fd_write_backpressure, 20, 0},
     {"close_wakes_waiters_and_no_stale_events",
      test_close_wakes_waiters_and_no_stale_events, 10, 0},
+    {"fd_forget", test_fd_forget, 10, 0},
     {"stats", test_stats, 10, 0},
     {"busy_loop_still_polls", test_busy_loop_still_polls, 20, 0},
     {NULL, NULL, 0, 0},

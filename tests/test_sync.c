@@ -12,6 +12,34 @@ static void note(const char *s)
     strcat(trace, " ");
 }
 
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Spawn an eager task: it runs at once, inside this call, until it first
+ * blocks, so waiters queue in spawn order without a loop turn in between
+ * (and no timer of theirs can fire before the caller goes on). */
+static ca_task *spawn_eager(ca_fn fn, void *arg)
+{
+    ca_spawn_opts o = {0};
+    o.eager = 1;
+    ca_task *t = NULL;
+    ASSERT_EQ(ca_spawn_ex(&t, fn, arg, &o), 0);
+    return t;
+}
+
+/* Hold the loop (no yield) for `secs`: a timer of another task cannot fire
+ * meanwhile, so its deadline passes while it is still parked. */
+static void spin(double secs)
+{
+    double end = mono() + secs;
+    while (mono() < end)
+        ;
+}
+
 /* ---- lock ---------------------------------------------------------------- */
 
 static ca_lock lock = CA_LOCK_INIT;
@@ -88,13 +116,7 @@ static int lock_cancel_main(void *a)
     ASSERT_EQ(ca_join(q), 0);
     ASSERT_STREQ(trace, "q ");
     ASSERT(!ca_lock_locked(&lock));
-
-    /* a deadline while waiting */
-    ASSERT_EQ(ca_lock_acquire(&lock), 0);
-    ca_task *d = ca_spawn(locker, "d");
-    ASSERT_EQ(ca_sleep(0.005), 0);
-    ca_task_release(d);
-    ASSERT_EQ(ca_lock_release(&lock), 0);
+    /* a deadline while waiting: see lock_deadline */
     ca_task_release(x);
     ca_task_release(y);
     ca_task_release(p);
@@ -105,6 +127,126 @@ static int lock_cancel_main(void *a)
 static void test_lock_cancellation(void)
 {
     ASSERT_EQ(ca_run(lock_cancel_main, NULL), 0);
+}
+
+/* Wait for `lock` inside a deadline scope of *(double *)a seconds: the wait
+ * ends in -ETIMEDOUT, not before the deadline, and without the lock (its
+ * release is refused; someone else still holds it). */
+static int lock_deadline_waiter(void *a)
+{
+    double secs = *(double *)a;
+    double t0 = mono();
+    ASSERT_EQ(ca_deadline_push(secs), 0);
+    int r = ca_lock_acquire(&lock);
+    double dt = mono() - t0;
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    ASSERT_EQ(r, -ETIMEDOUT);
+    ASSERT_GE(dt, secs);
+    ASSERT_EQ(ca_lock_release(&lock), -EPERM); /* not the owner */
+    ASSERT(ca_lock_locked(&lock));
+    note("timeout");
+    return r;
+}
+
+static int lock_deadline_main(void *a)
+{
+    (void)a;
+    /* x, d, y queue behind main in that order; d's deadline (50 ms) passes
+     * while main still holds the lock */
+    double secs = 0.05;
+    ASSERT_EQ(ca_lock_acquire(&lock), 0);
+    ca_task *x = spawn_eager(locker, "x");
+    ca_task *d = spawn_eager(lock_deadline_waiter, &secs);
+    ca_task *y = spawn_eager(locker, "y");
+    double t0 = mono();
+    ASSERT_EQ(ca_join(d), -ETIMEDOUT);
+    ASSERT_TIME_LT(mono() - t0, 2.0);
+    ASSERT_STREQ(trace, "timeout ");
+    /* main still owns it: -EDEADLK, and its release succeeds */
+    ASSERT(ca_lock_locked(&lock));
+    ASSERT_EQ(ca_lock_acquire(&lock), -EDEADLK);
+    ASSERT_EQ(ca_lock_release(&lock), 0);
+    /* d left the middle of the queue: x then y, FIFO */
+    ASSERT_EQ(ca_join(x), 0);
+    ASSERT_EQ(ca_join(y), 0);
+    ASSERT_STREQ(trace, "timeout x y ");
+    ASSERT(!ca_lock_locked(&lock));
+    ASSERT_EQ(ca_lock_acquire(&lock), 0); /* the lock still works */
+    ASSERT_EQ(ca_lock_release(&lock), 0);
+    ca_task_release(x);
+    ca_task_release(d);
+    ca_task_release(y);
+
+    /* granted after its deadline passed but before its timer fired (the
+     * loop was held): d2 fails with -ETIMEDOUT and hands the lock to y2 */
+    trace[0] = 0;
+    secs = 0.02;
+    ASSERT_EQ(ca_lock_acquire(&lock), 0);
+    ca_task *d2 = spawn_eager(lock_deadline_waiter, &secs);
+    ca_task *y2 = spawn_eager(locker, "y2");
+    spin(secs + 0.01);
+    ASSERT_EQ(ca_lock_release(&lock), 0); /* grants d2 */
+    ASSERT_EQ(ca_join(d2), -ETIMEDOUT);
+    ASSERT_EQ(ca_join(y2), 0);
+    ASSERT_STREQ(trace, "timeout y2 ");
+    ASSERT(!ca_lock_locked(&lock));
+    ASSERT_EQ(ca_lock_try_acquire(&lock), 0);
+    ASSERT_EQ(ca_lock_release(&lock), 0);
+    ca_task_release(d2);
+    ca_task_release(y2);
+    return 0;
+}
+
+static void test_lock_deadline(void)
+{
+    ASSERT_EQ(ca_run(lock_deadline_main, NULL), 0);
+}
+
+/* A task that does not own `lock` tries to release it while it is held. */
+static int bad_releaser(void *a)
+{
+    (void)a;
+    ASSERT(ca_lock_locked(&lock));
+    ASSERT_EQ(ca_lock_release(&lock), -EPERM);
+    ASSERT(ca_lock_locked(&lock));
+    ASSERT_EQ(ca_lock_try_acquire(&lock), -EBUSY);
+    note("bad");
+    return 0;
+}
+
+static void release_from_callback(void *a)
+{
+    *(int *)a = ca_lock_release(&lock); /* outside any task */
+}
+
+static int lock_owner_main(void *a)
+{
+    (void)a;
+    ASSERT_EQ(ca_lock_acquire(&lock), 0);
+    ca_task *w = spawn_eager(locker, "w"); /* waits behind main */
+    ca_task *b = ca_spawn(bad_releaser, NULL);
+    ASSERT_EQ(ca_join(b), 0);
+    int cb_r = 1;
+    ASSERT_EQ(ca_call_soon(release_from_callback, &cb_r, NULL), 0);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ASSERT_EQ(cb_r, -EPERM);
+    /* neither refused release handed the lock on: w still waits, main
+     * still owns it (-EDEADLK, and its own release succeeds) */
+    ASSERT_STREQ(trace, "bad ");
+    ASSERT(!ca_task_done(w));
+    ASSERT_EQ(ca_lock_acquire(&lock), -EDEADLK);
+    ASSERT_EQ(ca_lock_release(&lock), 0);
+    ASSERT_EQ(ca_join(w), 0);
+    ASSERT_STREQ(trace, "bad w ");
+    ASSERT(!ca_lock_locked(&lock));
+    ca_task_release(w);
+    ca_task_release(b);
+    return 0;
+}
+
+static void test_lock_release_not_owner(void)
+{
+    ASSERT_EQ(ca_run(lock_owner_main, NULL), 0);
 }
 
 /* ---- event --------------------------------------------------------------- */
@@ -220,6 +362,127 @@ static void test_condition(void)
     ASSERT_EQ(ca_run(cond_main, NULL), 0);
 }
 
+/* Plain ca_cond_wait (no predicate): whatever it returns, the waiter holds
+ * the lock again (only the owner's release succeeds). */
+static int cond_plain_waiter(void *a)
+{
+    ASSERT_EQ(ca_lock_acquire(&cl), 0);
+    int r = ca_cond_wait(&cv);
+    ASSERT(ca_lock_locked(&cl));
+    ASSERT_EQ(ca_lock_release(&cl), 0);
+    if (r == 0)
+        note(a);
+    return r;
+}
+
+/* ca_cond_wait inside a deadline scope of *(double *)a seconds. */
+static int cond_deadline_waiter(void *a)
+{
+    double secs = *(double *)a;
+    ASSERT_EQ(ca_lock_acquire(&cl), 0);
+    double t0 = mono();
+    ASSERT_EQ(ca_deadline_push(secs), 0);
+    int r = ca_cond_wait(&cv);
+    double dt = mono() - t0;
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    ASSERT_EQ(r, -ETIMEDOUT);
+    ASSERT_GE(dt, secs);
+    ASSERT(ca_lock_locked(&cl));
+    ASSERT_EQ(ca_lock_release(&cl), 0); /* held again */
+    return r;
+}
+
+static int cond_wait_main(void *a)
+{
+    (void)a;
+    /* cancelled before any notify: -ECANCELED, but only after taking the
+     * lock back (under a shield: main holds it meanwhile) */
+    ca_task *w = spawn_eager(cond_plain_waiter, "w");
+    ASSERT(!ca_lock_locked(&cl)); /* released by the wait */
+    ASSERT_EQ(ca_lock_acquire(&cl), 0);
+    ca_cancel(w);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ASSERT(!ca_task_done(w)); /* waits for the lock despite the cancel */
+    ASSERT_EQ(ca_cond_notify(&cv, 1), 0); /* it left the wait queue */
+    ASSERT_EQ(ca_lock_release(&cl), 0);   /* hands the lock to w */
+    ASSERT_EQ(ca_join(w), -ECANCELED);
+    ASSERT(!ca_lock_locked(&cl)); /* w released it */
+
+    /* a deadline: -ETIMEDOUT, again holding the lock (main holds it past
+     * the deadline, so d must wait for it although its deadline passed) */
+    double secs = 0.03;
+    ca_task *d = spawn_eager(cond_deadline_waiter, &secs);
+    ca_task *v = spawn_eager(cond_plain_waiter, "v");
+    ASSERT_EQ(ca_lock_acquire(&cl), 0);
+    ASSERT_EQ(ca_sleep(secs + 0.03), 0);
+    ASSERT(!ca_task_done(d));
+    ASSERT_EQ(ca_lock_release(&cl), 0);
+    double t0 = mono();
+    ASSERT_EQ(ca_join(d), -ETIMEDOUT);
+    ASSERT_TIME_LT(mono() - t0, 2.0);
+    ASSERT(!ca_task_done(v));
+    /* the next notify is not lost on d's stale wait: it wakes v */
+    ASSERT_EQ(ca_lock_acquire(&cl), 0);
+    ASSERT_EQ(ca_cond_notify(&cv, 1), 1);
+    ASSERT_EQ(ca_lock_release(&cl), 0);
+    ASSERT_EQ(ca_join(v), 0);
+    ASSERT_STREQ(trace, "v ");
+    ASSERT(!ca_lock_locked(&cl));
+    ca_task_release(w);
+    ca_task_release(d);
+    ca_task_release(v);
+    return 0;
+}
+
+static void test_condition_wait_cancel_deadline(void)
+{
+    ASSERT_EQ(ca_run(cond_wait_main, NULL), 0);
+}
+
+static int inside; /* tasks between wake-up and release in cond_all_waiter */
+
+static int cond_all_waiter(void *a)
+{
+    ASSERT_EQ(ca_lock_acquire(&cl), 0);
+    ASSERT_EQ(ca_cond_wait(&cv), 0);
+    ASSERT(ca_lock_locked(&cl));
+    ASSERT_EQ(++inside, 1); /* alone under the lock */
+    note(a);
+    ASSERT_EQ(ca_sleep(0.005), 0); /* the others wait for the lock */
+    inside--;
+    ASSERT_EQ(ca_lock_release(&cl), 0);
+    return 0;
+}
+
+static int cond_all_main(void *a)
+{
+    (void)a;
+    ca_task *t[3] = {spawn_eager(cond_all_waiter, "a"),
+                     spawn_eager(cond_all_waiter, "b"),
+                     spawn_eager(cond_all_waiter, "c")};
+    ASSERT(!ca_lock_locked(&cl));
+    ASSERT_EQ(ca_lock_acquire(&cl), 0);
+    ASSERT_EQ(ca_cond_notify_all(&cv), 3);
+    ASSERT_EQ(ca_cond_notify_all(&cv), 0); /* nobody waits any more */
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ASSERT_STREQ(trace, ""); /* woken, but the lock is still main's */
+    ASSERT_EQ(ca_lock_release(&cl), 0);
+    /* all three wake, each re-acquires the lock in turn (FIFO) */
+    for (int i = 0; i < 3; i++) {
+        ASSERT_EQ(ca_join(t[i]), 0);
+        ca_task_release(t[i]);
+    }
+    ASSERT_STREQ(trace, "a b c ");
+    ASSERT_EQ(inside, 0);
+    ASSERT(!ca_lock_locked(&cl));
+    return 0;
+}
+
+static void test_condition_notify_all(void)
+{
+    ASSERT_EQ(ca_run(cond_all_main, NULL), 0);
+}
+
 /* ---- semaphore ----------------------------------------------------------- */
 
 static ca_sem sem = CA_SEM_INIT(4); /* seed 003: Semaphore(4) */
@@ -284,6 +547,86 @@ static void test_semaphore(void)
     ASSERT_EQ(ca_run(sem_main, NULL), 0);
 }
 
+static ca_sem sem0 = CA_SEM_INIT(0);
+
+static int sem_waiter(void *a)
+{
+    int r = ca_sem_acquire(&sem0);
+    if (r == 0)
+        note(a);
+    return r;
+}
+
+/* ca_sem_acquire inside a deadline scope of *(double *)a seconds: fails
+ * with -ETIMEDOUT, not before the deadline. */
+static int sem_deadline_waiter(void *a)
+{
+    double secs = *(double *)a;
+    double t0 = mono();
+    ASSERT_EQ(ca_deadline_push(secs), 0);
+    int r = ca_sem_acquire(&sem0);
+    double dt = mono() - t0;
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    ASSERT_EQ(r, -ETIMEDOUT);
+    ASSERT_GE(dt, secs);
+    note("timeout");
+    return r;
+}
+
+static int sem_cancel_main(void *a)
+{
+    (void)a;
+    /* p, d, q wait in that order on a semaphore with no permit */
+    double secs = 0.03;
+    ca_task *p = spawn_eager(sem_waiter, "p");
+    ca_task *d = spawn_eager(sem_deadline_waiter, &secs);
+    ca_task *q = spawn_eager(sem_waiter, "q");
+    /* p cancelled before it got a permit: no permit appears or vanishes */
+    ca_cancel(p);
+    ASSERT_EQ(ca_join(p), -ECANCELED);
+    ASSERT_EQ(ca_sem_value(&sem0), 0);
+    /* d's deadline passes: the same */
+    double t0 = mono();
+    ASSERT_EQ(ca_join(d), -ETIMEDOUT);
+    ASSERT_TIME_LT(mono() - t0, 2.0);
+    ASSERT_EQ(ca_sem_value(&sem0), 0);
+    ASSERT_EQ(ca_sem_try_acquire(&sem0), -EAGAIN); /* q still waits */
+    /* the next release goes to q, the one waiter left */
+    ASSERT_EQ(ca_sem_release(&sem0), 0);
+    ASSERT_EQ(ca_sem_value(&sem0), 0); /* handed over, not banked */
+    ASSERT_EQ(ca_join(q), 0);
+    ASSERT_STREQ(trace, "timeout q ");
+    /* with nobody waiting, a release is simply available */
+    ASSERT_EQ(ca_sem_release(&sem0), 0);
+    ASSERT_EQ(ca_sem_value(&sem0), 1);
+    ASSERT_EQ(ca_sem_try_acquire(&sem0), 0);
+    ASSERT_EQ(ca_sem_value(&sem0), 0);
+    ca_task_release(p);
+    ca_task_release(d);
+    ca_task_release(q);
+
+    /* granted after its deadline passed but before its timer fired (the
+     * loop was held): d2 fails with -ETIMEDOUT, the permit goes to q2 */
+    trace[0] = 0;
+    secs = 0.02;
+    ca_task *d2 = spawn_eager(sem_deadline_waiter, &secs);
+    ca_task *q2 = spawn_eager(sem_waiter, "q2");
+    spin(secs + 0.01);
+    ASSERT_EQ(ca_sem_release(&sem0), 0); /* grants d2 */
+    ASSERT_EQ(ca_join(d2), -ETIMEDOUT);
+    ASSERT_EQ(ca_join(q2), 0);
+    ASSERT_STREQ(trace, "timeout q2 ");
+    ASSERT_EQ(ca_sem_value(&sem0), 0);
+    ca_task_release(d2);
+    ca_task_release(q2);
+    return 0;
+}
+
+static void test_semaphore_cancel_deadline(void)
+{
+    ASSERT_EQ(ca_run(sem_cancel_main, NULL), 0);
+}
+
 /* ---- barrier ------------------------------------------------------------- */
 
 static ca_barrier bar = CA_BARRIER_INIT(3);
@@ -339,13 +682,86 @@ static void test_barrier(void)
     ASSERT_EQ(ca_run(barrier_main, NULL), 0);
 }
 
+/* ca_barrier_wait inside a deadline scope of *(double *)a seconds. */
+static int barrier_deadline_party(void *a)
+{
+    double secs = *(double *)a;
+    double t0 = mono();
+    ASSERT_EQ(ca_deadline_push(secs), 0);
+    int r = ca_barrier_wait(&bar);
+    double dt = mono() - t0;
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    ASSERT_GE(dt, secs);
+    return r;
+}
+
+static int barrier_deadline_main(void *a)
+{
+    (void)a;
+    /* a party whose deadline passes gets -ETIMEDOUT and breaks the barrier
+     * (3 parties) for the one waiting with it */
+    double secs = 0.03;
+    ca_task *p = spawn_eager(party, (void *)0L);
+    ca_task *d = spawn_eager(barrier_deadline_party, &secs);
+    ASSERT_EQ(ca_barrier_n_waiting(&bar), 2);
+    double t0 = mono();
+    ASSERT_EQ(ca_join(d), -ETIMEDOUT);
+    ASSERT_TIME_LT(mono() - t0, 2.0);
+    ASSERT_EQ(ca_join(p), -CA_EBROKEN);
+    ASSERT(ca_barrier_broken(&bar));
+    ASSERT_EQ(ca_barrier_n_waiting(&bar), 0);
+    ASSERT_EQ(ca_barrier_wait(&bar), -CA_EBROKEN); /* until reset */
+    ASSERT_EQ(ca_barrier_reset(&bar), 0);
+    ASSERT(!ca_barrier_broken(&bar));
+    ca_task_release(p);
+    ca_task_release(d);
+
+    /* reset while two parties wait: they get -CA_EBROKEN, and the barrier
+     * is usable again at once (not broken, counting from 0): a new round
+     * fills and passes before the old waiters have even run */
+    ca_task *old[2] = {spawn_eager(party, (void *)0L),
+                       spawn_eager(party, (void *)1L)};
+    ASSERT_EQ(ca_barrier_n_waiting(&bar), 2);
+    ASSERT_EQ(ca_barrier_reset(&bar), 0);
+    ASSERT_EQ(ca_barrier_n_waiting(&bar), 0);
+    ASSERT(!ca_barrier_broken(&bar));
+    ca_task *fresh[3];
+    for (long i = 0; i < 3; i++)
+        fresh[i] = spawn_eager(party, (void *)(2 + i));
+    ASSERT(ca_task_done(fresh[2])); /* the last arrival did not wait */
+    ASSERT_EQ(ca_barrier_n_waiting(&bar), 0);
+    for (int i = 0; i < 2; i++) {
+        ASSERT_EQ(ca_join(old[i]), -CA_EBROKEN);
+        ca_task_release(old[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        ASSERT_EQ(ca_join(fresh[i]), i); /* arrival index in the new round */
+        ASSERT_EQ(arrivals[2 + i], i);
+        ca_task_release(fresh[i]);
+    }
+    ASSERT(!ca_barrier_broken(&bar));
+    return 0;
+}
+
+static void test_barrier_deadline_reset(void)
+{
+    ASSERT_EQ(ca_run(barrier_deadline_main, NULL), 0);
+}
+
 static const struct test_case tests[] = {
     {"lock_fifo", test_lock_fifo, 10, 0},
     {"lock_cancellation", test_lock_cancellation, 10, 0},
+    {"lock_deadline", test_lock_deadline, 10, 0},
+    {"lock_release_not_owner", test_lock_release_not_owner, 10, 0},
     {"event", test_event, 10, 0},
     {"condition", test_condition, 10, 0},
+    {"condition_wait_cancel_deadline", test_condition_wait_cancel_deadline, 10,
+     0},
+    {"condition_notify_all", test_condition_notify_all, 10, 0},
     {"semaphore", test_semaphore, 10, 0},
+    {"semaphore_cancel_deadline", test_semaphore_cancel_deadline, 10, 0},
     {"barrier", test_barrier, 10, 0},
+    {"barrier_deadline_reset", test_barrier_deadline_reset, 10, 0},
     {NULL, NULL, 0, 0},
 };
 

@@ -725,6 +725,59 @@ static void test_debug_slow_task(void)
     ASSERT(strstr(buf, "held the loop for 1"));
 }
 
+/* ca_set_debug turns the report on and off at run time, with its own
+ * threshold. */
+static int hog_ms(void *a)
+{
+    long ms = (long)(intptr_t)a;
+    struct timespec ts = {0, ms * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    return 0;
+}
+
+static int hog_named(const char *name, long ms)
+{
+    ca_spawn_opts o = {.name = name};
+    ca_task *t;
+    ASSERT_EQ(ca_spawn_ex(&t, hog_ms, (void *)(intptr_t)ms, &o), 0);
+    int r = ca_join(t);
+    ca_task_release(t);
+    return r;
+}
+
+static int slow_api_main(void *a)
+{
+    (void)a;
+    ASSERT_EQ(ca_set_debug(1, 20), 0);
+    ASSERT_EQ(hog_named("short", 2), 0);   /* under the threshold */
+    ASSERT_EQ(hog_named("medium", 60), 0); /* reported */
+    ASSERT_EQ(ca_set_debug(0, 0), 0);
+    ASSERT_EQ(hog_named("quiet", 60), 0);  /* debug off: not reported */
+    ca_loop_stats st;
+    ASSERT_EQ(ca_loop_stats_get(&st), 0);
+    ASSERT_EQ(st.slow_tasks, 1);
+    return 0;
+}
+
+static int child_slow_api(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    return ca_run(slow_api_main, NULL);
+}
+
+static void test_debug_slow_task_api(void)
+{
+    ASSERT_EQ(ca_set_debug(1, 10), -CA_ENOLOOP);
+    char buf[4096];
+    int st = run_child("slow_api", NULL, buf, sizeof(buf));
+    ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ASSERT(strstr(buf, "task 'medium' (spawned at"));
+    ASSERT(strstr(buf, "(threshold 20.0 ms)"));
+    ASSERT(!strstr(buf, "'short'"));
+    ASSERT(!strstr(buf, "'quiet'"));
+}
+
 /* ---- stacks -------------------------------------------------------------- */
 
 static int depth_reached;
@@ -926,6 +979,7 @@ static const struct test_case tests[] = {
     {"debug_eperm_message", test_debug_eperm_message, 10, 0},
     {"unretrieved_failure_reported", test_unretrieved_failure_reported, 10, 0},
     {"debug_slow_task", test_debug_slow_task, 10, 0},
+    {"debug_slow_task_api", test_debug_slow_task_api, 10, 0},
     {"stack_overflow_reported", test_stack_overflow_reported, 20, 0},
     {"stack_overflow_canary", test_stack_overflow_canary, 20, 0},
     {"deep_stack_within_limit", test_deep_stack_within_limit, 10, 0},
@@ -939,6 +993,7 @@ static const struct test_child children[] = {
     {"eperm", child_eperm},
     {"unretrieved", child_unretrieved},
     {"slow", child_slow},
+    {"slow_api", child_slow_api},
     {"overflow", child_overflow},
     {"overflow_shallow", child_overflow_shallow},
     {"million", child_million},

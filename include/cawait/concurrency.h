@@ -113,7 +113,9 @@ CA_EXTERN int ca__group_spawn(ca_group *g, ca_task **out, ca_fn fn, void *arg,
  * Wait until every child has finished.  The first child to fail cancels all
  * its siblings (at the moment it fails, whether or not anyone is waiting);
  * the group then closes.  Returns 0 if every child succeeded, else the first
- * failure.  If the caller is cancelled (or its deadline passes) while
+ * failure; a child that ends -ECANCELED because the group cancelled it
+ * (ca_group_cancel, a sibling's failure) is not a failure, as in asyncio's
+ * TaskGroup, but its own status stays readable.  If the caller is cancelled (or its deadline passes) while
  * waiting, every child is cancelled, all are waited for, and -ECANCELED (or
  * -ETIMEDOUT) is returned.  The group may be waited on again; it stays
  * closed.  -EINVAL, -EPERM.
