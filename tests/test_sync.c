@@ -748,6 +748,130 @@ static void test_barrier_deadline_reset(void)
     ASSERT_EQ(ca_run(barrier_deadline_main, NULL), 0);
 }
 
+/* ---- a waiter cancelled, then granted in the same turn -------------------- */
+
+/* Cancel a parked waiter, then grant (release / notify / put) before it has
+ * run: the grant must go to the next waiter, not land on one that returns
+ * -ECANCELED.  Documented: "A waiter that is cancelled never steals or
+ * loses a wake-up". */
+static int plain_lock_waiter(void *a)
+{
+    (void)a;
+    return ca_lock_acquire(&lock);
+}
+
+static int queue_getter(void *a)
+{
+    int v = 0;
+    int r = ca_queue_get(a, &v);
+    return r < 0 ? r : v;
+}
+
+static int same_turn_main(void *a)
+{
+    (void)a;
+    /* lock: cancel x, then release, same turn: x must not own the lock */
+    ASSERT_EQ(ca_lock_acquire(&lock), 0);
+    ca_task *x = spawn_eager(plain_lock_waiter, NULL);
+    ca_cancel(x);
+    ASSERT_EQ(ca_lock_release(&lock), 0);
+    ASSERT_EQ(ca_join(x), -ECANCELED);
+    ASSERT(!ca_lock_locked(&lock)); /* not owned by the finished x */
+    ASSERT_EQ(ca_lock_try_acquire(&lock), 0);
+    ASSERT_EQ(ca_lock_release(&lock), 0);
+    ca_task_release(x);
+
+    /* semaphore: cancel p, then release, same turn: the permit survives */
+    ca_task *p = spawn_eager(sem_waiter, "p");
+    ca_cancel(p);
+    ASSERT_EQ(ca_sem_release(&sem0), 0);
+    ASSERT_EQ(ca_join(p), -ECANCELED);
+    ASSERT_EQ(ca_sem_value(&sem0), 1); /* the permit is not lost */
+    ca_task_release(p);
+
+    /* condition: cancel w, then notify one, same turn: v gets it */
+    trace[0] = 0;
+    ca_task *w = spawn_eager(cond_plain_waiter, "w");
+    ca_task *v = spawn_eager(cond_plain_waiter, "v");
+    ASSERT_EQ(ca_lock_acquire(&cl), 0);
+    ca_cancel(w);
+    ASSERT_EQ(ca_cond_notify(&cv, 1), 1);
+    ASSERT_EQ(ca_lock_release(&cl), 0);
+    ASSERT_EQ(ca_join(w), -ECANCELED);
+    ASSERT_EQ(ca_deadline_push(0.1), 0);
+    ASSERT_EQ(ca_join(v), 0); /* the notify reached v */
+    ASSERT_EQ(ca_deadline_pop(), 0);
+    ASSERT_STREQ(trace, "v ");
+    ca_task_release(w);
+    ca_task_release(v);
+
+    /* queue: cancel getter g, then put one item, same turn: getter h gets
+     * it (the wake-up is not spent on g) */
+    ca_queue *q;
+    ca_queue_opts qo = {.elem_size = sizeof(int)};
+    ASSERT_EQ(ca_queue_new(&q, &qo), 0);
+    ca_task *g = spawn_eager(queue_getter, q);
+    ca_task *h = spawn_eager(queue_getter, q);
+    ca_cancel(g);
+    int item = 42;
+    ASSERT_EQ(ca_queue_put_nowait(q, &item), 0);
+    ASSERT_EQ(ca_join(g), -ECANCELED);
+    ASSERT_EQ(ca_deadline_push(0.1), 0);
+    ASSERT_EQ(ca_join(h), 42);
+    ASSERT_EQ(ca_deadline_pop(), 0);
+    ca_task_release(g);
+    ca_task_release(h);
+    ca_queue_free(q);
+    return 0;
+}
+
+/* The same without a cancel: a waiter's deadline and the owner's wake-up
+ * come due in the same poll (another task held the loop past both), and
+ * the owner runs first and releases: the timed-out waiter must not end up
+ * owning the lock. */
+static int loop_hog(void *a)
+{
+    (void)a;
+    ca_sleep(0.01);
+    double end = mono() + 0.04;
+    while (mono() < end)
+        ;
+    return 0;
+}
+
+static int plain_deadline_waiter(void *a)
+{
+    ASSERT_EQ(ca_deadline_push(*(double *)a), 0);
+    int r = ca_lock_acquire(&lock);
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    return r;
+}
+
+static int deadline_then_grant_main(void *a)
+{
+    (void)a;
+    ASSERT_EQ(ca_lock_acquire(&lock), 0);
+    ca_task *hg = ca_spawn(loop_hog, NULL); /* holds the loop 10..50 ms */
+    double secs = 0.03;
+    ca_task *d = ca_spawn(plain_deadline_waiter, &secs); /* due at ~30 ms */
+    ASSERT_EQ(ca_sleep(0.02), 0); /* due at ~20 ms: fires first */
+    ASSERT_EQ(ca_lock_release(&lock), 0);
+    ASSERT_EQ(ca_join(d), -ETIMEDOUT);
+    ASSERT(!ca_lock_locked(&lock));
+    ASSERT_EQ(ca_lock_try_acquire(&lock), 0);
+    ASSERT_EQ(ca_lock_release(&lock), 0);
+    ASSERT_EQ(ca_join(hg), 0);
+    ca_task_release(d);
+    ca_task_release(hg);
+    return 0;
+}
+
+static void test_cancel_then_grant_same_turn(void)
+{
+    ASSERT_EQ(ca_run(same_turn_main, NULL), 0);
+    ASSERT_EQ(ca_run(deadline_then_grant_main, NULL), 0);
+}
+
 static const struct test_case tests[] = {
     {"lock_fifo", test_lock_fifo, 10, 0},
     {"lock_cancellation", test_lock_cancellation, 10, 0},
@@ -762,6 +886,7 @@ static const struct test_case tests[] = {
     {"semaphore_cancel_deadline", test_semaphore_cancel_deadline, 10, 0},
     {"barrier", test_barrier, 10, 0},
     {"barrier_deadline_reset", test_barrier_deadline_reset, 10, 0},
+    {"cancel_then_grant_same_turn", test_cancel_then_grant_same_turn, 10, 0},
     {NULL, NULL, 0, 0},
 };
 

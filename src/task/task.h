@@ -41,6 +41,11 @@ enum ca__task_state {
  * unlinks it first.  `notify`, when set, is called instead of waking
  * `task` (combinators that wait on many tasks count completions with it);
  * `data` is free for the list's owner (a queue's item slot, a lock grant).
+ * `gone`: the task of a ca__wait_in node was woken by something else (a
+ * cancel, a deadline) and has not run yet; it stays linked until it runs,
+ * but ca__waitlist_pop skips it, so a grant made in that same turn (a lock
+ * handed over, a permit, a notify) goes to the next waiter instead of
+ * being lost on a task that will return -ECANCELED.
  */
 typedef struct ca__waiter ca__waiter;
 struct ca__waiter {
@@ -48,6 +53,7 @@ struct ca__waiter {
     ca_task *task;
     void (*notify)(ca__waiter *w);
     void *data;
+    int gone;
 };
 
 typedef struct ca__waitlist {
@@ -74,6 +80,7 @@ struct ca__task_run {
     ca__stack *stack;
     ca__timer timer;
     struct ca__scope *scopes;
+    ca__waiter *wait_node; /* its node while parked in ca__wait_in */
     int wake_result;
     uint16_t shield;
     uint16_t nscopes, capscopes;
@@ -121,6 +128,12 @@ static inline void ca__task_wake(ca_task *t, int result)
     struct ca__task_run *run = t->run;
     if (ca__timer_armed(&run->timer))
         ca__timer_cancel(l, &run->timer);
+    if (run->wait_node) {
+        /* Woken while still in a wait list (a grant pops the node first):
+         * withdraw from the grants of this turn. */
+        run->wait_node->gone = 1;
+        run->wait_node = NULL;
+    }
     run->wake_result = result;
     t->state = CA__T_READY;
     ca__ready_push(l, &t->ready);
@@ -146,6 +159,7 @@ static inline ca_task *ca__task_self(const char *fn)
 
 static inline void ca__waitlist_push(ca__waitlist *l, ca__waiter *w)
 {
+    w->gone = 0;
     w->next = NULL;
     w->prev = l->tail;
     if (l->tail)
@@ -170,16 +184,20 @@ static inline void ca__waitlist_remove(ca__waitlist *l, ca__waiter *w)
     w->next = w->prev = NULL;
 }
 
+/* Unlink and return the first waiter that is not gone (gone ones met on
+ * the way are unlinked too), or NULL. */
 static inline ca__waiter *ca__waitlist_pop(ca__waitlist *l)
 {
-    ca__waiter *w = l->head;
-    if (w) {
+    ca__waiter *w;
+    while ((w = l->head) != NULL) {
         l->head = w->next;
         if (l->head)
             l->head->prev = NULL;
         else
             l->tail = NULL;
         w->next = w->prev = NULL;
+        if (__builtin_expect(!w->gone, 1))
+            break;
     }
     return w;
 }
@@ -204,7 +222,9 @@ static inline int ca__wait_in(ca__waitlist *l, ca__waiter *w)
     w->task = self;
     w->notify = NULL;
     ca__waitlist_push(l, w);
+    self->run->wait_node = w;
     int r = ca__task_park(self, INT64_MAX);
+    ca__loop()->current->run->wait_node = NULL;
     if (__builtin_expect(ca__waitlist_linked(l, w), 0))
         ca__waitlist_remove(l, w);
     return r;
