@@ -550,6 +550,7 @@ static void task_timer_fire(ca__timer *tm)
     struct ca__task_run *run =
         (struct ca__task_run *)((char *)tm - offsetof(struct ca__task_run, timer));
     ca_task *t = run->task;
+    ca__task_withdraw(t);
     if (run->timer_is_deadline) {
         ca__task_deadline_fired(t, tm->when);
         ca__task_wake(t, -ETIMEDOUT);
@@ -705,8 +706,10 @@ int ca_cancel(ca_task *t)
     if (t->state == CA__T_DONE)
         return 0;
     t->cancel_req = 1;
-    if (t->state == CA__T_WAITING && !t->run->shield)
+    if (t->state == CA__T_WAITING && !t->run->shield) {
+        ca__task_withdraw(t);
         ca__task_wake(t, -ECANCELED);
+    }
     return 0;
 }
 

@@ -128,15 +128,21 @@ static inline void ca__task_wake(ca_task *t, int result)
     struct ca__task_run *run = t->run;
     if (ca__timer_armed(&run->timer))
         ca__timer_cancel(l, &run->timer);
-    if (run->wait_node) {
-        /* Woken while still in a wait list (a grant pops the node first):
-         * withdraw from the grants of this turn. */
-        run->wait_node->gone = 1;
-        run->wait_node = NULL;
-    }
     run->wake_result = result;
     t->state = CA__T_READY;
     ca__ready_push(l, &t->ready);
+}
+/* Before a wake that is not a grant (a cancel, the task's timer): if t is
+ * parked in ca__wait_in, mark its node gone so that no grant of this turn
+ * is spent on it (a grant pops the node before waking, so it never needs
+ * this). */
+static inline void ca__task_withdraw(ca_task *t)
+{
+    ca__waiter *w = t->run->wait_node;
+    if (w) {
+        w->gone = 1;
+        t->run->wait_node = NULL;
+    }
 }
 /* -ECANCELED / -ETIMEDOUT if a blocking call of self must fail now, else 0. */
 int ca__task_check_slow(ca_task *self);
@@ -219,12 +225,13 @@ int ca__waitlist_wake_all(ca__waitlist *l, int result);
 static inline int ca__wait_in(ca__waitlist *l, ca__waiter *w)
 {
     ca_task *self = ca__loop()->current;
+    struct ca__task_run *run = self->run;
     w->task = self;
     w->notify = NULL;
     ca__waitlist_push(l, w);
-    self->run->wait_node = w;
+    run->wait_node = w;
     int r = ca__task_park(self, INT64_MAX);
-    ca__loop()->current->run->wait_node = NULL;
+    run->wait_node = NULL;
     if (__builtin_expect(ca__waitlist_linked(l, w), 0))
         ca__waitlist_remove(l, w);
     return r;
