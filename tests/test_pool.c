@@ -260,7 +260,7 @@ static int stall_main(void *a)
     ticking = 0;
     ASSERT_EQ(ca_join(t), 0);
     ca_task_release(t);
-    ASSERT_LT(max_gap, 0.1);
+    ASSERT_TIME_LT(max_gap, 0.1);
     ASSERT_GE(during, 8); /* 25 at best */
     return 0;
 }

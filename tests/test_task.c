@@ -129,7 +129,7 @@ static void test_seed003_examples(void)
     double sum = mono() - t0;
     ASSERT_STREQ(trace, "do1 done1 T1 do2 done2 T2 ");
     ASSERT_GE(sum, 0.15);
-    ASSERT_LT(sum, 0.40);
+    ASSERT_TIME_LT(sum, 0.40);
 
     trace[0] = 0;
     int rev = 0;
@@ -138,7 +138,7 @@ static void test_seed003_examples(void)
     double max = mono() - t0;
     ASSERT_STREQ(trace, "do1 do2 done1 T1 done2 T2 ");
     ASSERT_GE(max, 0.10);
-    ASSERT_LT(max, 0.30);
+    ASSERT_TIME_LT(max, 0.30);
 
     trace[0] = 0;
     rev = 1;
@@ -146,7 +146,7 @@ static void test_seed003_examples(void)
     ASSERT_EQ(ca_run(ex3_main, &rev), 0);
     max = mono() - t0;
     ASSERT_STREQ(trace, "do1 do2 done1 done2 T2 T1 ");
-    ASSERT_LT(max, 0.30);
+    ASSERT_TIME_LT(max, 0.30);
 }
 
 /* ---- spawn order, eager, yield ------------------------------------------- */
