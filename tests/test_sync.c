@@ -825,6 +825,43 @@ static int same_turn_main(void *a)
     return 0;
 }
 
+/* barrier of 2: cancel the waiting party, then the last one arrives in the
+ * same turn.  The round completes (the arrival gets index 1); the
+ * cancelled party returns -ECANCELED but, its round being over, leaves the
+ * barrier unbroken for the next round. */
+static ca_barrier bar2 = CA_BARRIER_INIT(2);
+
+static int party2(void *a)
+{
+    (void)a;
+    return ca_barrier_wait(&bar2);
+}
+
+static int barrier_same_turn_main(void *a)
+{
+    (void)a;
+    ca_task *p = spawn_eager(party2, NULL);
+    ca_cancel(p);
+    ASSERT_EQ(ca_barrier_wait(&bar2), 1);
+    ASSERT_EQ(ca_join(p), -ECANCELED);
+    ca_task_release(p);
+    ASSERT(!ca_barrier_broken(&bar2));
+    ASSERT_EQ(ca_barrier_n_waiting(&bar2), 0);
+    ca_task *q = spawn_eager(party2, NULL); /* a new round works */
+    ASSERT_EQ(ca_barrier_wait(&bar2), 1);
+    ASSERT_EQ(ca_join(q), 0);
+    ca_task_release(q);
+    /* after a reset, a cancelled waiter of the old round, run later, does
+     * not break the new one */
+    ca_task *r = spawn_eager(party2, NULL);
+    ca_cancel(r);
+    ASSERT_EQ(ca_barrier_reset(&bar2), 0);
+    ASSERT_EQ(ca_join(r), -ECANCELED);
+    ca_task_release(r);
+    ASSERT(!ca_barrier_broken(&bar2));
+    return 0;
+}
+
 /* The same without a cancel: a waiter's deadline and the owner's wake-up
  * come due in the same poll (another task held the loop past both), and
  * the owner runs first and releases: the timed-out waiter must not end up
@@ -870,6 +907,7 @@ static void test_cancel_then_grant_same_turn(void)
 {
     ASSERT_EQ(ca_run(same_turn_main, NULL), 0);
     ASSERT_EQ(ca_run(deadline_then_grant_main, NULL), 0);
+    ASSERT_EQ(ca_run(barrier_same_turn_main, NULL), 0);
 }
 
 static const struct test_case tests[] = {

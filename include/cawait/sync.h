@@ -158,8 +158,9 @@ CA_EXTERN int ca_barrier_init(ca_barrier *b, unsigned parties);
 /* Wait until `parties` tasks are waiting, then release them all.  Returns
  * this task's arrival index (0 .. parties-1), -CA_EBROKEN if the barrier is
  * broken (aborted, reset while waiting, or a waiter was cancelled),
- * -ECANCELED/-ETIMEDOUT (which break the barrier for the others), -EPERM.
- * Blocking. */
+ * -ECANCELED/-ETIMEDOUT (which break the barrier for the others, unless
+ * the round ended before the cancelled task ran: then the round stands and
+ * the barrier stays usable), -EPERM.  Blocking. */
 CA_EXTERN int ca_barrier_wait(ca_barrier *b);
 /* Break the barrier for current waiters (-CA_EBROKEN) and make it usable
  * again.  Returns 0 or -EINVAL. */

@@ -1,11 +1,23 @@
 /*
  * Barrier: the parties-th arrival releases everyone; arrival order is the
  * return value.  A waiter that is cancelled or times out breaks the barrier
- * for the others (asyncio.Barrier), who get -CA_EBROKEN.
+ * for the others (asyncio.Barrier), who get -CA_EBROKEN, unless its round
+ * already ended before it ran (released, reset or aborted in the same
+ * turn): every waiter of a round that ends is marked (w->data), and a
+ * marked waiter leaves the barrier as it is.
  */
 #include "sync/sync.h"
 
 #include <errno.h>
+
+/* End the current round: mark its waiters (also those cancelled but not run
+ * yet, which the wake skips) and wake the others with result. */
+static void end_round(struct barrier_impl *B, int result)
+{
+    for (ca__waiter *w = B->waiters.head; w; w = w->next)
+        w->data = B;
+    ca__waitlist_wake_all(&B->waiters, result);
+}
 
 int ca_barrier_init(ca_barrier *b, unsigned parties)
 {
@@ -34,17 +46,17 @@ int ca_barrier_wait(ca_barrier *b)
     int index = (int)B->count++;
     if (B->count == B->parties) {
         B->count = 0;
-        ca__waitlist_wake_all(&B->waiters, 0);
+        end_round(B, 0);
         return index;
     }
     ca__waiter w = {0};
     int r = ca__wait_in(&B->waiters, &w);
     if (r == 0)
         return index;
-    if (r == -ECANCELED || r == -ETIMEDOUT) {
+    if ((r == -ECANCELED || r == -ETIMEDOUT) && !w.data) {
         B->broken = 1;
         B->count = 0;
-        ca__waitlist_wake_all(&B->waiters, -CA_EBROKEN);
+        end_round(B, -CA_EBROKEN);
     }
     return r;
 }
@@ -54,7 +66,7 @@ int ca_barrier_reset(ca_barrier *b)
     if (!b)
         return -EINVAL;
     struct barrier_impl *B = (struct barrier_impl *)b;
-    ca__waitlist_wake_all(&B->waiters, -CA_EBROKEN);
+    end_round(B, -CA_EBROKEN);
     B->count = 0;
     B->broken = 0;
     return 0;
@@ -67,7 +79,7 @@ int ca_barrier_abort(ca_barrier *b)
     struct barrier_impl *B = (struct barrier_impl *)b;
     B->broken = 1;
     B->count = 0;
-    ca__waitlist_wake_all(&B->waiters, -CA_EBROKEN);
+    end_round(B, -CA_EBROKEN);
     return 0;
 }
 
