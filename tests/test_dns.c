@@ -1,16 +1,24 @@
 /*
  * DNS: lookups through c-ares against a DNS server this test runs itself on
- * 127.0.0.1 (a UDP task that answers A queries for ok.cawait.test, NXDOMAIN
- * for missing.*, SERVFAIL for fail.*, and never answers slow.*).
+ * 127.0.0.1 (a UDP task that answers A and AAAA queries from the records
+ * table below, NXDOMAIN for other names and missing.*, SERVFAIL for fail.*,
+ * and never answers slow.*).
+ *
+ * Not tested here: /etc/hosts lookups of arbitrary names.  ca_dns_opts has
+ * no way to point the resolver at another hosts file, and the test must not
+ * edit the system's; only "localhost" (answered without asking the server)
+ * is checked.
  */
 #include "cawait.h"
 #include "runner.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 static double mono(void)
 {
@@ -21,6 +29,32 @@ static double mono(void)
 
 static int dns_fd;
 static int queries_seen;
+/* Queries for dual.cawait.test, by type. */
+static int dual_a_seen, dual_aaaa_seen;
+
+#define T_A 1
+#define T_AAAA 28
+
+/* What the server knows: a name with at least one record exists (a query
+ * for a type it has no record of gets NOERROR with no answer); answers go
+ * out in table order. */
+static const struct record {
+    const char *name;
+    int type;
+    unsigned char addr[16];
+} records[] = {
+    {"ok.cawait.test", T_A, {127, 0, 0, 1}},
+    {"dual.cawait.test", T_A, {127, 0, 0, 1}},
+    {"dual.cawait.test", T_AAAA, {[15] = 1}}, /* ::1 */
+    {"v6.cawait.test", T_AAAA, {0x20, 0x01, 0x0d, 0xb8, [15] = 1}},
+    /* Happy Eyeballs: a dead address first, then a working one */
+    {"he.cawait.test", T_A, {127, 0, 0, 2}},
+    {"he.cawait.test", T_A, {127, 0, 0, 1}},
+    /* two dead addresses */
+    {"dead.cawait.test", T_A, {127, 0, 0, 2}},
+    {"dead.cawait.test", T_A, {127, 0, 0, 3}},
+};
+#define NRECORDS (sizeof(records) / sizeof(records[0]))
 
 /* Decode the question name into dotted form; returns the offset after the
  * question (name + type + class) or -1. */
@@ -67,29 +101,40 @@ static int dns_server(void *a)
             continue;
         if (strncmp(name, "slow.", 5) == 0)
             continue; /* never answer */
-        int rcode = 0, answer = 0;
-        if (strncmp(name, "missing.", 8) == 0)
-            rcode = 3; /* NXDOMAIN */
-        else if (strncmp(name, "fail.", 5) == 0)
-            rcode = 2; /* SERVFAIL */
-        else if (strcmp(name, "ok.cawait.test") == 0 && qtype == 1)
-            answer = 1; /* A 127.0.0.1; AAAA: no data */
-        else if (strcmp(name, "ok.cawait.test") != 0)
-            rcode = 3;
+        if (strcmp(name, "dual.cawait.test") == 0) {
+            dual_a_seen += qtype == T_A;
+            dual_aaaa_seen += qtype == T_AAAA;
+        }
+        int rcode = 3, answers = 0; /* NXDOMAIN unless the name is known */
         unsigned char out[600];
         memcpy(out, buf, (size_t)end);
+        int len = end;
+        if (strncmp(name, "fail.", 5) == 0)
+            rcode = 2; /* SERVFAIL */
+        else
+            for (size_t i = 0; i < NRECORDS; i++) {
+                if (strcmp(name, records[i].name) != 0)
+                    continue;
+                rcode = 0;
+                if (records[i].type != qtype)
+                    continue;
+                int alen = qtype == T_AAAA ? 16 : 4;
+                /* name (pointer to the question), type, class IN, TTL 60,
+                 * RDLENGTH, RDATA */
+                const unsigned char rr[] = {0xc0, 0x0c, 0, (unsigned char)qtype,
+                                            0,    1,    0, 0,
+                                            0,    60,   0, (unsigned char)alen};
+                memcpy(out + len, rr, sizeof(rr));
+                len += (int)sizeof(rr);
+                memcpy(out + len, records[i].addr, (size_t)alen);
+                len += alen;
+                answers++;
+            }
         out[2] = (unsigned char)(0x80 | (buf[2] & 0x01)); /* QR, RD */
         out[3] = (unsigned char)(0x80 | rcode);           /* RA, RCODE */
         out[6] = 0;
-        out[7] = (unsigned char)answer; /* ANCOUNT */
-        memset(out + 8, 0, 4);          /* NSCOUNT, ARCOUNT */
-        int len = end;
-        if (answer) {
-            static const unsigned char rr[] = {0xc0, 0x0c, 0, 1, 0, 1, 0,    0,
-                                               0,    60,   0, 4, 127, 0, 0, 1};
-            memcpy(out + len, rr, sizeof(rr));
-            len += (int)sizeof(rr);
-        }
+        out[7] = (unsigned char)answers; /* ANCOUNT */
+        memset(out + 8, 0, 4);           /* NSCOUNT, ARCOUNT */
         ca_sendto(dns_fd, out, (size_t)len, (struct sockaddr *)&from, flen);
     }
 }
@@ -294,12 +339,386 @@ static void test_happy_eyeballs_fallback(void)
     ASSERT_EQ(ca_run(eyeballs_main, NULL), 0);
 }
 
+/* ---- AAAA records: AF_INET6 and AF_UNSPEC ------------------------------- */
+
+static int count_family(const ca_addrinfo *ai, int family)
+{
+    int n = 0;
+    for (; ai; ai = ai->next)
+        n += ai->family == family;
+    return n;
+}
+
+static int is_v6(const ca_addrinfo *ai, const unsigned char want[16],
+                 unsigned port)
+{
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ai->addr;
+    return ai->family == AF_INET6 && s6->sin6_family == AF_INET6 &&
+           ai->addrlen == sizeof(*s6) && ntohs(s6->sin6_port) == port &&
+           memcmp(&s6->sin6_addr, want, 16) == 0;
+}
+
+/* AF_INET6 asks only for AAAA and returns the IPv6 address (port filled
+ * in); AF_UNSPEC asks for both and returns both families; a name with no
+ * record of the family asked for is -CA_ENOTFOUND. */
+static int families_main(void *a)
+{
+    (void)a;
+    ca_task *srv = start_dns();
+    static const unsigned char loop6[16] = {[15] = 1};
+    static const unsigned char doc6[16] = {0x20, 0x01, 0x0d, 0xb8, [15] = 1};
+    ca_addrinfo *ai;
+
+    int a0 = dual_a_seen, aaaa0 = dual_aaaa_seen;
+    ASSERT_EQ(ca_getaddrinfo("dual.cawait.test", 443, AF_INET6, SOCK_STREAM,
+                             &ai),
+              0);
+    ASSERT(ai && !ai->next);
+    ASSERT(is_v6(ai, loop6, 443));
+    ASSERT_EQ(ai->socktype, SOCK_STREAM);
+    ca_freeaddrinfo(ai);
+    ASSERT_EQ(dual_a_seen, a0); /* no A query for AF_INET6 */
+    ASSERT_EQ(dual_aaaa_seen, aaaa0 + 1);
+
+    a0 = dual_a_seen;
+    aaaa0 = dual_aaaa_seen;
+    ASSERT_EQ(ca_getaddrinfo("dual.cawait.test", 443, AF_UNSPEC, SOCK_STREAM,
+                             &ai),
+              0);
+    ASSERT_EQ(count_family(ai, AF_INET6), 1);
+    ASSERT_EQ(count_family(ai, AF_INET), 1);
+    ASSERT(ai->next && !ai->next->next);
+    for (ca_addrinfo *p = ai; p; p = p->next) {
+        if (p->family == AF_INET6) {
+            ASSERT(is_v6(p, loop6, 443));
+        } else {
+            struct sockaddr_in *sin = (struct sockaddr_in *)&p->addr;
+            ASSERT_EQ(p->addrlen, sizeof(*sin));
+            ASSERT_EQ(ntohs(sin->sin_port), 443);
+            ASSERT_EQ(ntohl(sin->sin_addr.s_addr), 0x7f000001);
+        }
+    }
+    ca_freeaddrinfo(ai);
+    ASSERT_EQ(dual_a_seen, a0 + 1);
+    ASSERT_EQ(dual_aaaa_seen, aaaa0 + 1);
+
+    /* AF_INET on the same name: the IPv4 address only */
+    ASSERT_EQ(ca_getaddrinfo("dual.cawait.test", 80, AF_INET, 0, &ai), 0);
+    ASSERT(ai && !ai->next && ai->family == AF_INET);
+    ca_freeaddrinfo(ai);
+
+    /* an IPv6-only name */
+    ASSERT_EQ(ca_getaddrinfo("v6.cawait.test", 53, AF_INET6, SOCK_DGRAM, &ai),
+              0);
+    ASSERT(ai && !ai->next);
+    ASSERT(is_v6(ai, doc6, 53));
+    ASSERT_EQ(ai->socktype, SOCK_DGRAM);
+    ca_freeaddrinfo(ai);
+    ASSERT_EQ(ca_getaddrinfo("v6.cawait.test", 53, AF_UNSPEC, SOCK_STREAM, &ai),
+              0);
+    ASSERT(ai && !ai->next);
+    ASSERT(is_v6(ai, doc6, 53));
+    ca_freeaddrinfo(ai);
+
+    /* no address of the family asked for */
+    ASSERT_EQ(ca_getaddrinfo("v6.cawait.test", 53, AF_INET, 0, &ai),
+              -CA_ENOTFOUND);
+    ASSERT(ai == NULL);
+    ASSERT_EQ(ca_getaddrinfo("ok.cawait.test", 53, AF_INET6, 0, &ai),
+              -CA_ENOTFOUND);
+    ASSERT(ai == NULL);
+    stop_dns(srv);
+    return 0;
+}
+
+static void test_ipv6_and_unspec(void)
+{
+    ASSERT_EQ(ca_run(families_main, NULL), 0);
+}
+
+/* ---- a cancelled lookup stops sending queries ----------------------------- */
+
+/*
+ * With 100 ms per try and 4 tries, c-ares sends a query that is never
+ * answered at 0, 0.1, 0.3 and 0.7 s (the timeout doubles each round).  Left
+ * alone, a lookup of slow.* therefore keeps reaching the server during the
+ * observation window; once it is cancelled (or its deadline passes), not
+ * one more query may arrive.  Queries sent before the cancel are counted
+ * before the window starts.
+ */
+#define QUIET_WINDOW 0.8
+
+static int cancel_queries_main(void *a)
+{
+    (void)a;
+    ca_task *srv = start_dns();
+    char servers[64];
+    snprintf(servers, sizeof(servers), "127.0.0.1:%d", ca_sock_port(dns_fd));
+    ca_dns_opts o = {.servers = servers, .timeout_ms = 100, .tries = 4};
+    ASSERT_EQ(ca_dns_configure(&o), 0);
+
+    /* control: a lookup left alone keeps retrying in the window */
+    struct lookup ctl = {"slow.cawait.test", 1};
+    int q0 = queries_seen;
+    ca_task *t = ca_spawn(lookup_task, &ctl);
+    ASSERT_EQ(ca_sleep(0.05), 0);
+    int q1 = queries_seen;
+    ASSERT_GT(q1, q0);
+    ASSERT_EQ(ca_sleep(QUIET_WINDOW), 0);
+    ASSERT_GE(queries_seen - q1, 2);
+    ca_cancel(t);
+    ASSERT_EQ(ca_join(t), 0);
+    ca_task_release(t);
+    ASSERT_EQ(ctl.result, -ECANCELED);
+
+    /* cancelled after its first retry */
+    ASSERT_EQ(ca_sleep(0.05), 0);
+    struct lookup l = {"slow.cawait.test", 1};
+    q0 = queries_seen;
+    t = ca_spawn(lookup_task, &l);
+    ASSERT_EQ(ca_sleep(0.15), 0);
+    ASSERT_GT(queries_seen, q0);
+    ca_cancel(t);
+    ASSERT_EQ(ca_join(t), 0);
+    ca_task_release(t);
+    ASSERT_EQ(l.result, -ECANCELED);
+    ASSERT_EQ(ca_sleep(0.05), 0); /* what was sent before has arrived */
+    q1 = queries_seen;
+    ASSERT_EQ(ca_sleep(QUIET_WINDOW), 0);
+    ASSERT_EQ(queries_seen, q1);
+
+    /* ended by a deadline scope before its first retry */
+    q0 = queries_seen;
+    ca_addrinfo *ai;
+    ASSERT_EQ(ca_deadline_push(0.05), 0);
+    ASSERT_EQ(ca_getaddrinfo("slow.cawait.test", 80, AF_UNSPEC, 0, &ai),
+              -ETIMEDOUT);
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    ASSERT_EQ(ca_sleep(0.05), 0);
+    q1 = queries_seen;
+    ASSERT_GT(q1, q0);
+    ASSERT_EQ(ca_sleep(QUIET_WINDOW), 0);
+    ASSERT_EQ(queries_seen, q1);
+    stop_dns(srv);
+    return 0;
+}
+
+static void test_cancel_stops_queries(void)
+{
+    ASSERT_EQ(ca_run(cancel_queries_main, NULL), 0);
+}
+
+/* ---- Happy Eyeballs with an address that never answers -------------------- */
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    ASSERT(d != NULL);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1; /* the directory's own fd */
+}
+
+/* A listener on addr:port whose accept queue is full, so that the kernel
+ * drops every further SYN: a connect to it neither succeeds nor fails (for
+ * the minutes of SYN retries), like a host that is down. */
+struct blackhole {
+    int lfd;
+    int fill[8];
+};
+
+static void blackhole_open(struct blackhole *b, const char *addr, int port)
+{
+    ca_listen_opts lo = {.backlog = 1};
+    b->lfd = ca_tcp_listen(addr, (unsigned)port, &lo);
+    ASSERT_GE(b->lfd, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port)};
+    ASSERT_EQ(inet_pton(AF_INET, addr, &sa.sin_addr), 1);
+    for (int i = 0; i < 8; i++) {
+        b->fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                            0);
+        ASSERT_GE(b->fill[i], 0);
+        connect(b->fill[i], (struct sockaddr *)&sa, sizeof(sa));
+    }
+}
+
+static void blackhole_close(struct blackhole *b)
+{
+    for (int i = 0; i < 8; i++)
+        close(b->fill[i]);
+    ca_close(b->lfd);
+}
+
+static unsigned ipv4_of(const ca_addrinfo *ai)
+{
+    return ntohl(((const struct sockaddr_in *)&ai->addr)->sin_addr.s_addr);
+}
+
+/*
+ * he.cawait.test answers 127.0.0.2 (a black hole) and then 127.0.0.1 (a
+ * working listener on the same port).  The first attempt hangs; the second
+ * starts 250 ms later and wins: the connect takes at least the stagger
+ * delay and far less than the first attempt's own timeout (minutes), ends
+ * connected to 127.0.0.1, and the losing attempt's socket is closed.
+ */
+static int stagger_main(void *a)
+{
+    (void)a;
+    ca_task *srv = start_dns();
+    int lfd = ca_tcp_listen("127.0.0.1", 0, NULL);
+    ASSERT_GE(lfd, 0);
+    int port = ca_sock_port(lfd);
+    struct blackhole bh;
+    blackhole_open(&bh, "127.0.0.2", port);
+    ASSERT_EQ(ca_sleep(0.1), 0); /* the fillers' handshakes complete */
+
+    /* The resolver keeps the server's order (the precondition of the
+     * timing below). */
+    ca_addrinfo *ai;
+    ASSERT_EQ(ca_getaddrinfo("he.cawait.test", (unsigned)port, AF_UNSPEC,
+                             SOCK_STREAM, &ai),
+              0);
+    ASSERT(ai && ai->next && !ai->next->next);
+    ASSERT_EQ(ipv4_of(ai), 0x7f000002);
+    ASSERT_EQ(ipv4_of(ai->next), 0x7f000001);
+    ca_freeaddrinfo(ai);
+
+    /* The black hole really is one: alone, the connect just waits. */
+    ASSERT_EQ(ca_deadline_push(0.5), 0);
+    ASSERT_EQ(ca_tcp_connect("127.0.0.2", (unsigned)port), -ETIMEDOUT);
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+
+    int fds0 = count_fds();
+    ca_task *acc = ca_spawn(accept_one, &lfd);
+    double t0 = mono();
+    int fd = ca_tcp_connect("he.cawait.test", (unsigned)port);
+    double dt = mono() - t0;
+    ASSERT_GE(fd, 0);
+    ASSERT_GE(dt, 0.25);     /* the second attempt waited for the stagger */
+    ASSERT_TIME_LT(dt, 1.5); /* and did not wait for the first to fail */
+    struct sockaddr_in peer;
+    socklen_t plen = sizeof(peer);
+    ASSERT_EQ(getpeername(fd, (struct sockaddr *)&peer, &plen), 0);
+    ASSERT_EQ(ntohl(peer.sin_addr.s_addr), 0x7f000001);
+    ASSERT_EQ(ntohs(peer.sin_port), port);
+    ASSERT_EQ(ca_join(acc), 0);
+    ca_task_release(acc);
+    ca_close(fd);
+    ASSERT_EQ(count_fds(), fds0); /* the losing attempt's socket is closed */
+
+    blackhole_close(&bh);
+    ca_close(lfd);
+    stop_dns(srv);
+    return 0;
+}
+
+static void test_happy_eyeballs_stagger(void)
+{
+    ASSERT_EQ(ca_run(stagger_main, NULL), 0);
+}
+
+struct connect_try {
+    const char *host;
+    unsigned port;
+    int result;
+};
+
+static int connect_task(void *a)
+{
+    struct connect_try *c = a;
+    c->result = ca_tcp_connect(c->host, c->port);
+    if (c->result >= 0)
+        ca_close(c->result);
+    return 0;
+}
+
+/* Cancel a task blocked in ca_tcp_connect after `after` seconds: it returns
+ * -ECANCELED at once and leaves no socket behind. */
+static void cancel_connect(const char *host, unsigned port, double after)
+{
+    int fds0 = count_fds();
+    struct connect_try c = {host, port, 1};
+    ca_task *t = ca_spawn(connect_task, &c);
+    ASSERT(t);
+    ASSERT_EQ(ca_sleep(after), 0);
+    ASSERT(!ca_task_done(t)); /* still connecting */
+    double t0 = mono();
+    ca_cancel(t);
+    ASSERT_EQ(ca_join(t), 0);
+    ASSERT_TIME_LT(mono() - t0, 0.5);
+    ca_task_release(t);
+    ASSERT_EQ(c.result, -ECANCELED);
+    ASSERT_EQ(count_fds(), fds0);
+}
+
+/* A deadline scope of `secs` around ca_tcp_connect: -ETIMEDOUT when it
+ * passes, not later, and no socket left behind. */
+static void deadline_connect(const char *host, unsigned port, double secs)
+{
+    int fds0 = count_fds();
+    double t0 = mono();
+    ASSERT_EQ(ca_deadline_push(secs), 0);
+    ASSERT_EQ(ca_tcp_connect(host, port), -ETIMEDOUT);
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    double dt = mono() - t0;
+    ASSERT_GE(dt, secs);
+    ASSERT_TIME_LT(dt, secs + 0.5);
+    ASSERT_EQ(count_fds(), fds0);
+}
+
+/*
+ * Connecting to addresses that never answer: a deadline scope ends
+ * ca_tcp_connect with -ETIMEDOUT when it passes, and cancelling a task
+ * blocked in it gives -ECANCELED, for one numeric address and for a name
+ * whose two addresses are raced (before the stagger starts the second
+ * attempt, and after, with both running); no descriptor is leaked.
+ */
+static int connect_abort_main(void *a)
+{
+    (void)a;
+    ca_task *srv = start_dns();
+    int lfd = ca_tcp_listen("127.0.0.2", 0, NULL); /* picks the port */
+    ASSERT_GE(lfd, 0);
+    int port = ca_sock_port(lfd);
+    ca_close(lfd);
+    struct blackhole b2, b3;
+    blackhole_open(&b2, "127.0.0.2", port);
+    blackhole_open(&b3, "127.0.0.3", port);
+    ASSERT_EQ(ca_sleep(0.1), 0);
+
+    deadline_connect("127.0.0.2", (unsigned)port, 0.2);
+    deadline_connect("dead.cawait.test", (unsigned)port, 0.1);
+    deadline_connect("dead.cawait.test", (unsigned)port, 0.4);
+    cancel_connect("127.0.0.2", (unsigned)port, 0.1);
+    cancel_connect("dead.cawait.test", (unsigned)port, 0.1);
+    cancel_connect("dead.cawait.test", (unsigned)port, 0.4);
+
+    blackhole_close(&b2);
+    blackhole_close(&b3);
+    stop_dns(srv);
+    return 0;
+}
+
+static void test_connect_deadline_and_cancel(void)
+{
+    ASSERT_EQ(ca_run(connect_abort_main, NULL), 0);
+}
+
 static const struct test_case tests[] = {
     {"lookups", test_lookups, 20, 0},
     {"concurrent_and_servfail", test_concurrent_and_servfail, 20, 0},
     {"cancel_and_deadline", test_cancel_and_deadline, 20, 0},
     {"connect_by_name", test_connect_by_name, 20, 0},
     {"happy_eyeballs_fallback", test_happy_eyeballs_fallback, 20, 0},
+    {"ipv6_and_unspec", test_ipv6_and_unspec, 20, 0},
+    {"cancel_stops_queries", test_cancel_stops_queries, 20, 0},
+    {"happy_eyeballs_stagger", test_happy_eyeballs_stagger, 20, 0},
+    {"connect_deadline_and_cancel", test_connect_deadline_and_cancel, 20, 0},
     {NULL, NULL, 0, 0},
 };
 

@@ -444,6 +444,294 @@ static void test_peer_reset(void)
     ASSERT_EQ(ca_run(reset_main, NULL), 0);
 }
 
+/* ---- a peer that resets while the server writes a large amount ------------ */
+
+#define FLOOD_CHUNK (64 * 1024)
+#define FLOOD_MAX (256u * 1024u * 1024u) /* never reached: the peer resets */
+
+static int flood_result = 1; /* 1: the handler has not returned */
+static int flood_failed_in;  /* 1: ca_stream_write, 2: ca_stream_drain */
+static size_t flood_sent;
+
+static int flood_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    static char chunk[FLOOD_CHUNK];
+    memset(chunk, 'z', sizeof(chunk));
+    int r = 0;
+    flood_sent = 0;
+    while (r == 0 && flood_sent < FLOOD_MAX) {
+        r = ca_stream_write(s, chunk, sizeof(chunk));
+        if (r < 0) {
+            flood_failed_in = 1;
+            break;
+        }
+        r = ca_stream_drain(s);
+        if (r < 0)
+            flood_failed_in = 2;
+        else
+            flood_sent += sizeof(chunk);
+    }
+    flood_result = r;
+    return r;
+}
+
+/*
+ * The server writes as fast as it can (write + drain, the back-pressure
+ * loop) while the client resets the connection: after reading some of it,
+ * and without reading anything.  Either way the peer has stopped reading, so
+ * the writer is blocked in ca_stream_drain when the reset arrives, and that
+ * drain returns -ECONNRESET or -EPIPE (not 0: the buffered bytes were lost,
+ * not sent), promptly; nothing crashes or hangs, and the connection is gone
+ * from the server's count.
+ */
+static int write_reset_main(void *a)
+{
+    (void)a;
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, flood_handler, NULL, NULL), 0);
+    int port = ca_server_port(srv);
+    for (int round = 0; round < 2; round++) {
+        flood_result = 1;
+        flood_failed_in = 0;
+        int fd = ca_tcp_connect("127.0.0.1", (unsigned)port);
+        ASSERT_GE(fd, 0);
+        if (round == 0) {
+            /* read 256 KiB of it first */
+            static char buf[65536];
+            size_t got = 0;
+            while (got < 256 * 1024) {
+                ssize_t n = ca_read(fd, buf, sizeof(buf));
+                ASSERT_GT(n, 0);
+                got += (size_t)n;
+            }
+        }
+        ASSERT_EQ(ca_sleep(0.1), 0);
+        ASSERT_EQ(ca_server_connections(srv), 1);
+        ASSERT_EQ(flood_result, 1); /* still writing (blocked in drain) */
+        ASSERT_GT(flood_sent, 0);
+        struct linger lg = {1, 0}; /* close with RST */
+        ASSERT_EQ(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+        double t0 = mono();
+        ca_close(fd);
+        for (int i = 0; i < 300 && ca_server_connections(srv) > 0; i++)
+            ca_sleep(0.01);
+        ASSERT_EQ(ca_server_connections(srv), 0);
+        ASSERT_TIME_LT(mono() - t0, 1.0);
+        if ((flood_result != -ECONNRESET && flood_result != -EPIPE) ||
+            flood_failed_in != 2)
+            FAILF("round %d: the writer got %d from %s; want -ECONNRESET "
+                  "or -EPIPE from the drain it was blocked in",
+                  round, flood_result,
+                  flood_failed_in == 1   ? "write"
+                  : flood_failed_in == 2 ? "drain"
+                                         : "neither");
+    }
+    ASSERT_EQ(ca_server_close(srv, 1), 0);
+    return 0;
+}
+
+static void test_peer_reset_while_writing(void)
+{
+    ASSERT_EQ(ca_run(write_reset_main, NULL), 0);
+}
+
+/* ---- a half-open connection: the client shuts down its write side --------- */
+
+#define HALF_REPLY (1u << 20)
+
+static unsigned char half_byte(size_t i)
+{
+    return (unsigned char)(i * 13 + 5);
+}
+
+static struct {
+    char req[64];
+    size_t req_len;
+    ssize_t last_read; /* the read that ended the request: 0 */
+    int at_eof;
+    int write_result, eof_result;
+} half;
+
+static int half_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    ssize_t n;
+    half.req_len = 0;
+    while ((n = ca_stream_read(s, half.req + half.req_len,
+                               sizeof(half.req) - 1 - half.req_len)) > 0)
+        half.req_len += (size_t)n;
+    half.req[half.req_len] = '\0';
+    half.last_read = n;
+    half.at_eof = ca_stream_at_eof(s);
+    if (n < 0)
+        return (int)n;
+    /* The request has ended; the reply still goes out, all of it. */
+    unsigned char *reply = malloc(HALF_REPLY);
+    if (!reply)
+        return -ENOMEM;
+    for (size_t i = 0; i < HALF_REPLY; i++)
+        reply[i] = half_byte(i);
+    half.write_result = ca_stream_write(s, reply, HALF_REPLY);
+    free(reply);
+    half.eof_result = ca_stream_write_eof(s); /* flushes, then FIN */
+    return half.write_result ? half.write_result : half.eof_result;
+}
+
+/*
+ * The client sends its request and shuts down its sending side
+ * (shutdown(SHUT_WR)) but keeps reading.  The server's handler sees the end
+ * of the stream (read returns 0, ca_stream_at_eof) after the whole request,
+ * and can still write a 1 MiB reply, which the client receives completely
+ * and intact, followed by the end of stream.
+ */
+static int half_open_main(void *a)
+{
+    (void)a;
+    memset(&half, 0, sizeof(half));
+    half.last_read = 1;
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, half_handler, NULL, NULL), 0);
+    double t0 = mono();
+    int fd = ca_tcp_connect("127.0.0.1", (unsigned)ca_server_port(srv));
+    ASSERT_GE(fd, 0);
+    const char *req = "GET everything\nplease\n";
+    ASSERT_EQ(ca_write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    ASSERT_EQ(shutdown(fd, SHUT_WR), 0);
+    static unsigned char buf[65536];
+    size_t got = 0;
+    ssize_t n;
+    int intact = 1;
+    while ((n = ca_read(fd, buf, sizeof(buf))) > 0) {
+        for (ssize_t i = 0; i < n; i++)
+            if (buf[i] != half_byte(got + (size_t)i))
+                intact = 0;
+        got += (size_t)n;
+    }
+    ASSERT_EQ(n, 0); /* the server's FIN, not an error */
+    ASSERT_EQ(got, HALF_REPLY);
+    ASSERT(intact);
+    ASSERT_TIME_LT(mono() - t0, 2.0);
+    ASSERT_STREQ(half.req, req);
+    ASSERT_EQ(half.last_read, 0);
+    ASSERT_EQ(half.at_eof, 1);
+    ASSERT_EQ(half.write_result, 0);
+    ASSERT_EQ(half.eof_result, 0);
+    ca_close(fd);
+    ASSERT_EQ(ca_server_close(srv, 1), 0);
+    return 0;
+}
+
+static void test_half_open_client(void)
+{
+    ASSERT_EQ(ca_run(half_open_main, NULL), 0);
+}
+
+/* ---- a very slow client: one byte every 100 ms ---------------------------- */
+
+/* "ECHO" with readexactly, then the rest of the line with readline; the
+ * reply is both, as the handler assembled them. */
+static int assemble_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    char head[4], line[64], out[72];
+    int r = ca_stream_readexactly(s, head, sizeof(head));
+    if (r < 0)
+        return r;
+    if (memcmp(head, "ECHO", 4) != 0)
+        return -EPROTO;
+    ssize_t n = ca_stream_readline(s, line, sizeof(line));
+    if (n <= 0)
+        return n < 0 ? (int)n : -EPROTO;
+    memcpy(out, head, 4);
+    memcpy(out + 4, line, (size_t)n);
+    r = ca_stream_write(s, out, 4 + (size_t)n);
+    return r ? r : ca_stream_drain(s);
+}
+
+struct trickle {
+    int port;
+    char reply[16];
+    double elapsed;
+    int result;
+};
+
+/* The slow client: 10 bytes, one every 100 ms, then the echo. */
+static int trickle_client(void *a)
+{
+    struct trickle *t = a;
+    const char *msg = "ECHOslow!\n";
+    double t0 = mono();
+    int fd = ca_tcp_connect("127.0.0.1", (unsigned)t->port);
+    if (fd < 0)
+        return t->result = fd;
+    for (size_t i = 0; i < 10; i++) {
+        if (i > 0 && (t->result = ca_sleep(0.1)) < 0)
+            break;
+        ssize_t w = ca_write(fd, msg + i, 1);
+        if (w != 1) {
+            t->result = w < 0 ? (int)w : -EIO;
+            break;
+        }
+    }
+    size_t got = 0;
+    while (t->result == 0 && got < 10) {
+        ssize_t n = ca_read(fd, t->reply + got, 10 - got);
+        if (n <= 0)
+            t->result = n < 0 ? (int)n : -EPIPE;
+        else
+            got += (size_t)n;
+    }
+    t->elapsed = mono() - t0;
+    ca_close(fd);
+    return t->result;
+}
+
+/*
+ * The issue's slow client: 10 bytes at one byte per 100 ms.  The server's
+ * readexactly and readline assemble them into the right message, and while
+ * that connection trickles, other clients are served at once (three fast
+ * echoes during the slow one, each well under a second).
+ */
+static int trickle_main(void *a)
+{
+    (void)a;
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, assemble_handler, NULL, NULL),
+              0);
+    struct trickle tr = {.port = ca_server_port(srv)};
+    ca_task *slow = ca_spawn(trickle_client, &tr);
+    ASSERT(slow);
+    double start = mono();
+    for (int i = 0; i < 3; i++) {
+        ASSERT_EQ(ca_sleep(0.2), 0);
+        double t0 = mono();
+        ca_stream *c;
+        ASSERT_EQ(ca_open_connection(&c, "127.0.0.1",
+                                     (unsigned)ca_server_port(srv), NULL),
+                  0);
+        ASSERT_EQ(ca_stream_write(c, "ECHOfast\n", 9), 0);
+        char reply[16];
+        ASSERT_EQ(ca_stream_readexactly(c, reply, 9), 0);
+        ASSERT(memcmp(reply, "ECHOfast\n", 9) == 0);
+        ASSERT_EQ(ca_stream_close(c), 0);
+        ASSERT_TIME_LT(mono() - t0, 0.5);
+        ASSERT(!ca_task_done(slow)); /* the slow one is still trickling */
+    }
+    ASSERT_EQ(ca_join(slow), 0);
+    ca_task_release(slow);
+    ASSERT(memcmp(tr.reply, "ECHOslow!\n", 10) == 0);
+    ASSERT_GE(tr.elapsed, 0.9); /* it really took 9 pauses of 100 ms */
+    ASSERT_TIME_LT(mono() - start, 2.0);
+    ASSERT_EQ(ca_server_close(srv, 1), 0);
+    return 0;
+}
+
+static void test_slow_client_100ms(void)
+{
+    ASSERT_EQ(ca_run(trickle_main, NULL), 0);
+}
+
 /* ---- graceful shutdown and connection limits ------------------------------- */
 
 static int finished_handlers, cancelled_handlers;
@@ -856,8 +1144,11 @@ static const struct test_case tests[] = {
     {"backpressure", test_backpressure, 10, 0},
     {"write_ceiling", test_write_ceiling, 20, 0},
     {"peer_reset", test_peer_reset, 10, 0},
+    {"peer_reset_while_writing", test_peer_reset_while_writing, 10, 0},
+    {"half_open_client", test_half_open_client, 10, 0},
     {"graceful_shutdown_and_limits", test_graceful_shutdown_and_limits, 20, 0},
     {"slow_client", test_slow_client, 10, 0},
+    {"slow_client_100ms", test_slow_client_100ms, 10, 0},
     {"peer_and_close_abort_clients", test_peer_and_close_abort_clients, 10, 0},
     {"accept_storm", test_accept_storm, 20, 0},
     {"datagrams_fd_passing_sendfile", test_datagrams_fd_passing_sendfile, 10, 0},

@@ -191,7 +191,9 @@ CA_EXTERN int ca_stream_at_eof(const ca_stream *s);
 CA_EXTERN int ca_stream_write(ca_stream *s, const void *buf, size_t n);
 /* Wait until the write buffer is at or below the low-water mark (back
  * pressure: a peer that never reads blocks the writer here, memory stays
- * bounded).  Returns 0 or the send error.  Blocking. */
+ * bounded).  Returns 0 or the send error (-ECONNRESET, -EPIPE: also when
+ * the peer went away while it waited; the unsent bytes are dropped).
+ * Blocking. */
 CA_EXTERN int ca_stream_drain(ca_stream *s);
 /* Flush the buffer, then shut down the sending side (half close).
  * Blocking. */

@@ -477,6 +477,10 @@ int ca_stream_write(ca_stream *s, const void *buf, size_t n)
 static int flush_to(ca_stream *s, size_t target)
 {
     for (;;) {
+        /* The background flusher may have failed (and dropped the buffer)
+         * while we waited: its error is ours. */
+        if (s->werr)
+            return s->werr;
         int r = send_some(s);
         if (r < 0)
             return r;
