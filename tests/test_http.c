@@ -7,6 +7,7 @@
 #include "runner.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -1000,6 +1001,249 @@ static void test_bodies_headers_cookies(void)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Host names: cawait's DNS (c-ares) against a fake DNS server              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A UDP task on 127.0.0.1 (the essentials of test_dns.c's): A 127.0.0.1 for
+ * ok.cawait.test (AAAA: no data), SERVFAIL for fail.*, no answer ever for
+ * slow.*, NXDOMAIN for anything else.  The loop's lookups go to it alone,
+ * so nothing here depends on the machine's resolver or network.
+ */
+static int dns_fd, dns_queries;
+
+static int fake_dns(void *a)
+{
+    (void)a;
+    unsigned char buf[512], out[600];
+    for (;;) {
+        struct sockaddr_storage from;
+        socklen_t flen = sizeof(from);
+        ssize_t n = ca_recvfrom(dns_fd, buf, sizeof(buf),
+                                (struct sockaddr *)&from, &flen);
+        if (n < 0)
+            return n == -ECANCELED ? 0 : (int)n;
+        if (n < 12)
+            continue;
+        dns_queries++;
+        char name[256];
+        int off = 12, len = 0;
+        while (off < n && buf[off] && buf[off] <= 63 &&
+               off + 1 + buf[off] <= n && len + buf[off] + 2 < 256) {
+            if (len)
+                name[len++] = '.';
+            memcpy(name + len, buf + off + 1, buf[off]);
+            len += buf[off];
+            off += 1 + buf[off];
+        }
+        name[len] = '\0';
+        if (off + 5 > n)
+            continue;
+        int qtype = (buf[off + 1] << 8) | buf[off + 2];
+        int end = off + 5; /* after the root label, type and class */
+        if (strncmp(name, "slow.", 5) == 0)
+            continue; /* never answer */
+        int ok = strcmp(name, "ok.cawait.test") == 0;
+        int rcode = strncmp(name, "fail.", 5) == 0 ? 2 /* SERVFAIL */
+                    : ok                         ? 0
+                                                 : 3; /* NXDOMAIN */
+        int answer = ok && qtype == 1;
+        memcpy(out, buf, (size_t)end);
+        out[2] = (unsigned char)(0x80 | (buf[2] & 0x01)); /* QR, RD */
+        out[3] = (unsigned char)(0x80 | rcode);           /* RA, RCODE */
+        out[6] = 0;
+        out[7] = (unsigned char)answer; /* ANCOUNT */
+        memset(out + 8, 0, 4);          /* NSCOUNT, ARCOUNT */
+        if (answer) {
+            static const unsigned char rr[] = {0xc0, 0x0c, 0, 1, 0, 1, 0,
+                                               0,    0,    60, 0, 4, 127,
+                                               0,    0,    1};
+            memcpy(out + end, rr, sizeof(rr));
+            end += (int)sizeof(rr);
+        }
+        ca_sendto(dns_fd, out, (size_t)end, (struct sockaddr *)&from, flen);
+    }
+}
+
+/* Start the fake server and point this loop's lookups at it. */
+static ca_task *start_fake_dns(int timeout_ms, int tries)
+{
+    dns_fd = ca_udp_bind("127.0.0.1", 0);
+    ASSERT_GE(dns_fd, 0);
+    char servers[64];
+    snprintf(servers, sizeof(servers), "127.0.0.1:%d", ca_sock_port(dns_fd));
+    ca_dns_opts o = {.servers = servers, .timeout_ms = timeout_ms,
+                     .tries = tries};
+    ASSERT_EQ(ca_dns_configure(&o), 0);
+    ca_task *t = ca_spawn(fake_dns, NULL);
+    ASSERT(t != NULL);
+    return t;
+}
+
+static void stop_fake_dns(ca_task *t)
+{
+    ca_cancel(t);
+    ca_join(t);
+    ca_task_release(t);
+    ca_close(dns_fd);
+}
+
+/* Names are resolved by cawait's DNS with the loop's configuration: a name
+ * only the fake server knows is fetched; a name that does not exist fails
+ * with -CA_ENOTFOUND at once (and ca_http_last_error says something), a
+ * server failure with -CA_EDNSFAIL, a server that never answers with
+ * -ETIMEDOUT once the configured DNS timeout has passed, not later.  The
+ * session goes on working after each. */
+static int dns_names_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    ca_task *dns = start_fake_dns(300, 1);
+    ca_http_session *s;
+    ASSERT_EQ(ca_http_session_new(&s, NULL), 0);
+    ca_http_response *r;
+    char url[128];
+
+    /* known to the fake server only: proves the lookup went there */
+    snprintf(url, sizeof(url), "http://ok.cawait.test:%u/hello", port);
+    ASSERT_EQ(ca_http_get(s, url, &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "hello world");
+    ca_http_response_free(r);
+    ASSERT_GT(dns_queries, 0);
+
+    /* NXDOMAIN */
+    int before = dns_queries;
+    r = (ca_http_response *)&before; /* must come back NULL */
+    double t0 = mono();
+    ASSERT_EQ(ca_http_get(s, "http://missing.cawait.test/", &r), -CA_ENOTFOUND);
+    ASSERT_TIME_LT(mono() - t0, 2.0);
+    ASSERT(r == NULL);
+    ASSERT(*ca_http_last_error() != '\0');
+    ASSERT_GT(dns_queries, before);
+    /* with a port, over https, and without a session */
+    snprintf(url, sizeof(url), "https://missing.cawait.test:%u/x", port);
+    ASSERT_EQ(ca_http_get(s, url, &r), -CA_ENOTFOUND);
+    ASSERT(*ca_http_last_error() != '\0');
+    ASSERT_EQ(ca_http_fetch(NULL, "http://missing.cawait.test/", NULL, &r),
+              -CA_ENOTFOUND);
+
+    /* SERVFAIL */
+    ASSERT_EQ(ca_http_get(s, "http://fail.cawait.test/", &r), -CA_EDNSFAIL);
+    ASSERT(*ca_http_last_error() != '\0');
+
+    /* no answer: one try of 300 ms */
+    t0 = mono();
+    ASSERT_EQ(ca_http_get(s, "http://slow.cawait.test/", &r), -ETIMEDOUT);
+    double dt = mono() - t0;
+    ASSERT_GE(dt, 0.29);
+    ASSERT_TIME_LT(dt, 3.0);
+    ASSERT(r == NULL);
+    ASSERT(*ca_http_last_error() != '\0');
+
+    /* and the session still works */
+    snprintf(url, sizeof(url), "http://ok.cawait.test:%u/conn", port);
+    ASSERT_EQ(ca_http_get(s, url, &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+    stop_fake_dns(dns);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_dns_names(void)
+{
+#ifndef CAWAIT_HAVE_CARES
+    SKIP("built without c-ares: names are not resolved by cawait");
+#endif
+    ASSERT_EQ(ca_run(dns_names_main, NULL), 0);
+}
+
+static int slow_name_get(void *arg)
+{
+    ca_http_response *r;
+    int rc = ca_http_get(arg, "http://slow.cawait.test/", &r);
+    if (rc == 0)
+        ca_http_response_free(r);
+    return rc;
+}
+
+/* A lookup that hangs (a DNS server that never answers, 5 s per try) is
+ * bounded like the rest of the request: by a deadline scope and by
+ * cancellation, promptly, with nothing left behind. */
+static int dns_bounds_main(void *a)
+{
+    (void)a;
+    ca_task *dns = start_fake_dns(5000, 1);
+    ca_http_session *s;
+    ASSERT_EQ(ca_http_session_new(&s, NULL), 0);
+    ca_http_response *r;
+
+    ASSERT_EQ(ca_deadline_push(0.2), 0);
+    double t0 = mono();
+    ASSERT_EQ(ca_http_get(s, "http://slow.cawait.test/", &r), -ETIMEDOUT);
+    ca_deadline_pop();
+    double dt = mono() - t0;
+    ASSERT_GE(dt, 0.19);
+    ASSERT_TIME_LT(dt, 2.0);
+
+    ca_task *t = ca_spawn(slow_name_get, s);
+    ASSERT_EQ(ca_sleep(0.1), 0);
+    t0 = mono();
+    ca_cancel(t);
+    ASSERT_EQ(ca_join(t), -ECANCELED);
+    ASSERT_TIME_LT(mono() - t0, 1.0);
+    ca_task_release(t);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+    stop_fake_dns(dns);
+    return 0;
+}
+
+static void test_dns_bounds(void)
+{
+#ifndef CAWAIT_HAVE_CARES
+    SKIP("built without c-ares: names are not resolved by cawait");
+#endif
+    ASSERT_EQ(ca_run(dns_bounds_main, NULL), 0);
+}
+
+/* The request's own timeouts bound its name lookup too: "total: the whole
+ * request" (http.h), and connect_timeout "until connected".  A DNS server
+ * that never answers (5 s per try) must not hold a request with a 0.3 s
+ * timeout for 5 s. */
+static int dns_request_timeout_main(void *a)
+{
+    (void)a;
+    ca_task *dns = start_fake_dns(5000, 1);
+    ca_http_session *s;
+    ASSERT_EQ(ca_http_session_new(&s, NULL), 0);
+    ca_http_response *r;
+    ca_http_request_opts o = {.timeout = 0.3};
+    double t0 = mono();
+    ASSERT_EQ(ca_http_request(s, NULL, "http://slow.cawait.test/", &o, &r),
+              -ETIMEDOUT);
+    ASSERT_TIME_LT(mono() - t0, 2.0);
+    o = (ca_http_request_opts){.connect_timeout = 0.3};
+    t0 = mono();
+    ASSERT_EQ(ca_http_request(s, NULL, "http://slow.cawait.test/", &o, &r),
+              -ETIMEDOUT);
+    ASSERT_TIME_LT(mono() - t0, 2.0);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+    stop_fake_dns(dns);
+    return 0;
+}
+
+static void test_dns_request_timeout(void)
+{
+#ifndef CAWAIT_HAVE_CARES
+    SKIP("built without c-ares: names are not resolved by cawait");
+#endif
+    ASSERT_EQ(ca_run(dns_request_timeout_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
 /* HTTPS with a test certificate                                            */
 /* ------------------------------------------------------------------------ */
 
@@ -1085,6 +1329,72 @@ static void test_https(void)
 
 static unsigned h2_port;
 
+/* Established TCP connections of this process to port `port` (any local
+ * address): the socket inodes in /proc/self/fd matched against the
+ * connections in /proc/net/tcp and tcp6.  -1 if /proc cannot be read. */
+static int conns_to_port(unsigned port)
+{
+    unsigned long inodes[256];
+    int ninodes = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    struct dirent *e;
+    while ((e = readdir(d)) && ninodes < 256) {
+        char path[300], link[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+        ssize_t n = readlink(path, link, sizeof(link) - 1);
+        if (n <= 0)
+            continue;
+        link[n] = '\0';
+        unsigned long ino;
+        if (sscanf(link, "socket:[%lu]", &ino) == 1)
+            inodes[ninodes++] = ino;
+    }
+    closedir(d);
+    int count = 0;
+    const char *tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
+    for (int t = 0; t < 2; t++) {
+        FILE *f = fopen(tables[t], "re");
+        if (!f)
+            return t == 0 ? -1 : count;
+        char line[512];
+        while (fgets(line, sizeof(line), f)) {
+            unsigned rport, state;
+            unsigned long ino;
+            /* sl local rem st tx:rx tr:when retrnsmt uid timeout inode */
+            if (sscanf(line,
+                       " %*d: %*[0-9A-Fa-f]:%*x %*[0-9A-Fa-f]:%x %x %*s %*s "
+                       "%*s %*s %*s %lu",
+                       &rport, &state, &ino) != 3)
+                continue; /* the header */
+            if (rport != port || state != 1) /* TCP_ESTABLISHED */
+                continue;
+            for (int i = 0; i < ninodes; i++)
+                if (inodes[i] == ino)
+                    count++;
+        }
+        fclose(f);
+    }
+    return count;
+}
+
+/* Samples conns_to_port(h2_port) every 2 ms into h2_conns_max until
+ * cancelled. */
+static int h2_conns_max;
+
+static int h2_sampler(void *a)
+{
+    (void)a;
+    for (;;) {
+        int n = conns_to_port(h2_port);
+        if (n > h2_conns_max)
+            h2_conns_max = n;
+        if (ca_sleep(0.002) < 0)
+            return 0;
+    }
+}
+
 static int h2_main(void *a)
 {
     (void)a;
@@ -1104,13 +1414,27 @@ static int h2_main(void *a)
     ASSERT_EQ(ca_http_response_version(r), 2);
     ASSERT_STREQ(ca_http_response_body(r, NULL), "served over h2\n");
     ca_http_response_free(r);
-    /* 50 requests at once, multiplexed */
+    /* one connection so far, kept alive */
+    ASSERT_EQ(conns_to_port(h2_port), 1);
+    /* 50 requests at once, multiplexed over that one connection: no
+     * second connection at any moment (sampled), and one left after */
+    h2_conns_max = 0;
+    ca_task *sampler = ca_spawn(h2_sampler, NULL);
     run_many(50, "/file.txt");
+    ca_cancel(sampler);
+    ca_join(sampler);
+    ca_task_release(sampler);
+    ASSERT_EQ(h2_conns_max, 1);
+    ASSERT_EQ(conns_to_port(h2_port), 1);
     ca_http_session_free(shared);
+    /* freeing the session closes it */
+    ASSERT_EQ(conns_to_port(h2_port), 0);
     return 0;
 }
 
-static void test_http2(void)
+/* Run fn in a loop with nghttpd serving "served over h2\n" as /file.txt
+ * on 127.0.0.1:h2_port (TLS, the test certificate); skip without it. */
+static void with_nghttpd(int (*fn)(void *))
 {
     curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
     if (!(vi->features & CURL_VERSION_HTTP2))
@@ -1146,12 +1470,53 @@ static void test_http2(void)
                tls_key, tls_cert, (char *)NULL);
         _exit(127);
     }
-    int rc = ca_run(h2_main, NULL);
+    int rc = ca_run(fn, NULL);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     unlink(file);
     rmdir(dir);
     ASSERT_EQ(rc, 0);
+}
+
+static void test_http2(void)
+{
+    with_nghttpd(h2_main);
+}
+
+/* Requests started together on a new session share one HTTP/2 connection
+ * too ("HTTP/2 streams are multiplexed over one connection", http.h), not
+ * one connection each while the first is being set up (CURLOPT_PIPEWAIT). */
+static int h2_cold_main(void *a)
+{
+    (void)a;
+    /* wait for nghttpd to listen, without a session */
+    int fd = -1;
+    for (int i = 0; i < 100 && fd < 0; i++) {
+        fd = ca_tcp_connect("127.0.0.1", h2_port);
+        if (fd < 0)
+            ca_sleep(0.05);
+    }
+    ASSERT_GE(fd, 0);
+    ca_close(fd);
+    snprintf(base, sizeof(base), "https://localhost:%u", h2_port);
+    ca_http_session_opts so = {.ca_file = tls_cert};
+    shared = session(&so);
+    h2_conns_max = 0;
+    ca_task *sampler = ca_spawn(h2_sampler, NULL);
+    run_many(20, "/file.txt");
+    ca_cancel(sampler);
+    ca_join(sampler);
+    ca_task_release(sampler);
+    int after = conns_to_port(h2_port);
+    ca_http_session_free(shared);
+    ASSERT_EQ(h2_conns_max, 1);
+    ASSERT_EQ(after, 1);
+    return 0;
+}
+
+static void test_http2_cold_start(void)
+{
+    with_nghttpd(h2_cold_main);
 }
 
 #endif /* CAWAIT_HAVE_CURL */
@@ -1176,8 +1541,12 @@ static const struct test_case tests[] = {
     {"timeouts", test_timeouts, 60, 0},
     {"redirects_and_errors", test_redirects_and_errors, 30, 0},
     {"bodies_headers_cookies", test_bodies_headers_cookies, 30, 0},
+    {"dns_names", test_dns_names, 30, 0},
+    {"dns_bounds", test_dns_bounds, 30, 0},
+    {"dns_request_timeout", test_dns_request_timeout, 30, 0},
     {"https", test_https, 30, 0},
     {"http2", test_http2, 30, 0},
+    {"http2_cold_start", test_http2_cold_start, 30, 0},
 #endif
     {"without_curl", test_without_curl, 10, 0},
     {NULL, NULL, 0, 0},

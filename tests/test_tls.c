@@ -19,9 +19,14 @@
 
 #ifdef CAWAIT_HAVE_OPENSSL
 
+#include <netinet/in.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
+#include <sys/time.h>
 
 static double mono(void)
 {
@@ -1140,6 +1145,284 @@ static void test_renegotiation_refused(void)
     ASSERT_EQ(ca_run(reneg_main, NULL), 0);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Against an OpenSSL server in a thread: what the server sees              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A plain OpenSSL server on its own thread with blocking sockets (10 s
+ * timeouts: it never outlives a failed test by much), serving `conns`
+ * connections one after the other, each as modes[i] says.  It records what
+ * a cawait client cannot report about itself: the server name in each
+ * ClientHello, and how the server's renegotiation request ended.  The
+ * results are read after pthread_join.
+ */
+enum {
+    OSRV_SNI,      /* record the SNI, write "ok\n", wait for the close */
+    OSRV_RENEG,    /* TLS 1.2: after one line, ask to renegotiate */
+    OSRV_KEYUPDATE /* TLS 1.3: after one line, a requested KeyUpdate */
+};
+
+struct osrv {
+    int lfd;
+    unsigned port;
+    int conns;
+    int modes[4];
+    SSL_CTX *ctx;
+    pthread_t th;
+    int cur; /* the connection being served */
+    /* results */
+    int handshakes;
+    int sni_seen[4];  /* the servername callback ran with a name */
+    char sni[4][128]; /* that name */
+    const char *version[4];
+    unsigned long reneg_reason; /* why the read after the request failed */
+    int reneg_read;             /* that read's return */
+    int keyupdate_ok;           /* the line after the KeyUpdate came in */
+};
+
+static int osrv_servername(SSL *ssl, int *alert, void *arg)
+{
+    (void)alert;
+    struct osrv *o = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (name && o->cur < 4) {
+        o->sni_seen[o->cur] = 1;
+        snprintf(o->sni[o->cur], sizeof(o->sni[o->cur]), "%s", name);
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* One line (or what one read gives) from the client; its length or <= 0. */
+static int osrv_read(SSL *ssl, char *buf, int cap)
+{
+    int n = SSL_read(ssl, buf, cap - 1);
+    buf[n > 0 ? n : 0] = '\0';
+    return n;
+}
+
+static void osrv_serve(struct osrv *o, SSL *ssl, int mode)
+{
+    char buf[256];
+    switch (mode) {
+    case OSRV_SNI:
+        SSL_write(ssl, "ok\n", 3);
+        osrv_read(ssl, buf, sizeof(buf)); /* 0: the client's close_notify */
+        SSL_shutdown(ssl);
+        break;
+    case OSRV_RENEG:
+        if (osrv_read(ssl, buf, sizeof(buf)) <= 0)
+            break;
+        SSL_write(ssl, "before\n", 7);
+        /* sends a HelloRequest; a server returns without waiting */
+        if (SSL_renegotiate(ssl) != 1 || SSL_do_handshake(ssl) != 1)
+            break;
+        ERR_clear_error();
+        o->reneg_read = osrv_read(ssl, buf, sizeof(buf));
+        o->reneg_reason = ERR_GET_REASON(ERR_peek_error());
+        break; /* a fatal alert went out already, if any */
+    case OSRV_KEYUPDATE:
+        if (osrv_read(ssl, buf, sizeof(buf)) <= 0)
+            break;
+        /* new sending keys, and the client must update its own too */
+        if (SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED) != 1)
+            break;
+        SSL_write(ssl, "after key update\n", 17);
+        if (osrv_read(ssl, buf, sizeof(buf)) > 0 &&
+            strcmp(buf, "bye\n") == 0) {
+            o->keyupdate_ok = 1;
+            SSL_write(ssl, "done\n", 5);
+        }
+        osrv_read(ssl, buf, sizeof(buf));
+        SSL_shutdown(ssl);
+        break;
+    }
+}
+
+static void *osrv_main(void *arg)
+{
+    struct osrv *o = arg;
+    struct timeval tv = {10, 0};
+    for (o->cur = 0; o->cur < o->conns; o->cur++) {
+        int fd = accept4(o->lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            break;
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        SSL *ssl = SSL_new(o->ctx);
+        if (ssl) {
+            int mode = o->modes[o->cur];
+            if (mode == OSRV_RENEG)
+                SSL_set_max_proto_version(ssl, TLS1_2_VERSION);
+            SSL_set_fd(ssl, fd);
+            if (SSL_accept(ssl) == 1) {
+                o->handshakes++;
+                o->version[o->cur] = SSL_get_version(ssl);
+                osrv_serve(o, ssl, mode);
+            }
+            SSL_free(ssl);
+        }
+        close(fd);
+    }
+    ERR_clear_error();
+    OPENSSL_thread_stop();
+    return NULL;
+}
+
+static void osrv_start(struct osrv *o)
+{
+    o->ctx = SSL_CTX_new(TLS_server_method());
+    ASSERT(o->ctx != NULL);
+    ASSERT_EQ(SSL_CTX_use_certificate_chain_file(o->ctx, p_srv), 1);
+    ASSERT_EQ(SSL_CTX_use_PrivateKey_file(o->ctx, p_srv_key, SSL_FILETYPE_PEM),
+              1);
+    SSL_CTX_set_tlsext_servername_callback(o->ctx, osrv_servername);
+    SSL_CTX_set_tlsext_servername_arg(o->ctx, o);
+    o->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(o->lfd, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(0x7f000001)};
+    socklen_t sl = sizeof(sa);
+    ASSERT_EQ(bind(o->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ASSERT_EQ(listen(o->lfd, 8), 0);
+    ASSERT_EQ(getsockname(o->lfd, (struct sockaddr *)&sa, &sl), 0);
+    o->port = ntohs(sa.sin_port);
+    struct timeval tv = {10, 0}; /* accept gives up after 10 s */
+    setsockopt(o->lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ASSERT_EQ(pthread_create(&o->th, NULL, osrv_main, o), 0);
+}
+
+static void osrv_stop(struct osrv *o)
+{
+    ASSERT_EQ(pthread_join(o->th, NULL), 0);
+    close(o->lfd);
+    SSL_CTX_free(o->ctx);
+}
+
+/* SNI: the client puts the server name in its ClientHello.  The server's
+ * servername callback sees "localhost" when connecting by name, and when
+ * connecting to 127.0.0.1 with an explicit server name (the name goes out,
+ * not the address); it sees no name for a bare address (RFC 6066 forbids
+ * IP literals in SNI); and a client without verification still sends the
+ * name it was given. */
+static int sni_main(void *arg)
+{
+    struct osrv *o = arg;
+    ca_tls_ctx *cc = client_ctx(NULL);
+    char line[64];
+    ca_stream *c;
+
+    /* 0: by name */
+    ASSERT_EQ(ca_open_tls_connection(&c, "localhost", o->port, cc, NULL), 0);
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 3);
+    ASSERT_STREQ(line, "ok\n");
+    ASSERT_EQ(ca_stream_close(c), 0);
+
+    /* 1: to an address, with the server name given to start_tls */
+    ASSERT_EQ(ca_open_connection(&c, "127.0.0.1", o->port, NULL), 0);
+    ASSERT_EQ(ca_stream_start_tls(c, cc, "localhost"), 0);
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 3);
+    ASSERT_EQ(ca_stream_close(c), 0);
+
+    /* 2: by address: verified against the certificate's IP, no SNI */
+    ASSERT_EQ(ca_open_tls_connection(&c, "127.0.0.1", o->port, cc, NULL), 0);
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 3);
+    ASSERT_EQ(ca_stream_close(c), 0);
+    ca_tls_ctx_free(cc);
+
+    /* 3: verification off, any name: it still goes out */
+    ca_tls_ctx *none;
+    ca_tls_opts no = {.verify_none = 1};
+    ASSERT_EQ(ca_tls_ctx_new(&none, &no), 0);
+    ASSERT_EQ(ca_open_connection(&c, "127.0.0.1", o->port, NULL), 0);
+    ASSERT_EQ(ca_stream_start_tls(c, none, "sni.cawait.test"), 0);
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 3);
+    ASSERT_EQ(ca_stream_close(c), 0);
+    ca_tls_ctx_free(none);
+    return 0;
+}
+
+static void test_sni(void)
+{
+    make_certs();
+    struct osrv o = {.conns = 4};
+    osrv_start(&o);
+    int rc = ca_run(sni_main, &o);
+    osrv_stop(&o);
+    ASSERT_EQ(rc, 0);
+    ASSERT_EQ(o.handshakes, 4);
+    ASSERT(o.sni_seen[0]);
+    ASSERT_STREQ(o.sni[0], "localhost");
+    ASSERT(o.sni_seen[1]);
+    ASSERT_STREQ(o.sni[1], "localhost");
+    ASSERT(!o.sni_seen[2]);
+    ASSERT(o.sni_seen[3]);
+    ASSERT_STREQ(o.sni[3], "sni.cawait.test");
+}
+
+/* Renegotiation refused on the client side: a TLS 1.2 server sends a
+ * HelloRequest after the first exchange.  The client answers with a
+ * no_renegotiation alert instead of a new ClientHello (the server's read
+ * fails with exactly that reason), the server then ends the connection
+ * with a fatal alert, and the client's next read fails with -CA_ETLS at
+ * once: no hang, no crash, the error sticks, close works.  A TLS 1.3
+ * KeyUpdate, which is not a renegotiation, goes through: data flows on
+ * with the new keys both ways. */
+static int reneg_client_main(void *arg)
+{
+    struct osrv *o = arg;
+    ca_tls_ctx *cc = client_ctx(NULL);
+    char line[64];
+    ca_stream *c;
+
+    ASSERT_EQ(ca_open_tls_connection(&c, "localhost", o->port, cc, NULL), 0);
+    ASSERT_STREQ(ca_stream_tls_version(c), "TLSv1.2");
+    ASSERT_EQ(ca_stream_write(c, "hello\n", 6), 0);
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 7);
+    ASSERT_STREQ(line, "before\n");
+    double t0 = mono();
+    ssize_t n = ca_stream_readline(c, line, sizeof(line));
+    ASSERT_TIME_LT(mono() - t0, 5.0);
+    ASSERT_EQ(n, -CA_ETLS);
+    ASSERT(strstr(ca_tls_last_error(), "handshake failure") != NULL);
+    ASSERT_EQ(ca_stream_read(c, line, sizeof(line)), -CA_ETLS); /* sticky */
+    int w = ca_stream_write(c, "more\n", 5);
+    if (w == 0)
+        w = ca_stream_drain(c);
+    ASSERT_LT(w, 0); /* the connection is dead for writing too */
+    t0 = mono();
+    ca_stream_close(c);
+    ASSERT_TIME_LT(mono() - t0, 5.0);
+
+    /* TLS 1.3: a KeyUpdate the server requests */
+    ASSERT_EQ(ca_open_tls_connection(&c, "localhost", o->port, cc, NULL), 0);
+    ASSERT_STREQ(ca_stream_tls_version(c), "TLSv1.3");
+    ASSERT_EQ(ca_stream_write(c, "hello\n", 6), 0);
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 17);
+    ASSERT_STREQ(line, "after key update\n");
+    ASSERT_EQ(ca_stream_write(c, "bye\n", 4), 0);
+    ASSERT_EQ(ca_stream_readline(c, line, sizeof(line)), 5);
+    ASSERT_STREQ(line, "done\n");
+    ASSERT_EQ(ca_stream_close(c), 0);
+    ca_tls_ctx_free(cc);
+    return 0;
+}
+
+static void test_renegotiation_refused_client(void)
+{
+    make_certs();
+    struct osrv o = {.conns = 2, .modes = {OSRV_RENEG, OSRV_KEYUPDATE}};
+    osrv_start(&o);
+    int rc = ca_run(reneg_client_main, &o);
+    osrv_stop(&o);
+    ASSERT_EQ(rc, 0);
+    ASSERT_EQ(o.handshakes, 2);
+    ASSERT_STREQ(o.version[0], "TLSv1.2");
+    ASSERT_LE(o.reneg_read, 0);
+    ASSERT_EQ(o.reneg_reason, SSL_R_NO_RENEGOTIATION);
+    ASSERT(o.keyupdate_ok);
+}
+
 #endif /* CAWAIT_HAVE_OPENSSL */
 
 static void test_without_openssl(void)
@@ -1169,6 +1452,9 @@ static const struct test_case tests[] = {
     {"openssl_s_server", test_openssl_s_server, 60, 0},
     {"openssl_s_client", test_openssl_s_client, 60, 0},
     {"renegotiation_refused", test_renegotiation_refused, 60, 0},
+    {"sni", test_sni, 30, 0},
+    {"renegotiation_refused_client", test_renegotiation_refused_client, 30,
+     0},
 #endif
     {"without_openssl", test_without_openssl, 10, 0},
     {NULL, NULL, 0, 0},

@@ -14,7 +14,8 @@
  *
  * Every blocking call honours cancellation and deadline scopes: the
  * transfer is removed from curl at once and everything is freed.  Errors
- * are distinct: -CA_ENOTFOUND (host not found), -ECONNREFUSED,
+ * are distinct: -CA_ENOTFOUND (host not found), -CA_EDNSFAIL (the DNS
+ * server failed), -ECONNREFUSED,
  * -CA_ECERTUNTRUSTED / -CA_ECERTEXPIRED / -CA_ECERTHOST / -CA_ECERT (TLS
  * verification), -CA_ETLS (other TLS failures), -ETIMEDOUT (any timeout or
  * a deadline scope), -CA_EREDIRECTS (too many redirects), -EMSGSIZE (body
@@ -85,8 +86,9 @@ typedef struct ca_http_request_opts {
     int body_fd;
     struct ca_gen *body_gen;
     /* Timeouts in seconds, 0: none.  total: the whole request; connect:
-     * until connected; idle: longest silence while waiting for response
-     * bytes (httpx's read timeout).  All fail with -ETIMEDOUT. */
+     * until connected (both include looking up the host name); idle:
+     * longest silence while waiting for response bytes (httpx's read
+     * timeout).  All fail with -ETIMEDOUT. */
     double timeout;
     double connect_timeout;
     double idle_timeout;

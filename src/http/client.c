@@ -865,16 +865,39 @@ out:
  * CURLOPT_RESOLVE, so curl's resolver (a thread) stays unused.  Nothing to
  * do for hosts curl handles itself (r->host NULL) and in builds without
  * c-ares. */
-static int pre_resolve(ca_http_response *r)
+static int pre_resolve(ca_http_response *r, const ca_http_request_opts *o)
 {
     if (!r->host)
         return 0;
+    /* The request's timeouts cover the lookup too (curl's own start with
+     * the transfer): it runs in a deadline scope of the shorter one, and
+     * curl gets what is left. */
+    double limit = o->timeout;
+    if (o->connect_timeout > 0 && (limit <= 0 || o->connect_timeout < limit))
+        limit = o->connect_timeout;
+    int64_t t0 = ca__clock_ns();
+    int scoped = limit > 0 && ca_deadline_push(limit) == 0;
     ca_addrinfo *ai;
     int rc = ca_getaddrinfo(r->host, r->port, AF_UNSPEC, SOCK_STREAM, &ai);
+    if (scoped && ca_deadline_pop() == -ETIMEDOUT && rc >= 0) {
+        ca_freeaddrinfo(ai);
+        rc = -ETIMEDOUT; /* answered, but with no time left */
+    }
     if (rc == -CA_ENORESOLVER)
         return 0;
-    if (rc < 0)
+    if (rc < 0) {
+        if (rc == -ETIMEDOUT)
+            snprintf(r->errbuf, sizeof(r->errbuf),
+                     "resolving %s timed out", r->host);
         return rc;
+    }
+    double spent = (double)(ca__clock_ns() - t0) / 1e9;
+    if (o->timeout > 0)
+        curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS,
+                         (long)((o->timeout - spent) * 1000) + 1);
+    if (o->connect_timeout > 0)
+        curl_easy_setopt(r->easy, CURLOPT_CONNECTTIMEOUT_MS,
+                         (long)((o->connect_timeout - spent) * 1000) + 1);
     char entry[1024];
     int len = snprintf(entry, sizeof(entry), "%s:%u:", r->host, r->port);
     int first = 1;
@@ -994,6 +1017,11 @@ static int setup(ca_http_response *r, const char *method, const char *url,
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                      s->h2c ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
                             : (long)CURL_HTTP_VERSION_2TLS);
+    /* Where HTTP/2 is possible, a request started while the session's
+     * first connection to the host is still being set up waits for it and
+     * shares it, instead of opening one of its own. */
+    if (s->h2c || strncasecmp(r->url, "https://", 8) == 0)
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     r->follow = !o->no_redirects;
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)r->follow);
     curl_easy_setopt(e, CURLOPT_MAXREDIRS,
@@ -1179,7 +1207,7 @@ int ca_http_request(ca_http_session *s, const char *method, const char *url,
     r->easy = s->nspare ? s->spare[--s->nspare] : curl_easy_init();
     int rc = r->easy ? setup(r, method, url, o) : -ENOMEM;
     if (rc == 0)
-        rc = pre_resolve(r);
+        rc = pre_resolve(r, o);
     if (rc == 0) {
         if (curl_multi_add_handle(s->multi, r->easy) != CURLM_OK)
             rc = -ENOMEM;
