@@ -1150,6 +1150,489 @@ static void test_cancel_races_completion(void)
     ASSERT_EQ(ca_run(race_main, NULL), 0);
 }
 
+/* ---- same-turn races, ownership of arg, room waiters ---------------------- */
+
+/* Hold the loop (no yield) for `secs`: timers and fd events that come due
+ * meanwhile are all handled in the same later turn. */
+static void hold_loop(double secs)
+{
+    double until = mono() + secs;
+    while (mono() < until) {
+    }
+}
+
+static int arg_frees;
+
+static void count_free(void *arg)
+{
+    (void)arg;
+    arg_frees++;
+}
+
+/* A job that polls its cancel flag and returns -ECANCELED when set. */
+static int gate_polling_job(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&gate_entered, 1);
+    while (!atomic_load(&gate)) {
+        if (ca_job_cancelled())
+            return -ECANCELED;
+        blocking_sleep(0.001);
+    }
+    return 9;
+}
+
+/*
+ * BUG (known): with opts.detach, exec.h promises that a call returning
+ * -ECANCELED/-ETIMEDOUT has handed arg to the pool and free_arg(arg) is
+ * called ("any other return leaves arg with the caller").  A job dropped
+ * by ca_pool_shutdown(CA_POOL_DROP_QUEUED), or one whose fn returns
+ * -ECANCELED after CA_POOL_CANCEL_RUNNING set its flag, makes
+ * ca_to_thread_ex return -ECANCELED through the "job done" path, which
+ * never calls free_arg: arg leaks, or the caller must guess.
+ */
+static int detach_dropped_main(void *a)
+{
+    (void)a;
+    for (int mode = 0; mode < 2; mode++) {
+        ca_pool *p;
+        ASSERT_EQ(ca_pool_new(&p, &(ca_pool_opts){.threads = 1}), 0);
+        atomic_store(&gate, 0);
+        atomic_store(&gate_entered, 0);
+        arg_frees = 0;
+        int dummy = 0;
+        struct tt_call c = {
+            .fn = mode == 0 ? mark_ran : gate_polling_job,
+            .arg = &dummy,
+            .opts = {.pool = p, .detach = 1, .free_arg = count_free}};
+        ca_task *tb = NULL;
+        struct tt_call busy = {.fn = gate_job, .opts = {.pool = p}};
+        if (mode == 0) {
+            /* the one thread is busy: c's job stays queued */
+            tb = ca_spawn(to_thread_task, &busy);
+            ASSERT(wait_until(one_entered, 5));
+        }
+        ca_task *t = ca_spawn(to_thread_task, &c);
+        if (mode == 0) {
+            ASSERT_EQ(ca_sleep(0.02), 0);
+        } else {
+            ASSERT(wait_until(one_entered, 5)); /* polling_job runs */
+        }
+        ca_task *opener = ca_spawn(open_gate_later, NULL);
+        ASSERT_EQ(ca_pool_shutdown(p, mode == 0 ? CA_POOL_DROP_QUEUED
+                                                : CA_POOL_CANCEL_RUNNING),
+                  0);
+        ASSERT_EQ(ca_join(t), -ECANCELED);
+        ca_task_release(t);
+        if (tb) {
+            ASSERT_EQ(ca_join(tb), 7);
+            ca_task_release(tb);
+        }
+        ASSERT_EQ(ca_join(opener), 0);
+        ca_task_release(opener);
+        ASSERT_EQ(ca_pool_free(p), 0);
+        /* -ECANCELED under detach: arg was the pool's, free_arg once */
+        if (arg_frees != 1)
+            FAILF("mode %d (%s): free_arg called %d times, want 1", mode,
+                  mode ? "CANCEL_RUNNING" : "DROP_QUEUED", arg_frees);
+    }
+    ASSERT_EQ(atomic_load(&ran), 0);
+    return 0;
+}
+
+static void test_detach_dropped_by_shutdown_frees_arg(void)
+{
+    ASSERT_EQ(ca_run(detach_dropped_main, NULL), 0);
+}
+
+/* Two tasks wait for room in a full queue (A first); A is cancelled in the
+ * same turn as room appears, in both orders and with the room coming from
+ * the loop (ca_job_cancel) or from a pool thread (a drain).  No room is
+ * lost: every submission that did not fail got in, B never waits forever,
+ * and the bound is kept. */
+static int room_same_turn_main(void *a)
+{
+    (void)a;
+    for (int variant = 0; variant < 3; variant++) {
+        ca_pool *p;
+        ca_pool_opts po = {.threads = 1, .max_queued = 1};
+        ASSERT_EQ(ca_pool_new(&p, &po), 0);
+        ca_job_opts o = {.pool = p};
+        atomic_store(&gate, 0);
+        atomic_store(&gate_entered, 0);
+        atomic_store(&ran, 0);
+        ca_job *busy, *q1;
+        ASSERT_EQ(ca_pool_submit(&busy, gate_job, NULL, &o), 0);
+        ASSERT(wait_until(one_entered, 5));
+        ASSERT_EQ(ca_pool_submit(&q1, mark_ran, NULL, &o), 0);
+        struct submitter sa = {.pool = p}, sb = {.pool = p};
+        ca_task *ta = ca_spawn(submit_task, &sa);
+        ca_task *tb = ca_spawn(submit_task, &sb);
+        ASSERT_EQ(ca_sleep(0.01), 0);
+        ASSERT(!sa.done && !sb.done);
+        int a_granted_first = 0;
+        if (variant == 0) {
+            /* cancelled (still linked, gone), then the room appears */
+            ca_cancel(ta);
+            ASSERT_EQ(ca_job_cancel(q1), 1);
+        } else if (variant == 1) {
+            /* the room is granted to A, then A is cancelled before it
+             * runs */
+            ASSERT_EQ(ca_job_cancel(q1), 1);
+            ca_cancel(ta);
+            a_granted_first = 1;
+        } else {
+            /* the room comes from the pool thread taking q1: hold the loop
+             * until the thread has taken it, cancel A, then let the drain
+             * run */
+            atomic_store(&gate, 1);
+            double end = mono() + 5;
+            for (;;) {
+                ca_pool_stats st;
+                ASSERT_EQ(ca_pool_stats_get(p, &st), 0);
+                if (st.queued == 0)
+                    break;
+                ASSERT(mono() < end);
+            }
+            hold_loop(0.005);
+            ca_cancel(ta);
+        }
+        int ra = ca_join(ta);
+        ASSERT_EQ(ca_sleep(0.01), 0);
+        if (a_granted_first && ra == 0) {
+            /* A used its grant: B waits for the next room */
+            ASSERT(sa.job != NULL);
+            ASSERT(!sb.done);
+        } else {
+            /* A failed: the room it was offered went to B */
+            ASSERT_EQ(ra, -ECANCELED);
+            ASSERT(sa.job == NULL);
+            ASSERT(sb.done);
+        }
+        atomic_store(&gate, 1);
+        ASSERT_EQ(ca_join(tb), 0);
+        ASSERT(sb.job != NULL);
+        ASSERT_EQ(ca_job_wait(busy), 7);
+        if (variant != 2)
+            ASSERT_EQ(ca_job_wait(q1), -ECANCELED);
+        else
+            ASSERT_EQ(ca_job_wait(q1), 0);
+        ASSERT_EQ(ca_job_wait(sb.job), 0);
+        if (sa.job) {
+            ASSERT_EQ(ca_job_wait(sa.job), 0);
+            ca_job_release(sa.job);
+        }
+        ca_job_release(sb.job);
+        ca_job_release(busy);
+        ca_job_release(q1);
+        ca_task_release(ta);
+        ca_task_release(tb);
+        ca_pool_stats st;
+        ASSERT_EQ(ca_pool_stats_get(p, &st), 0);
+        ASSERT_EQ(st.queued, 0);
+        ASSERT_EQ(ca_pool_free(p), 0);
+        int want = (variant == 2) + 1 + (sa.job != NULL);
+        ASSERT_EQ(atomic_load(&ran), want);
+    }
+    return 0;
+}
+
+static void test_room_waiter_cancel_same_turn(void)
+{
+    ASSERT_EQ(ca_run(room_same_turn_main, NULL), 0);
+}
+
+/* Room granted to a waiter whose deadline passes in the same turn. */
+static int timed_submit_task(void *arg)
+{
+    struct submitter *s = arg;
+    ca_job_opts o = {.pool = s->pool};
+    ASSERT_EQ(ca_deadline_push(0.02), 0);
+    s->result = ca_pool_submit(&s->job, mark_ran, NULL, &o);
+    ca_deadline_pop();
+    s->done = 1;
+    return s->result;
+}
+
+static int room_deadline_main(void *a)
+{
+    (void)a;
+    ca_pool *p;
+    ca_pool_opts po = {.threads = 1, .max_queued = 1};
+    ASSERT_EQ(ca_pool_new(&p, &po), 0);
+    ca_job_opts o = {.pool = p};
+    atomic_store(&gate, 0);
+    atomic_store(&gate_entered, 0);
+    atomic_store(&ran, 0);
+    ca_job *busy, *q1;
+    ASSERT_EQ(ca_pool_submit(&busy, gate_job, NULL, &o), 0);
+    ASSERT(wait_until(one_entered, 5));
+    ASSERT_EQ(ca_pool_submit(&q1, mark_ran, NULL, &o), 0);
+    struct submitter sa = {.pool = p}, sb = {.pool = p};
+    ca_task *ta = ca_spawn(timed_submit_task, &sa);
+    ca_task *tb = ca_spawn(submit_task, &sb);
+    ASSERT_EQ(ca_sleep(0.005), 0);
+    ASSERT(!sa.done && !sb.done);
+    /* past A's deadline without yielding, then make room: the timer fires
+     * in the next turn, after the grant */
+    hold_loop(0.03);
+    ASSERT_EQ(ca_job_cancel(q1), 1);
+    int ra = ca_join(ta);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    if (ra == 0) {
+        ASSERT(sa.job != NULL);
+        ASSERT(!sb.done);
+    } else {
+        /* A failed: the room it was offered went to B */
+        ASSERT_EQ(ra, -ETIMEDOUT);
+        ASSERT(sa.job == NULL);
+        ASSERT(sb.done);
+    }
+    atomic_store(&gate, 1);
+    ASSERT_EQ(ca_join(tb), 0);
+    ASSERT(sb.job != NULL);
+    ASSERT_EQ(ca_job_wait(busy), 7);
+    ASSERT_EQ(ca_job_wait(sb.job), 0);
+    if (sa.job) {
+        ASSERT_EQ(ca_job_wait(sa.job), 0);
+        ca_job_release(sa.job);
+    }
+    ca_job_release(sb.job);
+    ca_job_release(busy);
+    ca_job_release(q1);
+    ca_task_release(ta);
+    ca_task_release(tb);
+    ASSERT_EQ(ca_pool_free(p), 0);
+    ASSERT_EQ(atomic_load(&ran), 1 + (sa.job != NULL));
+    return 0;
+}
+
+static void test_room_waiter_deadline_same_turn(void)
+{
+    ASSERT_EQ(ca_run(room_deadline_main, NULL), 0);
+}
+
+/* The job's completion and its caller's cancel in the same turn, in both
+ * orders: the documented outcome exactly.  Cancel first: -ECANCELED, fn's
+ * status dropped, and with detach free_arg(arg) once.  Completion first:
+ * fn's status, arg stays the caller's (free_arg not called). */
+static atomic_int fn_returned;
+
+static int gate_job_flag(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&gate_entered, 1);
+    while (!atomic_load(&gate))
+        blocking_sleep(0.001);
+    atomic_store(&fn_returned, 1);
+    return 7;
+}
+
+static int completion_same_turn_main(void *a)
+{
+    (void)a;
+    for (int detach = 0; detach < 2; detach++) {
+        for (int order = 0; order < 2; order++) {
+            ca_pool *p;
+            ASSERT_EQ(ca_pool_new(&p, &(ca_pool_opts){.threads = 1}), 0);
+            atomic_store(&gate, 0);
+            atomic_store(&gate_entered, 0);
+            atomic_store(&fn_returned, 0);
+            arg_frees = 0;
+            int dummy;
+            struct tt_call c = {.fn = gate_job_flag,
+                                .arg = &dummy,
+                                .opts = {.pool = p,
+                                         .detach = detach,
+                                         .free_arg = count_free}};
+            ca_task *t = ca_spawn(to_thread_task, &c);
+            ASSERT(wait_until(one_entered, 5));
+            ASSERT_EQ(ca_sleep(0.01), 0); /* t parked (past its spin) */
+            atomic_store(&gate, 1);
+            double end = mono() + 5;
+            while (!atomic_load(&fn_returned))
+                ASSERT(mono() < end);
+            hold_loop(0.01); /* the thread pushed it and wrote the eventfd */
+            if (order == 0) {
+                /* cancel before the completion is taken */
+                ca_cancel(t);
+            } else {
+                /* let the drain run and wake t, cancel before t runs: a
+                 * timer due now fires after the poll queued the drain */
+                ASSERT_EQ(ca_sleep(0.000001), 0);
+                ca_cancel(t);
+            }
+            int r = ca_join(t);
+            ca_task_release(t);
+            if (order == 0) {
+                ASSERT_EQ(r, -ECANCELED);
+                /* fn has returned; free_arg may wait for the completion */
+                ASSERT_LE(arg_frees, detach);
+            } else {
+                ASSERT_EQ(r, 7);
+                ASSERT_EQ(arg_frees, 0);
+            }
+            ASSERT_EQ(ca_pool_free(p), 0);
+            /* once, or never when the status was returned */
+            ASSERT_EQ(arg_frees, order == 0 ? detach : 0);
+        }
+    }
+    return 0;
+}
+
+static void test_completion_and_cancel_same_turn(void)
+{
+    ASSERT_EQ(ca_run(completion_same_turn_main, NULL), 0);
+}
+
+/* Several tasks wait for one job; one is cancelled in the turn the job
+ * completes: the others all get the status, the cancelled one -ECANCELED,
+ * and the job is untouched (ca_job_wait leaves it alone). */
+struct jwaiter {
+    ca_job *job;
+    int r;
+};
+
+static int job_wait_task(void *arg)
+{
+    struct jwaiter *w = arg;
+    w->r = ca_job_wait(w->job);
+    return w->r;
+}
+
+static int many_waiters_main(void *a)
+{
+    (void)a;
+    ca_pool *p;
+    ASSERT_EQ(ca_pool_new(&p, &(ca_pool_opts){.threads = 1}), 0);
+    atomic_store(&gate, 0);
+    atomic_store(&gate_entered, 0);
+    atomic_store(&fn_returned, 0);
+    ca_job *j;
+    ca_job_opts o = {.pool = p};
+    ASSERT_EQ(ca_pool_submit(&j, gate_job_flag, NULL, &o), 0);
+    ASSERT(wait_until(one_entered, 5));
+    struct jwaiter w[3] = {{j, 1}, {j, 1}, {j, 1}};
+    ca_task *t[3];
+    for (int i = 0; i < 3; i++)
+        t[i] = ca_spawn(job_wait_task, &w[i]);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ca_job_release(j); /* the waiters keep it alive */
+    atomic_store(&gate, 1);
+    double end = mono() + 5;
+    while (!atomic_load(&fn_returned))
+        ASSERT(mono() < end);
+    hold_loop(0.01);
+    ca_cancel(t[0]); /* first in line, cancelled before the drain */
+    ASSERT_EQ(ca_sleep(0.000001), 0);
+    ca_cancel(t[2]); /* woken by the drain, cancelled before it runs */
+    ASSERT_EQ(ca_join(t[0]), -ECANCELED);
+    ASSERT_EQ(ca_join(t[1]), 7);
+    ASSERT_EQ(ca_join(t[2]), 7);
+    for (int i = 0; i < 3; i++)
+        ca_task_release(t[i]);
+    ASSERT_EQ(ca_pool_free(p), 0);
+    return 0;
+}
+
+static void test_job_waiters_cancel_same_turn(void)
+{
+    ASSERT_EQ(ca_run(many_waiters_main, NULL), 0);
+}
+
+/* Shutdown with queued jobs of every kind of caller: ca_to_thread callers
+ * (plain, detached, one cancelled in the same turn), handles, room
+ * waiters.  Without DROP_QUEUED every queued job runs exactly once. */
+static int shutdown_queued_main(void *a)
+{
+    (void)a;
+    ca_pool *p;
+    ASSERT_EQ(ca_pool_new(&p, &(ca_pool_opts){.threads = 1, .max_queued = 3}),
+              0);
+    ca_job_opts o = {.pool = p};
+    atomic_store(&gate, 0);
+    atomic_store(&gate_entered, 0);
+    atomic_store(&ran, 0);
+    ca_job *busy, *h;
+    ASSERT_EQ(ca_pool_submit(&busy, gate_job, NULL, &o), 0);
+    ASSERT(wait_until(one_entered, 5));
+    struct tt_call c1 = {.fn = mark_ran, .opts = {.pool = p}};
+    struct tt_call c2 = {.fn = mark_ran, .opts = {.pool = p}};
+    ca_task *t1 = ca_spawn(to_thread_task, &c1);
+    ca_task *t2 = ca_spawn(to_thread_task, &c2);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ASSERT_EQ(ca_pool_submit(&h, mark_ran, NULL, &o), 0);
+    struct submitter sr = {.pool = p};
+    ca_task *tr = ca_spawn(submit_task, &sr); /* waits for room */
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ASSERT(!sr.done);
+    ca_cancel(t2); /* its queued job is removed when t2 runs */
+    ca_task *opener = ca_spawn(open_gate_later, NULL);
+    ASSERT_EQ(ca_pool_shutdown(p, 0), 0);
+    ASSERT_EQ(ca_join(t1), 0);
+    ASSERT_EQ(ca_join(t2), -ECANCELED);
+    int rr = ca_join(tr);
+    /* t2's cancel freed a slot before the shutdown: the room waiter either
+     * got it (and its job ran) or saw the shutdown */
+    ASSERT(rr == 0 || rr == -ESHUTDOWN);
+    ASSERT_EQ(ca_job_status(h), 0);
+    ASSERT_EQ(ca_job_status(busy), 7);
+    ASSERT_EQ(atomic_load(&ran), 2 + (rr == 0));
+    if (sr.job) {
+        ASSERT_EQ(ca_job_status(sr.job), 0);
+        ca_job_release(sr.job);
+    }
+    ca_pool_stats st;
+    ASSERT_EQ(ca_pool_stats_get(p, &st), 0);
+    ASSERT_EQ(st.queued, 0);
+    ASSERT_EQ(st.threads, 0);
+    ASSERT_EQ(st.completed, st.submitted - st.cancelled);
+    ca_job_release(h);
+    ca_job_release(busy);
+    ASSERT_EQ(ca_join(opener), 0);
+    ca_task_release(opener);
+    ca_task_release(t1);
+    ca_task_release(t2);
+    ca_task_release(tr);
+    ASSERT_EQ(ca_pool_free(p), 0);
+    return 0;
+}
+
+static void test_shutdown_with_queued_callers(void)
+{
+    ASSERT_EQ(ca_run(shutdown_queued_main, NULL), 0);
+}
+
+/* The thread limit: exactly CA_POOL_MAX_THREADS is accepted (and runs),
+ * one more is -EINVAL; $CAWAIT_POOL_THREADS out of range is ignored. */
+static int max_threads_main(void *a)
+{
+    (void)a;
+    ca_pool *p = NULL;
+    ASSERT_EQ(ca_pool_new(&p, &(ca_pool_opts){.threads = CA_POOL_MAX_THREADS,
+                                               .stack_size = 64 * 1024}),
+              0);
+    ca_pool_stats st;
+    ASSERT_EQ(ca_pool_stats_get(p, &st), 0);
+    ASSERT_EQ(st.threads, CA_POOL_MAX_THREADS);
+    ca_job_opts o = {.pool = p};
+    ASSERT_EQ(ca_to_thread_ex(tiny_job, NULL, &o), 1);
+    ASSERT_EQ(ca_pool_free(p), 0);
+    /* the default pool ignores a bad $CAWAIT_POOL_THREADS */
+    ASSERT_EQ(ca_pool_default(&p), 0);
+    ASSERT_EQ(ca_pool_stats_get(p, &st), 0);
+    ASSERT_GE(st.threads, 5);
+    ASSERT_LE(st.threads, CA_POOL_DEFAULT_MAX);
+    return 0;
+}
+
+static void test_max_threads_limit(void)
+{
+    setenv("CAWAIT_POOL_THREADS", "1025", 1);
+    ASSERT_EQ(ca_run(max_threads_main, NULL), 0);
+    ASSERT_EQ(threads_left(), 0);
+}
+
 /* ---- argument validation ---------------------------------------------------
  */
 
@@ -1238,6 +1721,16 @@ static const struct test_case tests[] = {
     {"job_handles", test_job_handles, 0, 0},
     {"submit_from_callback", test_submit_from_callback, 0, 0},
     {"cancel_races_completion", test_cancel_races_completion, 60, 0},
+    {"detach_dropped_by_shutdown_frees_arg",
+     test_detach_dropped_by_shutdown_frees_arg, 0, 0},
+    {"room_waiter_cancel_same_turn", test_room_waiter_cancel_same_turn, 0, 0},
+    {"room_waiter_deadline_same_turn", test_room_waiter_deadline_same_turn, 0,
+     0},
+    {"completion_and_cancel_same_turn", test_completion_and_cancel_same_turn,
+     0, 0},
+    {"job_waiters_cancel_same_turn", test_job_waiters_cancel_same_turn, 0, 0},
+    {"shutdown_with_queued_callers", test_shutdown_with_queued_callers, 0, 0},
+    {"max_threads_limit", test_max_threads_limit, 60, 1},
     {"argument_validation", test_argument_validation, 0, 0},
     {NULL, NULL, 0, 0},
 };

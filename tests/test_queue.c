@@ -858,6 +858,355 @@ static void test_free_with_waiters(void)
     ASSERT_EQ(ca_run(free_main, NULL), 0);
 }
 
+/* ---- adversarial: cancel / deadline / grant in one turn, every kind ------ */
+
+/* Hold the loop (no yield) for `secs`: timers due meanwhile fire together
+ * at the start of the next turn, after whatever this slice does. */
+static void hold_loop(double secs)
+{
+    double until = mono() + secs;
+    while (mono() < until) {
+    }
+}
+
+/* Start fn(arg) now, inside the call, until it first blocks. */
+static ca_task *spawn_eager(ca_fn fn, void *arg)
+{
+    ca_spawn_opts so = {.eager = 1};
+    ca_task *t = NULL;
+    ASSERT_EQ(ca_spawn_ex(&t, fn, arg, &so), 0);
+    ASSERT(t);
+    return t;
+}
+
+static int timed_op(void *a)
+{
+    struct op *o = a;
+    ASSERT_EQ(ca_deadline_push(0.01), 0);
+    if (o->item)
+        o->r = ca_queue_put(o->q, o->item);
+    else
+        o->r = ca_queue_get(o->q, &o->got);
+    ca_deadline_pop();
+    return o->r;
+}
+
+/*
+ * Three getters wait (g1 first); g1 fails in the same turn as two items
+ * arrive: cancelled before the puts, cancelled after them (woken, not run),
+ * or past its deadline (timer due in the same turn as the puts).  g2 and
+ * g3 get the two items, each once, in the queue's order; nothing is left;
+ * task_done/join count exactly the two puts.
+ */
+static int getters_matrix_main(void *a)
+{
+    (void)a;
+    enum ca_queue_kind kinds[] = {CA_QUEUE_FIFO, CA_QUEUE_LIFO,
+                                  CA_QUEUE_PRIORITY};
+    /* items put: 20 then 10; first taken per kind */
+    static const int first[] = {20, 10, 10}, second[] = {10, 20, 20};
+    for (int k = 0; k < 3; k++) {
+        for (int how = 0; how < 4; how++) {
+            ca_queue *q = mkq(kinds[k], 0, 0, cmp_ptr);
+            struct op g1 = {.q = q}, g2 = {.q = q}, g3 = {.q = q};
+            ca_task *t1 = spawn_eager(how == 2 ? timed_op : op_get, &g1);
+            ca_task *t2 = spawn_eager(op_get, &g2);
+            ca_task *t3 = spawn_eager(op_get, &g3);
+            ASSERT(!ca_task_done(t1) && !ca_task_done(t2) &&
+                   !ca_task_done(t3));
+            int want1 = -ECANCELED;
+            if (how == 0) {
+                ca_cancel(t1);
+                ASSERT_EQ(ca_queue_put(q, P(20)), 0);
+                ASSERT_EQ(ca_queue_put(q, P(10)), 0);
+            } else if (how == 1) {
+                ASSERT_EQ(ca_queue_put(q, P(20)), 0);
+                ASSERT_EQ(ca_queue_put_nowait(q, P(10)), 0);
+                ca_cancel(t1);
+            } else if (how == 2) {
+                hold_loop(0.02);
+                ASSERT_EQ(ca_queue_put_nowait(q, P(20)), 0);
+                ASSERT_EQ(ca_queue_put(q, P(10)), 0);
+                want1 = -ETIMEDOUT;
+            } else {
+                /* woken by the first put, cancelled, then the second */
+                ASSERT_EQ(ca_queue_put(q, P(20)), 0);
+                ca_cancel(t1);
+                ASSERT_EQ(ca_queue_put(q, P(10)), 0);
+            }
+            ASSERT_EQ(ca_join(t1), want1);
+            ASSERT_EQ(ca_join(t2), 0);
+            ASSERT_EQ(ca_join(t3), 0);
+            ASSERT(g1.got == NULL);
+            if (I(g2.got) != first[k] || I(g3.got) != second[k])
+                FAILF("kind %d how %d: got %d, %d; want %d, %d", k, how,
+                      I(g2.got), I(g3.got), first[k], second[k]);
+            ASSERT(ca_queue_empty(q));
+            void *v;
+            ASSERT_EQ(ca_queue_get_nowait(q, &v), -EAGAIN);
+            /* join counts the two puts exactly */
+            ASSERT_EQ(ca_queue_task_done(q), 0);
+            ASSERT_EQ(ca_queue_task_done(q), 0);
+            ASSERT_EQ(ca_queue_join(q), 0);
+            ASSERT_EQ(ca_queue_task_done(q), -EINVAL);
+            ca_task_release(t1);
+            ca_task_release(t2);
+            ca_task_release(t3);
+            ca_queue_free(q);
+        }
+    }
+    return 0;
+}
+
+static void test_getters_same_turn_matrix(void)
+{
+    ASSERT_EQ(ca_run(getters_matrix_main, NULL), 0);
+}
+
+/*
+ * A full queue of maxsize 1; three putters wait (p1 first); p1 fails in the
+ * same turn as a slot frees (get, get_nowait), in every order.  p2's item
+ * goes in, p3 still waits (maxsize kept), p1's never goes in; then the
+ * rest drains in order and join counts exactly the items put.
+ */
+static int putters_matrix_main(void *a)
+{
+    (void)a;
+    enum ca_queue_kind kinds[] = {CA_QUEUE_FIFO, CA_QUEUE_LIFO,
+                                  CA_QUEUE_PRIORITY};
+    for (int k = 0; k < 3; k++) {
+        for (int how = 0; how < 3; how++) {
+            ca_queue *q = mkq(kinds[k], 1, 0, cmp_ptr);
+            ASSERT_EQ(ca_queue_put(q, P(1)), 0);
+            struct op p1 = {.q = q, .item = P(2)}, p2 = {.q = q, .item = P(3)},
+                      p3 = {.q = q, .item = P(4)};
+            ca_task *t1 = spawn_eager(how == 2 ? timed_op : op_put, &p1);
+            ca_task *t2 = spawn_eager(op_put, &p2);
+            ca_task *t3 = spawn_eager(op_put, &p3);
+            void *v = NULL;
+            int want1 = -ECANCELED;
+            if (how == 0) {
+                ca_cancel(t1);
+                ASSERT_EQ(ca_queue_get(q, &v), 0);
+            } else if (how == 1) {
+                ASSERT_EQ(ca_queue_get_nowait(q, &v), 0);
+                ca_cancel(t1);
+            } else {
+                hold_loop(0.02);
+                ASSERT_EQ(ca_queue_get(q, &v), 0);
+                want1 = -ETIMEDOUT;
+            }
+            ASSERT_EQ(I(v), 1);
+            ASSERT_EQ(ca_join(t1), want1);
+            ASSERT_EQ(ca_join(t2), 0);
+            ASSERT_EQ(ca_sleep(0.002), 0);
+            ASSERT(!ca_task_done(t3)); /* full again */
+            ASSERT_EQ(ca_queue_size(q), 1);
+            ASSERT(ca_queue_full(q));
+            ASSERT_EQ(ca_queue_put_nowait(q, P(9)), -EAGAIN);
+            ASSERT_EQ(ca_queue_get(q, &v), 0);
+            ASSERT_EQ(I(v), 3);
+            ASSERT_EQ(ca_join(t3), 0);
+            ASSERT_EQ(ca_queue_get(q, &v), 0);
+            ASSERT_EQ(I(v), 4);
+            ASSERT(ca_queue_empty(q));
+            /* three items were put (1, 3, 4): p1's never counted */
+            for (int i = 0; i < 3; i++)
+                ASSERT_EQ(ca_queue_task_done(q), 0);
+            ASSERT_EQ(ca_queue_task_done(q), -EINVAL);
+            ASSERT_EQ(ca_queue_join(q), 0);
+            ca_task_release(t1);
+            ca_task_release(t2);
+            ca_task_release(t3);
+            ca_queue_free(q);
+        }
+    }
+    return 0;
+}
+
+static void test_putters_same_turn_matrix(void)
+{
+    ASSERT_EQ(ca_run(putters_matrix_main, NULL), 0);
+}
+
+/* Joiners: the count reaches zero in the same turn as one joiner is
+ * cancelled (before or after the wake-up) or its deadline passes; the
+ * others return 0, the failed one its error, and the count stays exact. */
+static int timed_join(void *a)
+{
+    struct op *o = a;
+    ASSERT_EQ(ca_deadline_push(0.01), 0);
+    o->r = ca_queue_join(o->q);
+    ca_deadline_pop();
+    return o->r;
+}
+
+static int joiners_main(void *a)
+{
+    (void)a;
+    for (int how = 0; how < 3; how++) {
+        ca_queue *q = mkq(CA_QUEUE_FIFO, 0, 0, NULL);
+        ASSERT_EQ(ca_queue_put(q, P(1)), 0);
+        void *v;
+        ASSERT_EQ(ca_queue_get(q, &v), 0);
+        struct op j1 = {.q = q}, j2 = {.q = q}, j3 = {.q = q};
+        ca_task *t1 = spawn_eager(how == 2 ? timed_join : op_join, &j1);
+        ca_task *t2 = spawn_eager(op_join, &j2);
+        ca_task *t3 = spawn_eager(op_join, &j3);
+        int want1 = -ECANCELED;
+        if (how == 0) {
+            ca_cancel(t1);
+            ASSERT_EQ(ca_queue_task_done(q), 0);
+        } else if (how == 1) {
+            ASSERT_EQ(ca_queue_task_done(q), 0);
+            ca_cancel(t1);
+        } else {
+            hold_loop(0.02);
+            ASSERT_EQ(ca_queue_task_done(q), 0);
+            want1 = -ETIMEDOUT;
+        }
+        ASSERT_EQ(ca_join(t1), want1);
+        ASSERT_EQ(ca_join(t2), 0);
+        ASSERT_EQ(ca_join(t3), 0);
+        ASSERT_EQ(ca_queue_task_done(q), -EINVAL);
+        ASSERT_EQ(ca_queue_join(q), 0);
+        ca_task_release(t1);
+        ca_task_release(t2);
+        ca_task_release(t3);
+        ca_queue_free(q);
+    }
+    return 0;
+}
+
+static void test_joiners_same_turn(void)
+{
+    ASSERT_EQ(ca_run(joiners_main, NULL), 0);
+}
+
+/*
+ * Shutdown in the same turn as an item arrives and a getter is cancelled:
+ * a graceful shutdown still delivers the item (once) to the live getter,
+ * an immediate one drops it and counts it done; every other waiter gets
+ * -ESHUTDOWN; putters woken for a slot in that turn fail too.
+ */
+static int shutdown_same_turn_main(void *a)
+{
+    (void)a;
+    for (int immediate = 0; immediate < 2; immediate++) {
+        for (int order = 0; order < 2; order++) {
+            ca_queue *q = mkq(CA_QUEUE_FIFO, 0, 0, NULL);
+            struct op g1 = {.q = q}, g2 = {.q = q}, g3 = {.q = q};
+            ca_task *t1 = spawn_eager(op_get, &g1);
+            ca_task *t2 = spawn_eager(op_get, &g2);
+            ca_task *t3 = spawn_eager(op_get, &g3);
+            if (order == 0) {
+                ca_cancel(t1);
+                ASSERT_EQ(ca_queue_put(q, P(5)), 0);
+            } else {
+                ASSERT_EQ(ca_queue_put(q, P(5)), 0);
+                ca_cancel(t1);
+            }
+            ASSERT_EQ(ca_queue_shutdown(q, immediate), 0);
+            ASSERT_EQ(ca_join(t1), -ECANCELED);
+            int r2 = ca_join(t2), r3 = ca_join(t3);
+            if (immediate) {
+                ASSERT_EQ(r2, -ESHUTDOWN);
+                ASSERT_EQ(r3, -ESHUTDOWN);
+                ASSERT_EQ(ca_queue_join(q), 0); /* dropped: counted done */
+                ASSERT_EQ(ca_queue_task_done(q), -EINVAL);
+            } else {
+                /* exactly one live getter got the item */
+                ASSERT_EQ((r2 == 0) + (r3 == 0), 1);
+                ASSERT_EQ(r2 == 0 ? r3 : r2, -ESHUTDOWN);
+                ASSERT_EQ(I(r2 == 0 ? g2.got : g3.got), 5);
+                ASSERT_EQ(ca_queue_task_done(q), 0);
+                ASSERT_EQ(ca_queue_join(q), 0);
+            }
+            void *v;
+            ASSERT_EQ(ca_queue_get(q, &v), -ESHUTDOWN);
+            ASSERT_EQ(ca_queue_get_nowait(q, &v), -ESHUTDOWN);
+            ASSERT_EQ(ca_queue_put(q, P(6)), -ESHUTDOWN);
+            ASSERT_EQ(ca_queue_put_nowait(q, P(6)), -ESHUTDOWN);
+            ca_task_release(t1);
+            ca_task_release(t2);
+            ca_task_release(t3);
+            ca_queue_free(q);
+        }
+    }
+    /* putters: a slot freed and the queue shut down in one turn */
+    ca_queue *q = mkq(CA_QUEUE_LIFO, 1, sizeof(int), NULL);
+    int x = 1, y = 2, z = 3, out = 0;
+    ASSERT_EQ(ca_queue_put(q, &x), 0);
+    struct op p1 = {.q = q, .item = &y}, p2 = {.q = q, .item = &z};
+    ca_task *t1 = spawn_eager(op_put, &p1);
+    ca_task *t2 = spawn_eager(op_put, &p2);
+    ASSERT_EQ(ca_queue_get(q, &out), 0); /* p1 woken for the slot */
+    ASSERT_EQ(out, 1);
+    ASSERT_EQ(ca_queue_shutdown(q, 0), 0);
+    ASSERT_EQ(ca_join(t1), -ESHUTDOWN);
+    ASSERT_EQ(ca_join(t2), -ESHUTDOWN);
+    ASSERT(ca_queue_empty(q));
+    ASSERT_EQ(ca_queue_task_done(q), 0);
+    ASSERT_EQ(ca_queue_join(q), 0);
+    ca_task_release(t1);
+    ca_task_release(t2);
+    ca_queue_free(q);
+    return 0;
+}
+
+static void test_shutdown_same_turn(void)
+{
+    ASSERT_EQ(ca_run(shutdown_same_turn_main, NULL), 0);
+}
+
+/* Free with waiters of each kind in each state: parked, woken with a grant
+ * and not yet run, cancelled and not yet run.  Nobody touches the freed
+ * queue (ASan/valgrind), everyone returns. */
+static int free_states_main(void *a)
+{
+    (void)a;
+    ca_queue *qg = mkq(CA_QUEUE_FIFO, 0, 0, NULL);
+    ca_queue *qp = mkq(CA_QUEUE_PRIORITY, 1, 0, cmp_ptr);
+    ASSERT_EQ(ca_queue_put(qp, P(1)), 0);
+    struct op g[3] = {{.q = qg}, {.q = qg}, {.q = qg}};
+    struct op p[3] = {{.q = qp, .item = P(2)},
+                      {.q = qp, .item = P(3)},
+                      {.q = qp, .item = P(4)}};
+    struct op j = {.q = qp};
+    ca_task *tg[3], *tp[3];
+    for (int i = 0; i < 3; i++) {
+        tg[i] = spawn_eager(op_get, &g[i]);
+        tp[i] = spawn_eager(op_put, &p[i]);
+    }
+    ca_task *tj = spawn_eager(op_join, &j);
+    ca_cancel(tg[0]);
+    ASSERT_EQ(ca_queue_put(qg, P(7)), 0); /* g[1] woken with the item */
+    ca_cancel(tp[0]);
+    void *v;
+    ASSERT_EQ(ca_queue_get(qp, &v), 0); /* p[1] woken with the slot */
+    ASSERT_EQ(I(v), 1);
+    ca_queue_free(qg);
+    ca_queue_free(qp);
+    ASSERT_EQ(ca_join(tg[0]), -ECANCELED);
+    ASSERT_EQ(ca_join(tg[1]), -ESHUTDOWN);
+    ASSERT_EQ(ca_join(tg[2]), -ESHUTDOWN);
+    ASSERT_EQ(ca_join(tp[0]), -ECANCELED);
+    ASSERT_EQ(ca_join(tp[1]), -ESHUTDOWN);
+    ASSERT_EQ(ca_join(tp[2]), -ESHUTDOWN);
+    ASSERT_EQ(ca_join(tj), -ESHUTDOWN);
+    for (int i = 0; i < 3; i++) {
+        ca_task_release(tg[i]);
+        ca_task_release(tp[i]);
+    }
+    ca_task_release(tj);
+    return 0;
+}
+
+static void test_free_waiters_in_every_state(void)
+{
+    ASSERT_EQ(ca_run(free_states_main, NULL), 0);
+}
+
 /* ---- argument errors ----------------------------------------------------- */
 
 static int errors_main(void *a)
@@ -973,6 +1322,11 @@ static const struct test_case tests[] = {
     {"free_with_waiters", test_free_with_waiters, 10, 0},
     {"argument_errors", test_argument_errors, 10, 0},
     {"pipeline_bounded", test_pipeline_bounded, 20, 0},
+    {"getters_same_turn_matrix", test_getters_same_turn_matrix, 10, 0},
+    {"putters_same_turn_matrix", test_putters_same_turn_matrix, 10, 0},
+    {"joiners_same_turn", test_joiners_same_turn, 10, 0},
+    {"shutdown_same_turn", test_shutdown_same_turn, 10, 0},
+    {"free_waiters_in_every_state", test_free_waiters_in_every_state, 10, 0},
     {NULL, NULL, 0, 0},
 };
 

@@ -57,9 +57,11 @@ typedef struct ca_job_opts {
      * waiting for fn to return; the job finishes on its own.  With detach,
      * a call that returns -ECANCELED or -ETIMEDOUT has handed arg to the
      * pool, whether fn was running, queued (it never runs) or not yet
-     * submitted: free_arg(arg) is called once nothing uses arg any more
-     * (at once when fn never ran).  Any other return leaves arg with the
-     * caller. */
+     * submitted, and whatever the cause (the caller's cancel or deadline,
+     * a pool shutdown that dropped or cancelled the job, or fn returning
+     * that value itself): free_arg(arg) is called once nothing uses arg
+     * any more (at once when fn never ran or has returned).  Any other
+     * return leaves arg with the caller. */
     int detach;
     /* If the queue is full (ca_pool_opts.max_queued), fail with -EAGAIN
      * instead of waiting for room. */

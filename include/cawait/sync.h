@@ -265,7 +265,11 @@ CA_EXTERN int ca_gen_next(ca_gen *g, void **value);
  * value sent (generator.asend).  Sending a non-NULL value to a generator
  * that has not started yet is -EINVAL (nothing could receive it), as in
  * Python.  Both return -EBUSY if another task is already waiting in
- * next/send on g, -EDEADLK if called by the producer itself. */
+ * next/send on g, -EDEADLK if called by the producer itself.  A request
+ * abandoned with -ECANCELED/-ETIMEDOUT stays pending, and the next request
+ * collects its answer; ca_gen_send of a different value meanwhile is
+ * -EBUSY (the value would never reach the producer): collect the pending
+ * answer with ca_gen_next, or by sending the same value again. */
 CA_EXTERN int ca_gen_send(ca_gen *g, void *in, void **value);
 /* In the producer: hand `value` to the consumer and wait for the next
  * request; *sent (if not NULL) receives the value sent with it (NULL for

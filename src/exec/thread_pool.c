@@ -1159,6 +1159,11 @@ int ca_to_thread_ex(ca_fn fn, void *arg, const ca_job_opts *opts)
     r = job_wait_done(l, self, job);
     if (r == 0) {
         int status = job->status;
+        /* -ECANCELED / -ETIMEDOUT from the job itself (dropped or
+         * cancelled by a pool shutdown, or fn's own result): with detach,
+         * such a return hands arg over too, and nothing uses it now. */
+        if (detach && is_interrupt(status) && job->free_arg)
+            job->free_arg(job->arg);
         job_unref(job);
         return status;
     }

@@ -87,6 +87,11 @@ static int gen_request(ca_gen *g, int send, void *in, void **value)
         return -EDEADLK;
     if (g->consumer)
         return -EBUSY;
+    /* A request abandoned by its consumer (cancelled, past its deadline)
+     * is answered to the next request; a send of another value would be
+     * silently lost, so it is refused: collect that answer first. */
+    if (send && (g->pending || g->has_value) && in != g->sent)
+        return -EBUSY;
     if (!g->has_value && !g->done) {
         if (!g->pending) {
             /* Start no work that this call would abandon at once. */
