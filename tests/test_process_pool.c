@@ -1372,6 +1372,186 @@ static void test_many_jobs_with_replacement(void)
     assert_no_children();
 }
 
+/* ------------------------------------------------------------------------ */
+/* Same-turn races (adversarial)                                            */
+/* ------------------------------------------------------------------------ */
+
+/* A job in a task that, once its call returns, cancels another task in
+ * the same turn (before that one runs). */
+struct then_cancel {
+    struct job_task job;
+    ca_task *victim;
+};
+
+static int then_cancel_fn(void *arg)
+{
+    struct then_cancel *t = arg;
+    job_task_fn(&t->job);
+    if (t->victim)
+        ca_cancel(t->victim);
+    return 0;
+}
+
+static int handoff_cancel_main(void *a)
+{
+    (void)a;
+    ca_process_pool *p = new_pool(1);
+    int before = run_pid(p);
+    for (int round = 0; round < 5; round++) {
+        struct sleep_in s = {0.1, -1};
+        static const char msg_b[] = "bbbb", msg_d[] = "dddddd";
+        struct then_cancel first = {
+            .job = {.p = p, .fn = job_sleep, .in = &s, .in_len = sizeof(s)}};
+        struct job_task b = {.p = p, .fn = job_mirror, .in = msg_b,
+                             .in_len = 4};
+        struct job_task d = {.p = p, .fn = job_mirror, .in = msg_d,
+                             .in_len = 6};
+        ca_task *tf = ca_spawn(then_cancel_fn, &first);
+        ASSERT_EQ(ca_yield(), 0);
+        ca_task *tb = ca_spawn(job_task_fn, &b);
+        ca_task *td = ca_spawn(job_task_fn, &d);
+        ASSERT_EQ(ca_yield(), 0);
+        ca_process_pool_stats st;
+        ASSERT_EQ(ca_process_pool_stats_get(p, &st), 0);
+        ASSERT_EQ(st.queued, 2);
+        /* When the first call returns, its worker has just been handed to
+         * b (woken, not run yet); then b is cancelled. */
+        first.victim = tb;
+        ASSERT_EQ(ca_join(tf), 0);
+        ASSERT_EQ(ca_join(tb), 0);
+        ASSERT_EQ(ca_join(td), 0);
+        ASSERT_EQ(first.job.rc, 0);
+        ASSERT_EQ(b.rc, -ECANCELED);
+        ASSERT(b.res.data == NULL);
+        ASSERT_EQ(d.rc, 0);
+        ASSERT_EQ(d.res.len, 6);
+        ASSERT_EQ(((unsigned char *)d.res.data)[0], 'd' ^ 0x5a);
+        ca_process_pool_result_free(&d.res);
+        ca_task_release(tf);
+        ca_task_release(tb);
+        ca_task_release(td);
+        /* nothing killed: the job never reached a worker */
+        ASSERT_EQ(ca_process_pool_stats_get(p, &st), 0);
+        ASSERT_EQ(st.workers_killed, 0);
+        ASSERT_EQ(st.busy, 0);
+        ASSERT_EQ(st.queued, 0);
+    }
+    ASSERT_EQ(run_pid(p), before);
+    ASSERT_EQ(ca_process_pool_shutdown(p, 0), 0);
+    assert_no_children();
+    return 0;
+}
+
+static void test_cancel_in_handoff_turn(void)
+{
+    ASSERT_EQ(ca_run(handoff_cancel_main, NULL), 0);
+    assert_no_children();
+}
+
+/* A call cancelled in the turn its result arrives (the result is in the
+ * socket, the task not run yet): either the result (0) or -ECANCELED with
+ * the worker killed and replaced; never a result given to the next call. */
+static int result_cancel_main(void *a)
+{
+    (void)a;
+    ca_process_pool *p = new_pool(1);
+    uint64_t killed = 0;
+    for (int round = 0; round < 6; round++) {
+        unsigned char in[3] = {(unsigned char)round, 1, 2};
+        struct job_task j = {.p = p, .fn = job_mirror, .in = in,
+                             .in_len = sizeof(in)};
+        ca_task *t = ca_spawn(job_task_fn, &j);
+        ASSERT_EQ(ca_yield(), 0); /* request sent, it waits */
+        struct timespec ts = {0, 300 * 1000 * 1000};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+        ASSERT_EQ(ca_cancel(t), 0);
+        ASSERT_EQ(ca_join(t), 0);
+        ca_task_release(t);
+        if (j.rc == 0) {
+            ASSERT_EQ(j.res.len, 3);
+            ASSERT_EQ(((unsigned char *)j.res.data)[2], round ^ 0x5a);
+            ca_process_pool_result_free(&j.res);
+        } else {
+            ASSERT_EQ(j.rc, -ECANCELED);
+            ASSERT(j.res.data == NULL);
+            killed++;
+        }
+        /* the next call gets its own result */
+        unsigned char in2[2] = {0x77, (unsigned char)(round + 100)};
+        ca_process_pool_result res;
+        ASSERT_EQ(ca_process_pool_run(p, job_mirror, in2, 2, &res, NULL), 0);
+        ASSERT_EQ(res.len, 2);
+        ASSERT_EQ(((unsigned char *)res.data)[0], (round + 100) ^ 0x5a);
+        ASSERT_EQ(((unsigned char *)res.data)[1], 0x77 ^ 0x5a);
+        ca_process_pool_result_free(&res);
+    }
+    wait_pool(p, 1, killed);
+    ca_process_pool_stats st;
+    ASSERT_EQ(ca_process_pool_stats_get(p, &st), 0);
+    ASSERT_EQ(st.workers_killed, killed);
+    ASSERT_EQ(ca_process_pool_shutdown(p, 0), 0);
+    assert_no_children();
+    return 0;
+}
+
+static void test_cancel_in_result_turn(void)
+{
+    ASSERT_EQ(ca_run(result_cancel_main, NULL), 0);
+    assert_no_children();
+}
+
+static void test_cancel_in_result_turn_no_pidfd(void)
+{
+    g_no_pidfd = 1;
+    ASSERT_EQ(ca_run(result_cancel_main, NULL), 0);
+    assert_no_children();
+}
+
+/* Shutdown without grace while calls run and queue: all of them
+ * -ESHUTDOWN, the queue empties, every worker reaped, no fd left; a call
+ * cancelled in the same turn it was failed by the shutdown returns one of
+ * the two errors. */
+static int shutdown_queue_main(void *a)
+{
+    (void)a;
+    ca_process_pool *p = new_pool(2);
+    struct sleep_in s = {30, -1};
+    struct job_task j[6];
+    ca_task *t[6];
+    for (int i = 0; i < 6; i++) {
+        j[i] = (struct job_task){.p = p, .fn = job_sleep, .in = &s,
+                                 .in_len = sizeof(s)};
+        t[i] = ca_spawn(job_task_fn, &j[i]);
+    }
+    ASSERT_EQ(ca_sleep(0.1), 0);
+    ca_process_pool_stats st;
+    ASSERT_EQ(ca_process_pool_stats_get(p, &st), 0);
+    ASSERT_EQ(st.busy, 2);
+    ASSERT_EQ(st.queued, 4);
+    ca_cancel(t[5]); /* woken by the cancel, not run yet */
+    double t0 = mono();
+    ASSERT_EQ(ca_process_pool_shutdown(p, 0), 0);
+    ASSERT_TIME_LT(mono() - t0, 5);
+    for (int i = 0; i < 6; i++) {
+        ASSERT_EQ(ca_join(t[i]), 0);
+        ca_task_release(t[i]);
+        if (i == 5)
+            ASSERT(j[i].rc == -ECANCELED || j[i].rc == -ESHUTDOWN);
+        else
+            ASSERT_EQ(j[i].rc, -ESHUTDOWN);
+        ASSERT(j[i].res.data == NULL);
+    }
+    assert_no_children();
+    return 0;
+}
+
+static void test_shutdown_with_queue(void)
+{
+    ASSERT_EQ(ca_run(shutdown_queue_main, NULL), 0);
+    assert_no_children();
+}
+
 static const struct test_case tests[] = {
     {"primes_two_workers", test_primes_two_workers, 60, 0},
     {"concurrent_submissions", test_concurrent_submissions, 60, 0},
@@ -1391,6 +1571,11 @@ static const struct test_case tests[] = {
     {"ca_run_reaps_forgotten_pool", test_ca_run_reaps_forgotten_pool, 60, 0},
     {"creation_failure_reaps", test_creation_failure_reaps, 60, 0},
     {"many_jobs_with_replacement", test_many_jobs_with_replacement, 120, 0},
+    {"cancel_in_handoff_turn", test_cancel_in_handoff_turn, 60, 0},
+    {"cancel_in_result_turn", test_cancel_in_result_turn, 60, 0},
+    {"cancel_in_result_turn_no_pidfd", test_cancel_in_result_turn_no_pidfd, 60,
+     0},
+    {"shutdown_with_queue", test_shutdown_with_queue, 60, 0},
     {NULL, NULL, 0, 0},
 };
 

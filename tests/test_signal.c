@@ -703,6 +703,262 @@ static void test_own_sigint_handler_takes_over(void)
                       "ECANCELED\n");
 }
 
+/* ------------------------------------------------------------------------ */
+/* Same-turn races (adversarial)                                            */
+/* ------------------------------------------------------------------------ */
+
+struct recv_close {
+    ca_signal_receiver *r;
+    int close_after; /* 1: close r once a signal came */
+    double timeout;  /* 0: 5 s */
+    int rc;
+    double elapsed;
+};
+
+static int recv_close_task(void *arg)
+{
+    struct recv_close *c = arg;
+    double t0 = mono();
+    c->rc = ca_signal_receive(c->r, c->timeout ? c->timeout : 5, NULL);
+    c->elapsed = mono() - t0;
+    if (c->close_after && c->rc > 0)
+        ca_signal_close(c->r);
+    return 0;
+}
+
+/* BUG: two tasks wait in ca_signal_receive(r); one signal wakes both
+ * (receiver_push wakes every waiter, unlinking their nodes); the first
+ * takes the signal and closes r before the second has run.  The second
+ * then reads the freed r (signal.c receive(): w.data is NULL because
+ * receiver_fini found no linked waiter), parks on the freed waitlist and
+ * times out, where the header promises -EBADF to tasks waiting in
+ * ca_signal_receive.  ASan: heap-use-after-free. */
+static int close_after_wake_main(void *arg)
+{
+    (void)arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    ca_signal_receiver *r;
+    ASSERT_EQ(ca_signal_open(&r, &set), 0);
+    struct recv_close first = {.r = r, .close_after = 1};
+    struct recv_close second = {.r = r, .close_after = 0};
+    ca_task *a = ca_spawn(recv_close_task, &first);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ca_task *b = ca_spawn(recv_close_task, &second);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    raise(SIGUSR1);
+    ASSERT_EQ(ca_join(a), 0);
+    ASSERT_EQ(ca_join(b), 0);
+    ca_task_release(a);
+    ca_task_release(b);
+    ASSERT_EQ(first.rc, SIGUSR1);
+    ASSERT_EQ(second.rc, -EBADF);
+    ASSERT_TIME_LT(second.elapsed, 3);
+    ASSERT(!blocked(SIGUSR1));
+    return 0;
+}
+
+static void test_receiver_closed_by_woken_waiter(void)
+{
+    ASSERT_EQ(ca_run(close_after_wake_main, NULL), 0);
+}
+
+/* A receive cancelled in the same turn its signal is read: the signal
+ * stays queued for the next receive (a receiver loses nothing). */
+static int cancel_same_turn_main(void *arg)
+{
+    (void)arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR2);
+    ca_signal_receiver *r;
+    ASSERT_EQ(ca_signal_open(&r, &set), 0);
+    for (int i = 0; i < 20; i++) {
+        struct recv_close c = {.r = r};
+        ca_task *t = ca_spawn(recv_close_task, &c);
+        ASSERT_EQ(ca_sleep(0.005), 0);
+        /* The signal is pending on the signalfd, not read yet (no turn). */
+        raise(SIGUSR2);
+        ASSERT_EQ(ca_cancel(t), 0);
+        ASSERT_EQ(ca_join(t), 0);
+        ca_task_release(t);
+        if (c.rc == -ECANCELED) /* then it is still queued */
+            ASSERT_EQ(ca_signal_receive(r, 2, NULL), SIGUSR2);
+        else
+            ASSERT_EQ(c.rc, SIGUSR2);
+        ASSERT_EQ(ca_signal_receive(r, 0, NULL), -ETIMEDOUT);
+    }
+    /* A receive whose timeout ends in the turn the signal comes. */
+    for (int i = 0; i < 20; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        struct recv_close c = {.r = r, .timeout = 0.003};
+        ca_task *t = ca_spawn(recv_close_task, &c);
+        ASSERT_EQ(ca_yield(), 0); /* it waits */
+        nanosleep(&ts, NULL);     /* its timeout passes, no turn */
+        raise(SIGUSR2);
+        ASSERT_EQ(ca_join(t), 0);
+        ca_task_release(t);
+        if (c.rc == -ETIMEDOUT)
+            ASSERT_EQ(ca_signal_receive(r, 2, NULL), SIGUSR2);
+        else
+            ASSERT_EQ(c.rc, SIGUSR2);
+        ASSERT_EQ(ca_signal_receive(r, 0, NULL), -ETIMEDOUT);
+    }
+    /* Repeats of one signal not yet received merge into one entry;
+     * different signals queue in arrival order. */
+    sigaddset(&set, SIGUSR1);
+    ca_signal_receiver *r2;
+    ASSERT_EQ(ca_signal_open(&r2, &set), 0);
+    for (int i = 0; i < 5; i++) {
+        raise(SIGUSR1);
+        ASSERT_EQ(ca_sleep(0.002), 0);
+    }
+    raise(SIGUSR2);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ca_siginfo info;
+    ASSERT_EQ(ca_signal_receive(r2, 0, &info), SIGUSR1);
+    ASSERT_EQ(ca_signal_receive(r2, 0, &info), SIGUSR2);
+    ASSERT_EQ(ca_signal_receive(r2, 0, &info), -ETIMEDOUT);
+    /* r saw the SIGUSR2 too. */
+    ASSERT_EQ(ca_signal_receive(r, 0, &info), SIGUSR2);
+    ca_signal_close(r2);
+    ca_signal_close(r);
+    ASSERT(!blocked(SIGUSR1) && !blocked(SIGUSR2));
+    ASSERT(at_default(SIGUSR1) && at_default(SIGUSR2));
+    return 0;
+}
+
+static void test_receive_cancel_same_turn(void)
+{
+    ASSERT_EQ(ca_run(cancel_same_turn_main, NULL), 0);
+    ASSERT(!blocked(SIGUSR1) && !blocked(SIGUSR2));
+}
+
+/* Closing a receiver with several waiters: every one gets -EBADF, and a
+ * wait on another receiver of the same signal is not disturbed. */
+static int close_many_main(void *arg)
+{
+    (void)arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    ca_signal_receiver *r, *other;
+    ASSERT_EQ(ca_signal_open(&r, &set), 0);
+    ASSERT_EQ(ca_signal_open(&other, &set), 0);
+    struct recv_close c[4];
+    ca_task *t[4];
+    for (int i = 0; i < 4; i++) {
+        c[i] = (struct recv_close){.r = i < 3 ? r : other};
+        t[i] = ca_spawn(recv_close_task, &c[i]);
+    }
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ca_signal_close(r);
+    for (int i = 0; i < 3; i++) {
+        ASSERT_EQ(ca_join(t[i]), 0);
+        ASSERT_EQ(c[i].rc, -EBADF);
+        ca_task_release(t[i]);
+    }
+    ASSERT(blocked(SIGUSR1)); /* still captured by `other` */
+    raise(SIGUSR1);
+    ASSERT_EQ(ca_join(t[3]), 0);
+    ASSERT_EQ(c[3].rc, SIGUSR1);
+    ca_task_release(t[3]);
+    ca_signal_close(other);
+    ASSERT(!blocked(SIGUSR1));
+    return 0;
+}
+
+static void test_close_with_many_waiters(void)
+{
+    ASSERT_EQ(ca_run(close_many_main, NULL), 0);
+}
+
+/* BUG (SIGCHLD fallback mode): a SIGCHLD that arrives while the program
+ * captures SIGCHLD and that the loop has not read yet is discarded by the
+ * release (signal.c release() -> discard_pending) without telling the
+ * subprocess module, whose handler then never runs: the child is never
+ * reaped and ca_subprocess_wait hangs. */
+static int chld_discard_main(void *arg)
+{
+    (void)arg;
+    ASSERT_STREQ(ca_subprocess_watcher(), "sigchld");
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    ca_signal_receiver *r;
+    ASSERT_EQ(ca_signal_open(&r, &set), 0);
+    const char *argv[] = {"sh", "-c", "sleep 0.2", NULL};
+    ca_process *p;
+    ASSERT_EQ(ca_subprocess_exec(&p, argv, NULL), 0);
+    /* The child exits while the loop does not turn: its SIGCHLD stays
+     * pending (blocked here, read through the signalfd). */
+    struct timespec ts = {1, 0};
+    nanosleep(&ts, NULL);
+    ca_signal_close(r);
+    int ws = -1;
+    ASSERT_EQ(ca_subprocess_wait_timeout(p, 5, &ws), 0);
+    ASSERT(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    ca_subprocess_free(p);
+    return 0;
+}
+
+static void test_sigchld_discard_keeps_child_exit(void)
+{
+    setenv("CAWAIT_SUBPROCESS_SIGCHLD", "1", 1);
+    ASSERT_EQ(ca_run(chld_discard_main, NULL), 0);
+    ASSERT(!blocked(SIGCHLD));
+}
+
+/* Dispositions and the mask after ca_run with handlers, receivers and
+ * waits left in every state; a handler's pending call is dropped. */
+static int leftover_cb(const ca_siginfo *info, void *arg)
+{
+    (void)info;
+    ++*(int *)arg;
+    return 0;
+}
+
+static int leftovers_main(void *arg)
+{
+    int *calls_ = arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR2);
+    sigaddset(&set, SIGHUP);
+    ca_signal_receiver *r;
+    ASSERT_EQ(ca_signal_open(&r, &set), 0);
+    ca_signal_handler *h;
+    ASSERT_EQ(ca_signal_add(&h, SIGUSR1, leftover_cb, calls_, 0), 0);
+    ASSERT_EQ(ca_signal_add(&h, SIGTERM, leftover_cb, calls_, 0), 0);
+    static struct recv_close c; /* outlives main: the task ends later */
+    c = (struct recv_close){.r = r};
+    ca_task *t = ca_spawn(recv_close_task, &c);
+    ca_detach(t);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    raise(SIGUSR1);
+    ASSERT_EQ(ca_sleep(0.02), 0);
+    ASSERT_EQ(*calls_, 1);
+    ASSERT(blocked(SIGUSR1) && blocked(SIGHUP) && blocked(SIGTERM));
+    /* Pending when ca_run returns: discarded, not delivered. */
+    raise(SIGUSR1);
+    raise(SIGHUP);
+    return 0; /* the receiving task is cancelled by ca_run */
+}
+
+static void test_leftovers_restored_after_run(void)
+{
+    int n = 0;
+    ASSERT_EQ(ca_run(leftovers_main, &n), 0);
+    ASSERT_EQ(n, 1);
+    ASSERT(!blocked(SIGUSR1) && !blocked(SIGUSR2) && !blocked(SIGHUP));
+    ASSERT(!blocked(SIGTERM) && !blocked(SIGINT));
+    ASSERT(at_default(SIGUSR1) && at_default(SIGHUP) && at_default(SIGTERM));
+    sigset_t pend;
+    sigpending(&pend);
+    ASSERT(sigismember(&pend, SIGUSR1) != 1 && sigismember(&pend, SIGHUP) != 1);
+}
+
 static const struct test_case tests[] = {
     {"wait_sigusr1_from_child", test_wait_sigusr1_from_child, 20, 0},
     {"wait_signal_from_thread", test_wait_signal_from_thread, 20, 0},
@@ -721,6 +977,13 @@ static const struct test_case tests[] = {
     {"sigint_handling_disabled", test_sigint_handling_disabled, 30, 0},
     {"own_sigint_handler_takes_over", test_own_sigint_handler_takes_over, 30,
      0},
+    {"receiver_closed_by_woken_waiter", test_receiver_closed_by_woken_waiter,
+     20, 0},
+    {"receive_cancel_same_turn", test_receive_cancel_same_turn, 20, 0},
+    {"close_with_many_waiters", test_close_with_many_waiters, 20, 0},
+    {"sigchld_discard_keeps_child_exit", test_sigchld_discard_keeps_child_exit,
+     30, 0},
+    {"leftovers_restored_after_run", test_leftovers_restored_after_run, 20, 0},
     {NULL, NULL, 0, 0},
 };
 

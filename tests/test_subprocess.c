@@ -866,6 +866,381 @@ static void test_watcher(void)
     ASSERT_EQ(ca_run(watcher_main, NULL), 0);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Same-turn races, communicate under pressure (adversarial)                */
+/* ------------------------------------------------------------------------ */
+
+static void assert_no_children_soon(void)
+{
+    int zombies, all;
+    double t0 = mono();
+    do {
+        count_children(&zombies, &all);
+        if (all == 0)
+            break;
+        ASSERT_EQ(ca_sleep(0.01), 0);
+    } while (mono() - t0 < 5);
+    ASSERT_EQ(zombies, 0);
+    ASSERT_EQ(all, 0);
+}
+
+/* A wait cancelled in the turn the child exits: whichever wins, the
+ * status is not lost for a later wait, and the child is reaped. */
+static int cancel_exit_main(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 10; i++) {
+        const char *argv[] = {"sh", "-c", "exit 5", NULL};
+        ca_process *p;
+        ASSERT_EQ(ca_subprocess_exec(&p, argv, NULL), 0);
+        ca_task *t = ca_spawn(waiter_task, p);
+        ASSERT_EQ(ca_yield(), 0); /* it waits (unless the child is gone) */
+        /* The child exits while the loop does not turn. */
+        struct timespec ts = {0, 200 * 1000 * 1000};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ; /* SIGCHLD mode: the handler interrupts it */
+        ca_cancel(t);
+        int r = ca_join(t);
+        ca_task_release(t);
+        if (r != -ECANCELED)
+            ASSERT(WIFEXITED(r) && WEXITSTATUS(r) == 5);
+        int ws = -1;
+        ASSERT_EQ(ca_subprocess_wait_timeout(p, 5, &ws), 0);
+        ASSERT(WIFEXITED(ws) && WEXITSTATUS(ws) == 5);
+        ASSERT_EQ(ca_subprocess_poll(p, &ws), 0);
+        ASSERT_EQ(ca_subprocess_send_signal(p, SIGTERM), -ESRCH);
+        ca_subprocess_free(p);
+    }
+    assert_no_children_soon();
+    return 0;
+}
+
+static void test_wait_cancel_same_turn_as_exit(void)
+{
+    ASSERT_EQ(ca_run(cancel_exit_main, NULL), 0);
+}
+
+static int cancel_exit_sigchld_main(void *arg)
+{
+    ASSERT_STREQ(ca_subprocess_watcher(), "sigchld");
+    return cancel_exit_main(arg);
+}
+
+static void test_wait_cancel_same_turn_as_exit_sigchld(void)
+{
+    setenv("CAWAIT_SUBPROCESS_SIGCHLD", "1", 1);
+    ASSERT_EQ(ca_run(cancel_exit_sigchld_main, NULL), 0);
+}
+
+/* communicate cut short by a deadline scope or a cancel: -ETIMEDOUT /
+ * -ECANCELED, nothing kept, the child keeps running and can be waited. */
+struct comm_task {
+    ca_process *p;
+    const void *in;
+    size_t in_len;
+    ca_output out, err;
+    int rc;
+};
+
+static int comm_task_fn(void *arg)
+{
+    struct comm_task *c = arg;
+    c->rc = ca_subprocess_communicate(c->p, c->in, c->in_len, &c->out, &c->err);
+    return 0;
+}
+
+static int comm_cut_main(void *arg)
+{
+    (void)arg;
+    const char *argv[] = {"sh", "-c", "echo partial; echo e >&2; exec sleep 30",
+                          NULL};
+    ca_subprocess_opts o = {.stdin_mode = CA_STDIO_PIPE,
+                            .stdout_mode = CA_STDIO_PIPE,
+                            .stderr_mode = CA_STDIO_PIPE};
+    ca_process *p;
+    ASSERT_EQ(ca_subprocess_exec(&p, argv, &o), 0);
+    ca_output out = {(char *)1, 1}, err = {(char *)1, 1};
+    ASSERT_EQ(ca_deadline_push(0.3), 0);
+    double t0 = mono();
+    ASSERT_EQ(ca_subprocess_communicate(p, "x", 1, &out, &err), -ETIMEDOUT);
+    ASSERT_TIME_LT(mono() - t0, 5);
+    ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+    ASSERT(out.data == NULL && out.len == 0);
+    ASSERT(err.data == NULL && err.len == 0);
+    ASSERT_EQ(ca_subprocess_poll(p, NULL), -EAGAIN);
+    ASSERT(pid_alive(ca_subprocess_pid(p)));
+    ASSERT_EQ(ca_subprocess_wait_timeout(p, 0.05, NULL), -ETIMEDOUT);
+    ASSERT_EQ(ca_subprocess_kill(p), 0);
+    int ws;
+    ASSERT_EQ(ca_subprocess_wait_timeout(p, 5, &ws), 0);
+    ASSERT(WIFSIGNALED(ws) && WTERMSIG(ws) == SIGKILL);
+    ca_subprocess_free(p);
+
+    /* cancelled from another task, with a big input the child never
+     * reads */
+    size_t n = 4u << 20;
+    char *big = calloc(1, n);
+    ASSERT(big);
+    ASSERT_EQ(ca_subprocess_exec(&p, argv, &o), 0);
+    struct comm_task c = {.p = p, .in = big, .in_len = n};
+    ca_task *t = ca_spawn(comm_task_fn, &c);
+    ASSERT_EQ(ca_sleep(0.2), 0);
+    ASSERT_EQ(ca_cancel(t), 0);
+    t0 = mono();
+    ASSERT_EQ(ca_join(t), 0);
+    ASSERT_TIME_LT(mono() - t0, 5);
+    ca_task_release(t);
+    ASSERT_EQ(c.rc, -ECANCELED);
+    ASSERT(c.out.data == NULL && c.err.data == NULL);
+    ASSERT(pid_alive(ca_subprocess_pid(p)));
+    ASSERT_EQ(ca_subprocess_poll(p, NULL), -EAGAIN);
+    ca_subprocess_free(p); /* killed, reaped in the background */
+    free(big);
+    assert_no_children_soon();
+    return 0;
+}
+
+static void test_communicate_cut_short(void)
+{
+    ASSERT_EQ(ca_run(comm_cut_main, NULL), 0);
+}
+
+/* Big input and big output at once in both directions (the child writes
+ * while we still feed it) must not deadlock; a child that never reads its
+ * input, and one that closes stdout early, are not errors. */
+static int comm_big_main(void *arg)
+{
+    (void)arg;
+    size_t n = test_is_instrumented() ? (2u << 20) : (16u << 20);
+    unsigned char *in = malloc(n);
+    ASSERT(in);
+    for (size_t i = 0; i < n; i++)
+        in[i] = (unsigned char)(i * 7 + (i >> 13));
+    ca_subprocess_opts o = {.stdin_mode = CA_STDIO_PIPE,
+                            .stdout_mode = CA_STDIO_PIPE,
+                            .stderr_mode = CA_STDIO_PIPE};
+    /* cat to stdout and to stderr both */
+    const char *tee[] = {"tee", "/dev/stderr", NULL};
+    ca_process *p;
+    ASSERT_EQ(ca_subprocess_exec(&p, tee, &o), 0);
+    ca_output out, err;
+    double t0 = mono();
+    ASSERT_EQ(ca_subprocess_communicate(p, in, n, &out, &err), 0);
+    ASSERT_TIME_LT(mono() - t0, 30);
+    ASSERT_EQ(out.len, n);
+    ASSERT_EQ(err.len, n);
+    ASSERT(memcmp(out.data, in, n) == 0);
+    ASSERT(memcmp(err.data, in, n) == 0);
+    ASSERT_EQ(out.data[n], '\0');
+    int ws;
+    ASSERT_EQ(ca_subprocess_poll(p, &ws), 0);
+    ASSERT(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    free(out.data);
+    free(err.data);
+    ca_subprocess_free(p);
+
+    /* never reads stdin, exits */
+    const char *quiet[] = {"sh", "-c", "echo bye; exit 2", NULL};
+    ASSERT_EQ(ca_subprocess_exec(&p, quiet, &o), 0);
+    ASSERT_EQ(ca_subprocess_communicate(p, in, n, &out, NULL), 0);
+    ASSERT_STREQ(out.data, "bye\n");
+    ASSERT_EQ(ca_subprocess_poll(p, &ws), 0);
+    ASSERT(WIFEXITED(ws) && WEXITSTATUS(ws) == 2);
+    free(out.data);
+    ca_subprocess_free(p);
+
+    /* closes stdout (and stdin) early, goes on, writes to stderr */
+    const char *early[] = {"sh", "-c",
+                           "exec 1>&- 0<&-; sleep 0.2; echo late >&2", NULL};
+    ASSERT_EQ(ca_subprocess_exec(&p, early, &o), 0);
+    ASSERT_EQ(ca_subprocess_communicate(p, in, n, &out, &err), 0);
+    ASSERT_EQ(out.len, 0);
+    ASSERT(out.data != NULL && out.data[0] == '\0');
+    ASSERT_STREQ(err.data, "late\n");
+    ASSERT_EQ(ca_subprocess_poll(p, &ws), 0);
+    ASSERT(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    free(out.data);
+    free(err.data);
+    ca_subprocess_free(p);
+    free(in);
+    assert_no_children_soon();
+    return 0;
+}
+
+static void test_communicate_big_both_ways(void)
+{
+    ASSERT_EQ(ca_run(comm_big_main, NULL), 0);
+}
+
+/* max_output: exactly the ceiling fits, one byte more is -ENOBUFS (and
+ * nothing is kept); the ceiling applies to stderr alone too. */
+static int max_output_main(void *arg)
+{
+    (void)arg;
+    static const size_t sizes[] = {1, 4095, 65536, 65537, 300000};
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        size_t max = sizes[k];
+        for (int extra = 0; extra <= 1; extra++) {
+            char cmd[128];
+            snprintf(cmd, sizeof(cmd), "head -c %zu /dev/zero", max + extra);
+            const char *argv[] = {"sh", "-c", cmd, NULL};
+            ca_subprocess_opts o = {.stdout_mode = CA_STDIO_PIPE,
+                                    .stderr_mode = CA_STDIO_PIPE,
+                                    .max_output = max};
+            ca_process *p;
+            ASSERT_EQ(ca_subprocess_exec(&p, argv, &o), 0);
+            ca_output out, err;
+            int r = ca_subprocess_communicate(p, NULL, 0, &out, &err);
+            if (extra) {
+                ASSERT_EQ(r, -ENOBUFS);
+                ASSERT(out.data == NULL && err.data == NULL);
+            } else {
+                ASSERT_EQ(r, 0);
+                ASSERT_EQ(out.len, max);
+                ASSERT_EQ(err.len, 0);
+                free(out.data);
+                free(err.data);
+            }
+            ca_subprocess_free(p);
+        }
+    }
+    /* too much on stderr, stdout dropped (NULL) */
+    const char *argv[] = {"sh", "-c", "head -c 5000 /dev/zero >&2", NULL};
+    ca_subprocess_opts o = {.stdout_mode = CA_STDIO_PIPE,
+                            .stderr_mode = CA_STDIO_PIPE,
+                            .max_output = 4999};
+    ca_process *p;
+    ASSERT_EQ(ca_subprocess_exec(&p, argv, &o), 0);
+    ca_output err;
+    ASSERT_EQ(ca_subprocess_communicate(p, NULL, 0, NULL, &err), -ENOBUFS);
+    ASSERT(err.data == NULL);
+    ca_subprocess_free(p);
+    assert_no_children_soon();
+    return 0;
+}
+
+static void test_communicate_max_output_edges(void)
+{
+    ASSERT_EQ(ca_run(max_output_main, NULL), 0);
+}
+
+/* Our fds: none left behind by spawning, freeing, failing to spawn; none
+ * reach the child (it sees 0-2 only even while pipes of other children
+ * and a signalfd are open). */
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    ASSERT(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the DIR's own */
+}
+
+static int fds_main(void *arg)
+{
+    (void)arg;
+    ca_subprocess_opts o = {.stdin_mode = CA_STDIO_PIPE,
+                            .stdout_mode = CA_STDIO_PIPE,
+                            .stderr_mode = CA_STDIO_PIPE};
+    /* warm up the loop's machinery (spawner threads, eventfds) */
+    const char *t[] = {"true", NULL};
+    ca_process *p;
+    ASSERT_EQ(ca_subprocess_exec(&p, t, &o), 0);
+    ASSERT_EQ(ca_subprocess_wait(p, NULL), 0);
+    ca_subprocess_free(p);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    ca_signal_receiver *r;
+    ASSERT_EQ(ca_signal_open(&r, &set), 0); /* the loop keeps its signalfd */
+    ca_signal_close(r);
+    int base = count_fds();
+    const char *sl[] = {"sleep", "30", NULL};
+    ca_process *held[3];
+    for (int i = 0; i < 3; i++)
+        ASSERT_EQ(ca_subprocess_exec(&held[i], sl, &o), 0);
+    ASSERT_EQ(ca_signal_open(&r, &set), 0);
+    const char *ls[] = {"ls", "/proc/self/fd", NULL};
+    ca_subprocess_opts lo = {.stdout_mode = CA_STDIO_PIPE};
+    ASSERT_EQ(ca_subprocess_exec(&p, ls, &lo), 0);
+    ca_output out;
+    ASSERT_EQ(ca_subprocess_communicate(p, NULL, 0, &out, NULL), 0);
+    /* 0 1 2 and ls's own directory fd */
+    int lines = 0;
+    for (size_t i = 0; i < out.len; i++)
+        lines += out.data[i] == '\n';
+    if (lines != 4)
+        FAILF("child fds:\n%s", out.data);
+    free(out.data);
+    ca_subprocess_free(p);
+    ca_signal_close(r);
+    for (int i = 0; i < 3; i++)
+        ca_subprocess_free(held[i]);
+    const char *missing[] = {"/nonexistent/cawait", NULL};
+    ASSERT_EQ(ca_subprocess_exec(&p, missing, &o), -ENOENT);
+    assert_no_children_soon();
+    ASSERT_EQ(count_fds(), base);
+    return 0;
+}
+
+static void test_no_fd_leaks(void)
+{
+    ASSERT_EQ(ca_run(fds_main, NULL), 0);
+}
+
+/* BUG: two tasks wait for one child; its exit wakes both (proc_finish's
+ * wake_all unlinks their nodes); the first returns and frees p (the child
+ * is reaped, so free() releases it at once) before the second has run.
+ * The second then reads the freed p in wait_until (w.data is NULL:
+ * ca_subprocess_free found no linked waiter).  The header's "tasks still
+ * waiting on p must have returned" cannot be met by the program: the
+ * second task was already woken.  ASan: heap-use-after-free. */
+struct wait_free {
+    ca_process *p;
+    int free_after;
+    int rc;
+};
+
+static int wait_free_task(void *arg)
+{
+    struct wait_free *w = arg;
+    int ws = 0;
+    w->rc = ca_subprocess_wait(w->p, &ws);
+    if (w->rc == 0)
+        w->rc = ws;
+    if (w->free_after)
+        ca_subprocess_free(w->p);
+    return 0;
+}
+
+static int free_after_wake_main(void *arg)
+{
+    (void)arg;
+    const char *argv[] = {"sh", "-c", "sleep 0.1; exit 4", NULL};
+    ca_process *p;
+    ASSERT_EQ(ca_subprocess_exec(&p, argv, NULL), 0);
+    struct wait_free a = {.p = p, .free_after = 1}, b = {.p = p};
+    ca_task *ta = ca_spawn(wait_free_task, &a);
+    ASSERT_EQ(ca_yield(), 0);
+    ca_task *tb = ca_spawn(wait_free_task, &b);
+    ASSERT_EQ(ca_join(ta), 0);
+    ASSERT_EQ(ca_join(tb), 0);
+    ca_task_release(ta);
+    ca_task_release(tb);
+    ASSERT(WIFEXITED(a.rc) && WEXITSTATUS(a.rc) == 4);
+    /* either the status (it was ready) or -EBADF (freed) */
+    ASSERT(b.rc == -EBADF || (WIFEXITED(b.rc) && WEXITSTATUS(b.rc) == 4));
+    return 0;
+}
+
+static void test_free_after_wake_with_second_waiter(void)
+{
+    ASSERT_EQ(ca_run(free_after_wake_main, NULL), 0);
+}
+
 static const struct test_case tests[] = {
     {"echo_through_cat", test_echo_through_cat, 20, 0},
     {"100mb_output", test_100mb_output, 60, 0},
@@ -880,6 +1255,17 @@ static const struct test_case tests[] = {
     {"no_zombies_1000", test_no_zombies_1000, 120, 0},
     {"sigchld_fallback", test_sigchld_fallback, 120, 0},
     {"watcher", test_watcher, 10, 0},
+    {"wait_cancel_same_turn_as_exit", test_wait_cancel_same_turn_as_exit, 30,
+     0},
+    {"wait_cancel_same_turn_as_exit_sigchld",
+     test_wait_cancel_same_turn_as_exit_sigchld, 30, 0},
+    {"communicate_cut_short", test_communicate_cut_short, 30, 0},
+    {"communicate_big_both_ways", test_communicate_big_both_ways, 90, 0},
+    {"communicate_max_output_edges", test_communicate_max_output_edges, 60,
+     0},
+    {"no_fd_leaks", test_no_fd_leaks, 30, 0},
+    {"free_after_wake_with_second_waiter",
+     test_free_after_wake_with_second_waiter, 20, 0},
     {NULL, NULL, 0, 0},
 };
 

@@ -174,7 +174,9 @@ CA_EXTERN int ca_subprocess_kill(ca_process *p);
  * and reaped in the background, as asyncio's transport.close() does: a
  * child cawait started never becomes a zombie and never outlives its
  * object unnoticed.  To let a child finish, wait for it first.  Tasks
- * still waiting on p must have returned.  Closing stdin flushes it (a
+ * waiting on p get -EBADF (or the exit status if the child had exited
+ * before the free), and p's memory lasts until the last of them has
+ * returned.  Closing stdin flushes it (a
  * killed child closes its end, so this does not hang).  NULL is ignored.
  * ca_run reaps every child left when it returns (killing those still
  * running); a process object that outlives its loop can still be queried
@@ -243,7 +245,8 @@ CA_EXTERN int ca_signal_open(ca_signal_receiver **out, const sigset_t *set);
 CA_EXTERN int ca_signal_receive(ca_signal_receiver *r, double timeout,
                                 ca_siginfo *info);
 /* Stop capturing and free r; tasks waiting in ca_signal_receive get
- * -EBADF.  NULL is ignored.  Receivers still open when ca_run returns are
+ * -EBADF (also those already woken but not yet run: r's memory lasts until
+ * the last of them has returned).  NULL is ignored.  Receivers still open when ca_run returns are
  * closed and freed by it. */
 CA_EXTERN void ca_signal_close(ca_signal_receiver *r);
 

@@ -657,7 +657,8 @@ static void room_grant(ca_pool *p)
     pthread_mutex_lock(&p->mu);
     size_t used = p->nq + p->reserved;
     while (p->room_waiters.head && used < p->max_queued) {
-        ca__waitlist_wake_one(&p->room_waiters, ROOM_GRANTED);
+        if (!ca__waitlist_wake_one(&p->room_waiters, ROOM_GRANTED))
+            break; /* only waiters already cancelled were left */
         p->reserved++;
         used++;
     }

@@ -44,6 +44,10 @@ struct ca_signal_receiver {
     unsigned head, count;
     uint64_t queued; /* bit signo - 1: that signal is in the queue */
     ca__waitlist waiters;
+    /* Tasks inside ca_signal_receive, woken or not: a closed receiver is
+     * freed by the last of them to leave, not under their feet. */
+    unsigned inside;
+    int closed;
 };
 
 struct ca_signal_handler {
@@ -310,6 +314,11 @@ static void release(struct sig_state *st, int signo)
         sigdelset(&st->blocked_by_us, signo);
     }
     ca__run_signal_claim(st->loop, signo, 0);
+    /* A SIGCHLD nobody took may have been the only news of a child's exit
+     * for the subprocess module (SIGCHLD mode): let it look (a WNOHANG
+     * scan of its children). */
+    if (signo == SIGCHLD)
+        ca__subprocess_sigchld(st->loop);
 }
 
 static int capture(struct sig_state *st, int signo)
@@ -377,6 +386,8 @@ static int receiver_init(ca_signal_receiver *r, const sigset_t *set)
     r->head = r->count = 0;
     r->queued = 0;
     r->waiters = (ca__waitlist){NULL, NULL};
+    r->inside = 0;
+    r->closed = 0;
     int rc = capture_set(st, set);
     if (rc < 0)
         return rc;
@@ -397,12 +408,10 @@ static void receiver_fini(ca_signal_receiver *r)
         st->receivers = r->next;
     if (r->next)
         r->next->prev = r->prev;
-    /* Waiters learn of the close from their node: r is about to go. */
-    ca__waiter *w;
-    while ((w = ca__waitlist_pop(&r->waiters)) != NULL) {
-        w->data = r;
-        ca__task_wake(w->task, -EBADF);
-    }
+    /* Waiters learn of the close from r->closed (r stays allocated while
+     * any of them is inside receive). */
+    r->closed = 1;
+    ca__waitlist_wake_all(&r->waiters, -EBADF);
     release_set(st, &r->set);
 }
 
@@ -422,21 +431,30 @@ static int receive(ca_signal_receiver *r, double timeout, ca_siginfo *info,
     if (!self)
         return -EPERM;
     int64_t until = deadline_of(timeout);
+    int rc;
+    r->inside++;
     for (;;) {
         ca__waiter w = {.task = self};
         ca__waitlist_push(&r->waiters, &w);
         int res = ca__task_park(self, until);
-        if (w.data)
-            return -EBADF; /* closed: r is gone */
         if (ca__waitlist_linked(&r->waiters, &w))
             ca__waitlist_remove(&r->waiters, &w);
-        if (r->count)
-            return receiver_pop(r, info);
-        if (res == CA__WAIT_TIMEOUT)
-            return -ETIMEDOUT;
-        if (res < 0)
-            return res;
+        if (r->closed) {
+            rc = -EBADF;
+            break;
+        }
+        if (r->count) {
+            rc = receiver_pop(r, info);
+            break;
+        }
+        if (res == CA__WAIT_TIMEOUT || res < 0) {
+            rc = res == CA__WAIT_TIMEOUT ? -ETIMEDOUT : res;
+            break;
+        }
     }
+    if (--r->inside == 0 && r->closed && r->on_heap)
+        free(r); /* closed while we were inside: ours to free */
+    return rc;
 }
 
 int ca_signal_open(ca_signal_receiver **out, const sigset_t *set)
@@ -469,8 +487,8 @@ void ca_signal_close(ca_signal_receiver *r)
     if (!r)
         return;
     receiver_fini(r);
-    if (r->on_heap)
-        free(r);
+    if (r->on_heap && r->inside == 0)
+        free(r); /* else the last task to leave receive frees it */
 }
 
 int ca_signal_wait_set(const sigset_t *set, double timeout, ca_siginfo *info)

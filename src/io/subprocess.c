@@ -65,7 +65,8 @@ struct ca_process {
     int pidfd; /* -1: SIGCHLD mode, or closed after the reap */
     int state; /* RUNNING, REAPED (wstatus valid), LOST (-ECHILD) */
     int wstatus;
-    int freed; /* the user freed it: free it once reaped */
+    int freed; /* the user freed it: free it once reaped and left */
+    unsigned inside; /* tasks inside a wait on it, woken or not */
     ca__fdwait exit_waiter;
     ca__waitlist waiters;
     ca_stream *std[3];
@@ -197,6 +198,17 @@ static void proc_unlink(ca_process *p)
     p->next = p->prev = NULL;
 }
 
+/* Free p once the user has let go of it, its child is reaped (or lost, or
+ * the loop is gone) and no task is inside a wait on it: a task woken by the
+ * exit may still be about to read p when another frees it. */
+static void proc_release_if_done(ca_process *p)
+{
+    if (p->freed && p->inside == 0 && !(p->state == RUNNING && p->st)) {
+        proc_unlink(p);
+        free(p);
+    }
+}
+
 /* The child is gone (state set): release what watched it, wake the
  * waiters, and free p if the user already let go of it. */
 static void proc_finish(ca_process *p)
@@ -206,10 +218,7 @@ static void proc_finish(ca_process *p)
         p->pidfd = -1;
     }
     ca__waitlist_wake_all(&p->waiters, 0);
-    if (p->freed) {
-        proc_unlink(p);
-        free(p);
-    }
+    proc_release_if_done(p);
 }
 
 static int wstatus_of(const siginfo_t *si)
@@ -853,21 +862,30 @@ static int wait_until(ca_process *p, int64_t until, int *wstatus,
         return -EPERM;
     if (!p->st)
         return -ECHILD;
+    int rc;
+    p->inside++; /* p stays allocated until we leave */
     for (;;) {
         ca__waiter w = {.task = self};
         ca__waitlist_push(&p->waiters, &w);
         int r = ca__task_park(self, until);
-        if (w.data)
-            return -EBADF; /* freed while we waited */
         if (ca__waitlist_linked(&p->waiters, &w))
             ca__waitlist_remove(&p->waiters, &w);
-        if (p->state != RUNNING)
-            return status_of(p, wstatus);
-        if (r == CA__WAIT_TIMEOUT)
-            return -ETIMEDOUT;
-        if (r < 0)
-            return r;
+        if (r == -EBADF || (p->freed && p->state == RUNNING)) {
+            rc = -EBADF; /* freed while we waited */
+            break;
+        }
+        if (p->state != RUNNING) {
+            rc = status_of(p, wstatus); /* also if freed since the exit */
+            break;
+        }
+        if (r == CA__WAIT_TIMEOUT || r < 0) {
+            rc = r == CA__WAIT_TIMEOUT ? -ETIMEDOUT : r;
+            break;
+        }
     }
+    p->inside--;
+    proc_release_if_done(p);
+    return rc;
 }
 
 int ca_subprocess_wait(ca_process *p, int *wstatus)
@@ -1038,15 +1056,10 @@ void ca_subprocess_free(ca_process *p)
         ca_stream_close(p->std[i]);
         p->std[i] = NULL;
     }
-    ca__waiter *w;
-    while ((w = ca__waitlist_pop(&p->waiters)) != NULL) {
-        w->data = p;
-        ca__task_wake(w->task, -EBADF);
-    }
-    if (p->state == RUNNING && p->st) {
-        p->freed = 1; /* reaped, then freed, in the background */
-        return;
-    }
-    proc_unlink(p);
-    free(p);
+    /* Waiters see p->freed when they run (p stays allocated while any
+     * task is inside a wait); a running child is reaped, then p freed, in
+     * the background. */
+    p->freed = 1;
+    ca__waitlist_wake_all(&p->waiters, -EBADF);
+    proc_release_if_done(p);
 }
