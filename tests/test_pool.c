@@ -1337,9 +1337,47 @@ static int room_same_turn_main(void *a)
     return 0;
 }
 
+/* The only waiter for room is cancelled, then room appears in the same
+ * turn: nobody takes it, and it must stay free (not reserved for the
+ * cancelled waiter): a nowait submit fits afterwards. */
+static int room_lone_cancel_main(void *a)
+{
+    (void)a;
+    ca_pool *p;
+    ca_pool_opts po = {.threads = 1, .max_queued = 1};
+    ASSERT_EQ(ca_pool_new(&p, &po), 0);
+    ca_job_opts o = {.pool = p};
+    atomic_store(&gate, 0);
+    atomic_store(&gate_entered, 0);
+    atomic_store(&ran, 0);
+    ca_job *busy, *q1, *x;
+    ASSERT_EQ(ca_pool_submit(&busy, gate_job, NULL, &o), 0);
+    ASSERT(wait_until(one_entered, 5));
+    ASSERT_EQ(ca_pool_submit(&q1, mark_ran, NULL, &o), 0);
+    struct submitter sa = {.pool = p};
+    ca_task *ta = ca_spawn(submit_task, &sa);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ASSERT(!sa.done);
+    ca_cancel(ta);
+    ASSERT_EQ(ca_job_cancel(q1), 1);
+    ASSERT_EQ(ca_join(ta), -ECANCELED);
+    ca_job_opts nw = {.pool = p, .nowait = 1};
+    ASSERT_EQ(ca_pool_submit(&x, mark_ran, NULL, &nw), 0);
+    atomic_store(&gate, 1);
+    ASSERT_EQ(ca_job_wait(busy), 7);
+    ASSERT_EQ(ca_job_wait(x), 0);
+    ca_job_release(busy);
+    ca_job_release(q1);
+    ca_job_release(x);
+    ca_task_release(ta);
+    ASSERT_EQ(ca_pool_free(p), 0);
+    return 0;
+}
+
 static void test_room_waiter_cancel_same_turn(void)
 {
     ASSERT_EQ(ca_run(room_same_turn_main, NULL), 0);
+    ASSERT_EQ(ca_run(room_lone_cancel_main, NULL), 0);
 }
 
 /* Room granted to a waiter whose deadline passes in the same turn. */
