@@ -13,7 +13,7 @@
 static char self_path[4096];
 static const struct test_child *child_table;
 
-static int count_fds(void)
+int test_count_fds(void)
 {
     DIR *d = opendir("/proc/self/fd");
     if (!d)
@@ -62,9 +62,9 @@ int test_is_instrumented(void)
 
 static void run_in_process(const struct test_case *t)
 {
-    int before = count_fds();
+    int before = test_count_fds();
     t->fn();
-    int after = count_fds();
+    int after = test_count_fds();
     if (before >= 0 && after > before) {
         fprintf(stderr, "test %s leaked %d file descriptor(s)\n", t->name,
                 after - before);

@@ -47,6 +47,9 @@ int run_child(const char *name, const char *env, char *buf, size_t cap);
  * buf (cap bytes); fails the test if it cannot. */
 void test_tmpdir(char *buf, size_t cap, const char *name);
 
+/* Open file descriptors of this process (-1 if /proc is unreadable). */
+int test_count_fds(void);
+
 /* 1 when running under AddressSanitizer or valgrind (heavier tests shrink). */
 int test_is_instrumented(void);
 

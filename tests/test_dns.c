@@ -13,7 +13,6 @@
 #include "runner.h"
 
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -510,19 +509,6 @@ static void test_cancel_stops_queries(void)
 
 /* ---- Happy Eyeballs with an address that never answers -------------------- */
 
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    ASSERT(d != NULL);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n - 1; /* the directory's own fd */
-}
-
 /* A listener on addr:port whose accept queue is full, so that the kernel
  * drops every further SYN: a connect to it neither succeeds nor fails (for
  * the minutes of SYN retries), like a host that is down. */
@@ -593,7 +579,7 @@ static int stagger_main(void *a)
     ASSERT_EQ(ca_tcp_connect("127.0.0.2", (unsigned)port), -ETIMEDOUT);
     ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
 
-    int fds0 = count_fds();
+    int fds0 = test_count_fds();
     ca_task *acc = ca_spawn(accept_one, &lfd);
     double t0 = mono();
     int fd = ca_tcp_connect("he.cawait.test", (unsigned)port);
@@ -609,7 +595,7 @@ static int stagger_main(void *a)
     ASSERT_EQ(ca_join(acc), 0);
     ca_task_release(acc);
     ca_close(fd);
-    ASSERT_EQ(count_fds(), fds0); /* the losing attempt's socket is closed */
+    ASSERT_EQ(test_count_fds(), fds0); /* the losing attempt's socket is closed */
 
     blackhole_close(&bh);
     ca_close(lfd);
@@ -641,7 +627,7 @@ static int connect_task(void *a)
  * -ECANCELED at once and leaves no socket behind. */
 static void cancel_connect(const char *host, unsigned port, double after)
 {
-    int fds0 = count_fds();
+    int fds0 = test_count_fds();
     struct connect_try c = {host, port, 1};
     ca_task *t = ca_spawn(connect_task, &c);
     ASSERT(t);
@@ -653,14 +639,14 @@ static void cancel_connect(const char *host, unsigned port, double after)
     ASSERT_TIME_LT(mono() - t0, 0.5);
     ca_task_release(t);
     ASSERT_EQ(c.result, -ECANCELED);
-    ASSERT_EQ(count_fds(), fds0);
+    ASSERT_EQ(test_count_fds(), fds0);
 }
 
 /* A deadline scope of `secs` around ca_tcp_connect: -ETIMEDOUT when it
  * passes, not later, and no socket left behind. */
 static void deadline_connect(const char *host, unsigned port, double secs)
 {
-    int fds0 = count_fds();
+    int fds0 = test_count_fds();
     double t0 = mono();
     ASSERT_EQ(ca_deadline_push(secs), 0);
     ASSERT_EQ(ca_tcp_connect(host, port), -ETIMEDOUT);
@@ -668,7 +654,7 @@ static void deadline_connect(const char *host, unsigned port, double secs)
     double dt = mono() - t0;
     ASSERT_GE(dt, secs);
     ASSERT_TIME_LT(dt, secs + 0.5);
-    ASSERT_EQ(count_fds(), fds0);
+    ASSERT_EQ(test_count_fds(), fds0);
 }
 
 /*

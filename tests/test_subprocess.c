@@ -1127,18 +1127,6 @@ static void test_communicate_max_output_edges(void)
 /* Our fds: none left behind by spawning, freeing, failing to spawn; none
  * reach the child (it sees 0-2 only even while pipes of other children
  * and a signalfd are open). */
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    ASSERT(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n - 1; /* the DIR's own */
-}
-
 static int fds_main(void *arg)
 {
     (void)arg;
@@ -1157,7 +1145,7 @@ static int fds_main(void *arg)
     ca_signal_receiver *r;
     ASSERT_EQ(ca_signal_open(&r, &set), 0); /* the loop keeps its signalfd */
     ca_signal_close(r);
-    int base = count_fds();
+    int base = test_count_fds();
     const char *sl[] = {"sleep", "30", NULL};
     ca_process *held[3];
     for (int i = 0; i < 3; i++)
@@ -1182,7 +1170,7 @@ static int fds_main(void *arg)
     const char *missing[] = {"/nonexistent/cawait", NULL};
     ASSERT_EQ(ca_subprocess_exec(&p, missing, &o), -ENOENT);
     assert_no_children_soon();
-    ASSERT_EQ(count_fds(), base);
+    ASSERT_EQ(test_count_fds(), base);
     return 0;
 }
 
