@@ -866,18 +866,25 @@ static int barrier_same_turn_main(void *a)
  * come due in the same poll (another task held the loop past both), and
  * the owner runs first and releases: the timed-out waiter must not end up
  * owning the lock. */
+/* Set by plain_deadline_waiter: when its deadline passes. */
+static double waiter_deadline_at;
+
+/* Holds the loop from 10 ms on until the waiter's deadline (and main's
+ * 20 ms sleep) have both passed, however slow the host: both timers are
+ * then due in the same poll. */
 static int loop_hog(void *a)
 {
-    (void)a;
+    double main_due = *(double *)a;
     ca_sleep(0.01);
-    double end = mono() + 0.04;
-    while (mono() < end)
+    while (waiter_deadline_at == 0 || mono() < waiter_deadline_at + 0.005 ||
+           mono() < main_due + 0.005)
         ;
     return 0;
 }
 
 static int plain_deadline_waiter(void *a)
 {
+    waiter_deadline_at = mono() + *(double *)a;
     ASSERT_EQ(ca_deadline_push(*(double *)a), 0);
     int r = ca_lock_acquire(&lock);
     ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
@@ -888,7 +895,9 @@ static int deadline_then_grant_main(void *a)
 {
     (void)a;
     ASSERT_EQ(ca_lock_acquire(&lock), 0);
-    ca_task *hg = ca_spawn(loop_hog, NULL); /* holds the loop 10..50 ms */
+    waiter_deadline_at = 0;
+    double main_due = mono() + 0.02;
+    ca_task *hg = ca_spawn(loop_hog, &main_due); /* holds the loop */
     double secs = 0.03;
     ca_task *d = ca_spawn(plain_deadline_waiter, &secs); /* due at ~30 ms */
     ASSERT_EQ(ca_sleep(0.02), 0); /* due at ~20 ms: fires first */
