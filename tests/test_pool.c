@@ -1154,11 +1154,19 @@ static void test_cancel_races_completion(void)
 
 /* Hold the loop (no yield) for `secs`: timers and fd events that come due
  * meanwhile are all handled in the same later turn. */
+/* Sleep the thread (not the loop) a little: the pool's threads get the
+ * CPU, which valgrind gives one thread at a time. */
+static void thread_pause(void)
+{
+    struct timespec ts = {0, 200 * 1000};
+    nanosleep(&ts, NULL);
+}
+
 static void hold_loop(double secs)
 {
     double until = mono() + secs;
-    while (mono() < until) {
-    }
+    while (mono() < until)
+        thread_pause();
 }
 
 static int arg_frees;
@@ -1293,6 +1301,7 @@ static int room_same_turn_main(void *a)
                 if (st.queued == 0)
                     break;
                 ASSERT(mono() < end);
+                thread_pause();
             }
             hold_loop(0.005);
             ca_cancel(ta);
@@ -1488,8 +1497,10 @@ static int completion_same_turn_main(void *a)
             ASSERT_EQ(ca_sleep(0.01), 0); /* t parked (past its spin) */
             atomic_store(&gate, 1);
             double end = mono() + 5;
-            while (!atomic_load(&fn_returned))
+            while (!atomic_load(&fn_returned)) {
                 ASSERT(mono() < end);
+                thread_pause();
+            }
             hold_loop(0.01); /* the thread pushed it and wrote the eventfd */
             if (order == 0) {
                 /* cancel before the completion is taken */
@@ -1558,8 +1569,10 @@ static int many_waiters_main(void *a)
     ca_job_release(j); /* the waiters keep it alive */
     atomic_store(&gate, 1);
     double end = mono() + 5;
-    while (!atomic_load(&fn_returned))
+    while (!atomic_load(&fn_returned)) {
         ASSERT(mono() < end);
+        thread_pause();
+    }
     hold_loop(0.01);
     ca_cancel(t[0]); /* first in line, cancelled before the drain */
     ASSERT_EQ(ca_sleep(0.000001), 0);
