@@ -542,20 +542,25 @@ static void test_wait_fd_write_backpressure(void)
     ASSERT_EQ(ca_run(write_main, NULL), 0);
 }
 
+/* Two tasks wait to read fd; drop(fd) must wake both with -EBADF. */
+static void readers_woken_by(int fd, int (*drop)(int))
+{
+    ca_task *r1 = ca_spawn(reader, &fd);
+    ca_task *r2 = ca_spawn(reader, &fd);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    ASSERT_EQ(drop(fd), 0);
+    ASSERT_EQ(ca_join(r1), -EBADF);
+    ASSERT_EQ(ca_join(r2), -EBADF);
+    ca_task_release(r1);
+    ca_task_release(r2);
+}
+
 static int close_main(void *a)
 {
     (void)a;
     int p[2];
     ASSERT_EQ(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
-    ca_task *r1 = ca_spawn(reader, &p[0]);
-    ca_task *r2 = ca_spawn(reader, &p[0]);
-    ASSERT_EQ(ca_sleep(0.01), 0);
-    int fd0 = p[0];
-    ASSERT_EQ(ca_close(p[0]), 0); /* wakes both waiters */
-    ASSERT_EQ(ca_join(r1), -EBADF);
-    ASSERT_EQ(ca_join(r2), -EBADF);
-    ca_task_release(r1);
-    ca_task_release(r2);
+    readers_woken_by(p[0], ca_close); /* wakes both waiters */
 
     /* A stale event for the closed fd must not reach the new fd that
      * reuses its number: make readiness pending, close, reuse. */
@@ -578,7 +583,6 @@ static int close_main(void *a)
     ASSERT_EQ(ca_deadline_push(0.05), 0);
     ASSERT_EQ(ca_wait_fd(z[0], CA_READ), -ETIMEDOUT); /* nothing to read */
     ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
-    (void)fd0;
     ca_close(z[0]);
     ca_close(z[1]);
     ca_close(q[1]);
@@ -598,14 +602,7 @@ static int forget_main(void *a)
     (void)a;
     int p[2];
     ASSERT_EQ(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
-    ca_task *r1 = ca_spawn(reader, &p[0]);
-    ca_task *r2 = ca_spawn(reader, &p[0]);
-    ASSERT_EQ(ca_sleep(0.01), 0);
-    ASSERT_EQ(ca_fd_forget(p[0]), 0);
-    ASSERT_EQ(ca_join(r1), -EBADF);
-    ASSERT_EQ(ca_join(r2), -EBADF);
-    ca_task_release(r1);
-    ca_task_release(r2);
+    readers_woken_by(p[0], ca_fd_forget);
     ASSERT_EQ(fcntl(p[0], F_GETFD), FD_CLOEXEC); /* still open */
     ASSERT_EQ(write(p[1], "z", 1), 1);
     ASSERT_EQ(ca_wait_fd(p[0], CA_READ) & CA_READ, CA_READ);

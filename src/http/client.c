@@ -975,6 +975,16 @@ static int setup_body(ca_http_response *r, const char *method,
     return 0;
 }
 
+/* 1 if list holds a header called name (case-insensitive). */
+static int has_header(const struct curl_slist *list, const char *name)
+{
+    size_t nl = strlen(name);
+    for (; list; list = list->next)
+        if (strncasecmp(list->data, name, nl) == 0 && list->data[nl] == ':')
+            return 1;
+    return 0;
+}
+
 static int setup(ca_http_response *r, const char *method, const char *url,
                  const ca_http_request_opts *o)
 {
@@ -1053,7 +1063,6 @@ static int setup(ca_http_response *r, const char *method, const char *url,
             r->req_headers = n;
         }
     }
-    int expect = 0;
     for (const char *const *q = o->headers; q && *q; q++) {
         if (!valid_header(*q))
             return -EINVAL;
@@ -1061,11 +1070,9 @@ static int setup(ca_http_response *r, const char *method, const char *url,
         if (!n)
             return -ENOMEM;
         r->req_headers = n;
-        expect |= strncasecmp(*q, "Expect:", 7) == 0;
     }
-    for (struct curl_slist *h = s->headers; h; h = h->next)
-        expect |= strncasecmp(h->data, "Expect:", 7) == 0;
-    if (!expect && (o->body || o->body_fd > 0 || o->body_gen)) {
+    if ((o->body || o->body_fd > 0 || o->body_gen) &&
+        !has_header(r->req_headers, "Expect")) {
         /* curl sends "Expect: 100-continue" with a streamed or large body
          * and then waits a second for a 100 that most servers never send;
          * aiohttp and httpx do not ask.  An empty Expect turns it off (a
