@@ -191,6 +191,24 @@ static int lookups_main(void *a)
     ca_freeaddrinfo(ai);
     ASSERT_EQ(queries_seen, before);
 
+    /* IPv4 literals in every form getaddrinfo(3) takes are answered
+     * without a query; "1.2.3.4 x" (inet_aton would take it) is a name */
+    static const char *const v4[] = {"127.0.0.1", "127.1", "0x7f.1",
+                                     "0177.0.0.1", "2130706433"};
+    for (size_t i = 0; i < sizeof(v4) / sizeof(v4[0]); i++) {
+        ASSERT_EQ(ca_getaddrinfo(v4[i], 81, AF_UNSPEC, SOCK_STREAM, &ai), 0);
+        ASSERT(ai && !ai->next && ai->family == AF_INET);
+        ASSERT_EQ(ai->socktype, SOCK_STREAM);
+        sin = (struct sockaddr_in *)&ai->addr;
+        ASSERT_EQ(ntohs(sin->sin_port), 81);
+        ASSERT_EQ(ntohl(sin->sin_addr.s_addr), 0x7f000001);
+        ca_freeaddrinfo(ai);
+    }
+    ASSERT_EQ(queries_seen, before);
+    ASSERT_EQ(ca_getaddrinfo("127.0.0.1 x", 80, AF_INET, 0, &ai),
+              -CA_ENOTFOUND);
+    ASSERT_GT(queries_seen, before);
+
     /* errors */
     ASSERT_EQ(ca_getaddrinfo(NULL, 80, AF_INET, 0, &ai), -EINVAL);
     ASSERT_EQ(ca_getaddrinfo("x", 80, 12345, 0, &ai), -EINVAL);

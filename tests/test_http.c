@@ -1243,6 +1243,161 @@ static void test_dns_request_timeout(void)
     ASSERT_EQ(ca_run(dns_request_timeout_main, NULL), 0);
 }
 
+/* One GET of `url` in its own task, with an optional total timeout. */
+typedef struct named_get {
+    ca_http_session *s;
+    const char *url;
+    double timeout;
+    int rc;
+} named_get;
+
+static int named_get_task(void *arg)
+{
+    named_get *g = arg;
+    ca_http_request_opts o = {.timeout = g->timeout};
+    ca_http_response *r;
+    g->rc = ca_http_request(g->s, NULL, g->url, &o, &r);
+    if (g->rc == 0) {
+        g->rc = ca_http_response_status(r);
+        ca_http_response_free(r);
+    }
+    return 0;
+}
+
+/* A session looks a name up once and reuses it for dns_cache_ttl: later
+ * requests, and requests started while the lookup runs, send no query of
+ * their own.  Past the TTL the name is looked up again; a negative TTL
+ * looks it up for every request.  A request waiting for another's lookup
+ * that gives up (its deadline) looks the name up itself, within its own
+ * time; cancelling a waiter leaves the lookup to its owner.  IPv4 hosts in
+ * getaddrinfo's short forms ("127.1") are addresses, never looked up. */
+static int dns_cache_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    ca_task *dns = start_fake_dns(5000, 1);
+    char url[128];
+    snprintf(url, sizeof(url), "http://ok.cawait.test:%u/hello", port);
+
+    /* 20 at once on a new session: one lookup (an A and an AAAA query) */
+    ca_http_session *s;
+    ASSERT_EQ(ca_http_session_new(&s, NULL), 0);
+    enum { N = 20 };
+    named_get g[N];
+    ca_task *t[N];
+    int q0 = dns_queries;
+    for (int i = 0; i < N; i++) {
+        g[i] = (named_get){s, url, 0, 0};
+        t[i] = ca_spawn(named_get_task, &g[i]);
+        ASSERT(t[i] != NULL);
+    }
+    ASSERT_EQ(ca_gather(t, N, CA_GATHER_ALL), 0);
+    for (int i = 0; i < N; i++) {
+        ASSERT_EQ(g[i].rc, 200);
+        ca_task_release(t[i]);
+    }
+    int per_lookup = dns_queries - q0;
+    ASSERT_GT(per_lookup, 0);
+    ASSERT(per_lookup <= 2);
+    /* later requests: no query */
+    for (int i = 0; i < 5; i++) {
+        named_get one = {s, url, 0, 0};
+        named_get_task(&one);
+        ASSERT_EQ(one.rc, 200);
+    }
+    ASSERT_EQ(dns_queries, q0 + per_lookup);
+    /* an IPv4 address in a short form: no query either */
+    char url4[128];
+    snprintf(url4, sizeof(url4), "http://127.1:%u/hello", port);
+    named_get num = {s, url4, 0, 0};
+    named_get_task(&num);
+    ASSERT_EQ(num.rc, 200);
+    snprintf(url4, sizeof(url4), "http://0x7f.1:%u/hello", port);
+    num.url = url4;
+    named_get_task(&num);
+    ASSERT_EQ(num.rc, 200);
+    ASSERT_EQ(dns_queries, q0 + per_lookup);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+
+    /* a short TTL expires; a negative one caches nothing */
+    ca_http_session_opts so = {.dns_cache_ttl = 0.2};
+    ASSERT_EQ(ca_http_session_new(&s, &so), 0);
+    q0 = dns_queries;
+    named_get one = {s, url, 0, 0};
+    named_get_task(&one);
+    named_get_task(&one);
+    ASSERT_EQ(one.rc, 200);
+    ASSERT_EQ(dns_queries, q0 + per_lookup);
+    ASSERT_EQ(ca_sleep(0.3), 0);
+    named_get_task(&one);
+    ASSERT_EQ(one.rc, 200);
+    ASSERT_EQ(dns_queries, q0 + 2 * per_lookup);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+    so.dns_cache_ttl = -1;
+    ASSERT_EQ(ca_http_session_new(&s, &so), 0);
+    one.s = s;
+    q0 = dns_queries;
+    named_get_task(&one);
+    named_get_task(&one);
+    ASSERT_EQ(one.rc, 200);
+    ASSERT_EQ(dns_queries, q0 + 2 * per_lookup);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+    so.dns_cache_ttl = 0.0 / 0.0;
+    ASSERT_EQ(ca_http_session_new(&s, &so), -EINVAL);
+
+    /* the owner of a lookup gives up at 0.2 s: its waiter (1 s) looks the
+     * name up itself and fails at its own deadline, not at the owner's */
+    ASSERT_EQ(ca_http_session_new(&s, NULL), 0);
+    named_get owner = {s, "http://slow.cawait.test/", 0.2, 0};
+    named_get waiter = {s, "http://slow.cawait.test/", 1.0, 0};
+    q0 = dns_queries;
+    double t0 = mono();
+    ca_task *to = ca_spawn(named_get_task, &owner);
+    ca_task *tw = ca_spawn(named_get_task, &waiter);
+    ASSERT_EQ(ca_join(to), 0);
+    ASSERT_EQ(owner.rc, -ETIMEDOUT);
+    int after_owner = dns_queries;
+    ASSERT_EQ(ca_join(tw), 0);
+    double dt = mono() - t0;
+    ASSERT_EQ(waiter.rc, -ETIMEDOUT);
+    ASSERT_GE(dt, 0.95);
+    ASSERT_TIME_LT(dt, 3.0);
+    ASSERT_GT(dns_queries, after_owner); /* the waiter's own lookup */
+    ASSERT(after_owner - q0 <= 2);       /* only the owner's before */
+    ca_task_release(to);
+    ca_task_release(tw);
+
+    /* a cancelled waiter leaves; the owner goes on to its own deadline */
+    owner = (named_get){s, "http://slow.cawait.test/", 0.5, 0};
+    waiter = (named_get){s, "http://slow.cawait.test/", 0, 0};
+    t0 = mono();
+    to = ca_spawn(named_get_task, &owner);
+    tw = ca_spawn(named_get_task, &waiter);
+    ASSERT_EQ(ca_sleep(0.1), 0);
+    ca_cancel(tw);
+    ASSERT_EQ(ca_join(tw), 0);
+    ASSERT_EQ(waiter.rc, -ECANCELED);
+    ASSERT_TIME_LT(mono() - t0, 0.4);
+    ASSERT_EQ(ca_join(to), 0);
+    ASSERT_EQ(owner.rc, -ETIMEDOUT);
+    ASSERT_GE(mono() - t0, 0.45);
+    ca_task_release(to);
+    ca_task_release(tw);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+    stop_fake_dns(dns);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_dns_cache(void)
+{
+#ifndef CAWAIT_HAVE_CARES
+    SKIP("built without c-ares: names are not resolved by cawait");
+#endif
+    ASSERT_EQ(ca_run(dns_cache_main, NULL), 0);
+}
+
 /* ------------------------------------------------------------------------ */
 /* HTTPS with a test certificate                                            */
 /* ------------------------------------------------------------------------ */
@@ -1544,6 +1699,7 @@ static const struct test_case tests[] = {
     {"dns_names", test_dns_names, 30, 0},
     {"dns_bounds", test_dns_bounds, 30, 0},
     {"dns_request_timeout", test_dns_request_timeout, 30, 0},
+    {"dns_cache", test_dns_cache, 30, 0},
     {"https", test_https, 30, 0},
     {"http2", test_http2, 30, 0},
     {"http2_cold_start", test_http2_cold_start, 30, 0},

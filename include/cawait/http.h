@@ -59,6 +59,13 @@ typedef struct ca_http_session_opts {
     int http2_prior_knowledge;
     /* User-Agent; NULL: "cawait/<version>". */
     const char *user_agent;
+    /* Seconds a host name looked up for a request is reused by this
+     * session's later requests (as aiohttp's ttl_dns_cache); 0: 10 s;
+     * negative: every request looks its name up.  Requests for a name
+     * whose lookup is under way wait for it rather than ask again.  Up to
+     * 64 names are kept.  Numeric hosts and "localhost" are never looked
+     * up. */
+    double dns_cache_ttl;
 } ca_http_session_opts;
 
 /* A chunk of a request body produced by a generator (body_gen): the

@@ -22,6 +22,7 @@
  * upload data, completion, idle timer) wake it only while it is parked on
  * this response (r->task), never a task waiting for something else.
  */
+#include "net/addr.h"
 #include "net/stream.h"
 #include "task/task.h"
 
@@ -74,6 +75,10 @@ struct ca_http_session {
      * requests (curl_easy_init costs more than curl_easy_reset). */
     CURL *spare[32];
     size_t nspare;
+    /* Names looked up for requests (pre_resolve), newest first. */
+    struct dns_entry *dns;
+    size_t ndns;
+    int64_t dns_ttl; /* ns; < 0: no cache */
 };
 
 struct hdr {
@@ -377,12 +382,96 @@ static int valid_header(const char *h)
     return colon && colon > h && !strpbrk(h, "\r\n");
 }
 
+/* ------------------------------------------------------------------------ */
+/* The session's cache of looked-up names                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A request's host name is looked up by cawait's DNS and handed to curl as
+ * a CURLOPT_RESOLVE line.  The line is kept for dns_ttl (aiohttp's
+ * TCPConnector keeps names 10 s), so that requests on a kept-alive
+ * connection do not wait for a lookup each.  While a name's lookup runs,
+ * other requests for it wait for that lookup instead of sending their own
+ * (a lookup object they share, as one request may stop waiting early).
+ */
+#define DNS_TTL_DEFAULT 10.0
+#define DNS_MAX 64 /* names kept; the oldest goes first */
+
+typedef struct dns_lookup {
+    unsigned refs;
+    int rc;        /* its result, once `done` is set */
+    char *line;    /* the CURLOPT_RESOLVE line, when rc == 0 */
+    ca_event done;
+} dns_lookup;
+
+typedef struct dns_entry {
+    struct dns_entry *next;
+    char *host; /* as in the URL; compared without case */
+    unsigned port;
+    char *line;          /* NULL until a lookup succeeded */
+    int64_t expires;     /* of line, on ca__clock_ns */
+    dns_lookup *running; /* the lookup in flight, or NULL */
+} dns_entry;
+
+static void dns_lookup_unref(dns_lookup *lk)
+{
+    if (--lk->refs == 0) {
+        free(lk->line);
+        free(lk);
+    }
+}
+
+/* Unlink and free *pp (the lookup in flight, if any, lives on with its
+ * owner and waiters). */
+static void dns_drop(ca_http_session *s, dns_entry **pp)
+{
+    dns_entry *e = *pp;
+    *pp = e->next;
+    s->ndns--;
+    free(e->host);
+    free(e->line);
+    free(e);
+}
+
+static dns_entry *dns_find(ca_http_session *s, const char *host,
+                           unsigned port)
+{
+    for (dns_entry *e = s->dns; e; e = e->next)
+        if (e->port == port && strcasecmp(e->host, host) == 0)
+            return e;
+    return NULL;
+}
+
+/* A new entry at the head, making room by dropping the oldest idle one. */
+static dns_entry *dns_add(ca_http_session *s, const char *host, unsigned port)
+{
+    if (s->ndns >= DNS_MAX) {
+        dns_entry **victim = NULL;
+        for (dns_entry **pp = &s->dns; *pp; pp = &(*pp)->next)
+            if (!(*pp)->running)
+                victim = pp;
+        if (victim)
+            dns_drop(s, victim);
+    }
+    dns_entry *e = calloc(1, sizeof(*e));
+    if (!e || !(e->host = strdup(host))) {
+        free(e);
+        return NULL;
+    }
+    e->port = port;
+    e->next = s->dns;
+    s->dns = e;
+    s->ndns++;
+    return e;
+}
+
 int ca_http_session_new(ca_http_session **out, const ca_http_session_opts *o)
 {
     if (!out)
         return -EINVAL;
     *out = NULL;
-    if (o && (o->max_host_connections < 0 || o->max_total_connections < 0))
+    if (o && (o->max_host_connections < 0 || o->max_total_connections < 0 ||
+              !(o->dns_cache_ttl >= -1e9 && o->dns_cache_ttl <= 1e9)))
         return -EINVAL;
     for (const char *const *h = o && o->headers ? o->headers : NULL; h && *h;
          h++)
@@ -400,6 +489,8 @@ int ca_http_session_new(ca_http_session **out, const ca_http_session_opts *o)
     s->loop = l;
     s->epfd = -1;
     s->timer = (ca__timer){.slot = CA__TIMER_IDLE, .fire = timer_fire};
+    double ttl = o && o->dns_cache_ttl ? o->dns_cache_ttl : DNS_TTL_DEFAULT;
+    s->dns_ttl = ttl < 0 ? -1 : (int64_t)(ttl * 1e9);
     int r = -ENOMEM;
     s->multi = curl_multi_init();
     if (!s->multi)
@@ -474,6 +565,8 @@ int ca_http_session_free(ca_http_session *s)
         ca__fd_forget(s->loop, s->epfd);
         close(s->epfd);
     }
+    while (s->dns)
+        dns_drop(s, &s->dns);
     curl_slist_free_all(s->headers);
     free(s->fdst);
     free(s->base_url);
@@ -779,8 +872,8 @@ static int simple_url(const char *url, char *host, size_t cap, unsigned *port)
  * itself (numeric, localhost) or a proxy resolves it. */
 static int keep_host(ca_http_response *r, const char *host, unsigned port)
 {
-    unsigned char a[16];
-    if (host[0] == '[' || inet_pton(AF_INET, host, a) == 1 ||
+    struct in_addr a;
+    if (host[0] == '[' || ca__ipv4_literal(host, &a) ||
         strcasecmp(host, "localhost") == 0 || r->s->proxy)
         return 0;
     r->host = strdup(host);
@@ -861,47 +954,15 @@ out:
     return rc;
 }
 
-/* Resolve r->host with cawait's DNS (c-ares in the loop) and pin it with
- * CURLOPT_RESOLVE, so curl's resolver (a thread) stays unused.  Nothing to
- * do for hosts curl handles itself (r->host NULL) and in builds without
- * c-ares. */
-static int pre_resolve(ca_http_response *r, const ca_http_request_opts *o)
+/* The CURLOPT_RESOLVE line "host:port:addr[,addr...]" for ai (malloc'd;
+ * NULL: out of memory). */
+static char *resolve_line(const char *host, unsigned port,
+                          const ca_addrinfo *ai)
 {
-    if (!r->host)
-        return 0;
-    /* The request's timeouts cover the lookup too (curl's own start with
-     * the transfer): it runs in a deadline scope of the shorter one, and
-     * curl gets what is left. */
-    double limit = o->timeout;
-    if (o->connect_timeout > 0 && (limit <= 0 || o->connect_timeout < limit))
-        limit = o->connect_timeout;
-    int64_t t0 = ca__clock_ns();
-    int scoped = limit > 0 && ca_deadline_push(limit) == 0;
-    ca_addrinfo *ai;
-    int rc = ca_getaddrinfo(r->host, r->port, AF_UNSPEC, SOCK_STREAM, &ai);
-    if (scoped && ca_deadline_pop() == -ETIMEDOUT && rc >= 0) {
-        ca_freeaddrinfo(ai);
-        rc = -ETIMEDOUT; /* answered, but with no time left */
-    }
-    if (rc == -CA_ENORESOLVER)
-        return 0;
-    if (rc < 0) {
-        if (rc == -ETIMEDOUT)
-            snprintf(r->errbuf, sizeof(r->errbuf),
-                     "resolving %s timed out", r->host);
-        return rc;
-    }
-    double spent = (double)(ca__clock_ns() - t0) / 1e9;
-    if (o->timeout > 0)
-        curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS,
-                         (long)((o->timeout - spent) * 1000) + 1);
-    if (o->connect_timeout > 0)
-        curl_easy_setopt(r->easy, CURLOPT_CONNECTTIMEOUT_MS,
-                         (long)((o->connect_timeout - spent) * 1000) + 1);
     char entry[1024];
-    int len = snprintf(entry, sizeof(entry), "%s:%u:", r->host, r->port);
+    int len = snprintf(entry, sizeof(entry), "%s:%u:", host, port);
     int first = 1;
-    for (ca_addrinfo *p = ai; p && len < (int)sizeof(entry) - 64;
+    for (const ca_addrinfo *p = ai; p && len < (int)sizeof(entry) - 64;
          p = p->next) {
         char ip[INET6_ADDRSTRLEN];
         const void *src =
@@ -915,8 +976,131 @@ static int pre_resolve(ca_http_response *r, const ca_http_request_opts *o)
                         first ? "" : ",", ip);
         first = 0;
     }
+    return strdup(entry);
+}
+
+/* Look host up with cawait's DNS: its RESOLVE line in *line (malloc'd). */
+static int dns_lookup_now(const char *host, unsigned port, char **line)
+{
+    ca_addrinfo *ai;
+    int rc = ca_getaddrinfo(host, port, AF_UNSPEC, SOCK_STREAM, &ai);
+    if (rc < 0)
+        return rc;
+    *line = resolve_line(host, port, ai);
     ca_freeaddrinfo(ai);
-    struct curl_slist *n = curl_slist_append(NULL, entry);
+    return *line ? 0 : -ENOMEM;
+}
+
+/* Wait for the lookup another request runs.  Returns 1 to look again (its
+ * owner gave up: cancelled or out of time, which says nothing of the
+ * name), else its result (0 with a copy of its line in *line). */
+static int dns_wait(dns_lookup *lk, char **line)
+{
+    lk->refs++;
+    int rc = ca_event_wait(&lk->done);
+    if (rc == 0) {
+        rc = lk->rc;
+        if (rc == -ECANCELED || rc == -ETIMEDOUT)
+            rc = 1;
+        else if (rc == 0 && !(*line = strdup(lk->line)))
+            rc = -ENOMEM;
+    }
+    dns_lookup_unref(lk);
+    return rc;
+}
+
+/* Run the lookup of e's name, with the waiters that come meanwhile. */
+static int dns_own(ca_http_session *s, dns_entry *e, char **line)
+{
+    dns_lookup *lk = calloc(1, sizeof(*lk));
+    if (!lk)
+        return -ENOMEM;
+    lk->refs = 1;
+    e->running = lk; /* e stays in the list while running */
+    int rc = dns_lookup_now(e->host, e->port, line);
+    e->running = NULL;
+    char *keep = rc == 0 ? strdup(*line) : NULL;
+    if (keep) {
+        free(e->line);
+        e->line = keep;
+        e->expires = ca__clock_ns() + s->dns_ttl;
+        lk->line = strdup(keep); /* NULL: the waiters look again */
+    }
+    lk->rc = rc == 0 && !lk->line ? -ECANCELED : rc;
+    ca_event_set(&lk->done);
+    dns_lookup_unref(lk);
+    if (!e->line)
+        for (dns_entry **pp = &s->dns; *pp; pp = &(*pp)->next)
+            if (*pp == e) {
+                dns_drop(s, pp);
+                break;
+            }
+    return rc;
+}
+
+/* host:port's RESOLVE line (malloc'd) in *line: from the session's cache,
+ * from the lookup in flight for it, or from a new lookup, kept. */
+static int dns_resolve(ca_http_session *s, const char *host, unsigned port,
+                       char **line)
+{
+    if (s->dns_ttl < 0)
+        return dns_lookup_now(host, port, line);
+    for (;;) {
+        dns_entry *e = dns_find(s, host, port);
+        if (e && e->running) {
+            int rc = dns_wait(e->running, line);
+            if (rc <= 0)
+                return rc;
+            continue;
+        }
+        if (e && e->line && ca__clock_ns() < e->expires) {
+            *line = strdup(e->line);
+            return *line ? 0 : -ENOMEM;
+        }
+        if (!e && !(e = dns_add(s, host, port)))
+            return -ENOMEM;
+        return dns_own(s, e, line);
+    }
+}
+
+/* Resolve r->host with cawait's DNS (c-ares in the loop; the session's
+ * cache first) and pin it with CURLOPT_RESOLVE, so curl's resolver (a
+ * thread) stays unused.  Nothing to do for hosts curl handles itself
+ * (r->host NULL) and in builds without c-ares. */
+static int pre_resolve(ca_http_response *r, const ca_http_request_opts *o)
+{
+    if (!r->host)
+        return 0;
+    /* The request's timeouts cover the lookup too (curl's own start with
+     * the transfer): it runs in a deadline scope of the shorter one, and
+     * curl gets what is left. */
+    double limit = o->timeout;
+    if (o->connect_timeout > 0 && (limit <= 0 || o->connect_timeout < limit))
+        limit = o->connect_timeout;
+    int64_t t0 = ca__clock_ns();
+    int scoped = limit > 0 && ca_deadline_push(limit) == 0;
+    char *line = NULL;
+    int rc = dns_resolve(r->s, r->host, r->port, &line);
+    if (scoped && ca_deadline_pop() == -ETIMEDOUT && rc >= 0)
+        rc = -ETIMEDOUT; /* answered, but with no time left */
+    if (rc < 0) {
+        free(line);
+        if (rc == -CA_ENORESOLVER)
+            return 0;
+        if (rc == -ETIMEDOUT)
+            snprintf(r->errbuf, sizeof(r->errbuf),
+                     "resolving %s timed out", r->host);
+        return rc;
+    }
+    double spent = (double)(ca__clock_ns() - t0) / 1e9;
+    if (o->timeout > 0)
+        curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS,
+                         (long)((o->timeout - spent) * 1000) + 1);
+    if (o->connect_timeout > 0)
+        curl_easy_setopt(r->easy, CURLOPT_CONNECTTIMEOUT_MS,
+                         (long)((o->connect_timeout - spent) * 1000) + 1);
+    struct curl_slist *n = curl_slist_append(NULL, line);
+    free(line);
     if (!n)
         return -ENOMEM;
     r->resolve = n;

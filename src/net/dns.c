@@ -11,6 +11,7 @@
  * server from failing every other query on it (c-ares 1.18).
  */
 #include "loop/loop.h"
+#include "net/addr.h"
 #include "task/task.h"
 
 #include <errno.h>
@@ -229,6 +230,32 @@ static int convert(const struct ares_addrinfo *res, int socktype,
     return 0;
 }
 
+/* An IPv4 literal in any form getaddrinfo(3) accepts ("127.1" and
+ * "0x7f.1" too, which c-ares would send to the DNS server as names): its
+ * one address in *out (NULL if out of memory); 0 if host is not one. */
+static int numeric_ipv4(const char *host, unsigned port, int socktype,
+                        ca_addrinfo **out)
+{
+    struct in_addr a;
+    if (!ca__ipv4_literal(host, &a))
+        return 0;
+    ca_addrinfo *ai = calloc(1, sizeof(*ai));
+    if (ai) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&ai->addr;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        sin->sin_addr = a;
+        ai->family = AF_INET;
+        ai->socktype = socktype;
+        ai->protocol = socktype == SOCK_STREAM  ? IPPROTO_TCP
+                       : socktype == SOCK_DGRAM ? IPPROTO_UDP
+                                                : 0;
+        ai->addrlen = sizeof(*sin);
+    }
+    *out = ai;
+    return 1;
+}
+
 static pthread_once_t ares_once = PTHREAD_ONCE_INIT;
 static int ares_init_status;
 
@@ -250,6 +277,8 @@ int ca_getaddrinfo(const char *host, unsigned port, int family, int socktype,
     ca_task *self = ca__task_self("ca_getaddrinfo");
     if (!self)
         return -EPERM;
+    if (family != AF_INET6 && numeric_ipv4(host, port, socktype, out))
+        return *out ? 0 : -ENOMEM;
     pthread_once(&ares_once, library_init);
     if (ares_init_status != ARES_SUCCESS)
         return -CA_EDNS;
