@@ -433,6 +433,55 @@ static void test_exec_errors(void)
     ASSERT_EQ(ca_subprocess_exec(&p, t, NULL), -CA_ENOLOOP);
 }
 
+/* $PATH lookup goes on past what execve would refuse, as execvp does: a
+ * directory called like the program (a "." entry and a directory "test")
+ * or a file without execute permission in an earlier entry does not hide
+ * the program further on. */
+static char path_dir[256];
+
+static int path_main(void *arg)
+{
+    (void)arg;
+    char sub[300], file[300], orig[4096], path[4500];
+    snprintf(sub, sizeof(sub), "%s/true", path_dir);
+    ASSERT_EQ(mkdir(sub, 0755), 0);
+    snprintf(file, sizeof(file), "%s/cawait-noexec", path_dir);
+    int fd = open(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    ASSERT(fd >= 0);
+    close(fd);
+    const char *old = getenv("PATH");
+    snprintf(orig, sizeof(orig), "%s", old ? old : "/bin:/usr/bin");
+    snprintf(path, sizeof(path), "%s:%s", path_dir, orig);
+    ASSERT_EQ(setenv("PATH", path, 1), 0);
+
+    const char *t[] = {"true", NULL};
+    ca_process *p;
+    int ws = -1;
+    ASSERT_EQ(ca_subprocess_exec(&p, t, NULL), 0);
+    ASSERT_EQ(ca_subprocess_wait(p, &ws), 0);
+    ASSERT(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    ca_subprocess_free(p);
+
+    /* Nothing better along the way: execvp's errors. */
+    ASSERT_EQ(setenv("PATH", path_dir, 1), 0);
+    ASSERT_EQ(ca_subprocess_exec(&p, t, NULL), -EACCES);
+    const char *n[] = {"cawait-noexec", NULL};
+    ASSERT_EQ(ca_subprocess_exec(&p, n, NULL), -EACCES);
+    const char *m[] = {"cawait-no-such-program", NULL};
+    ASSERT_EQ(ca_subprocess_exec(&p, m, NULL), -ENOENT);
+    ASSERT_EQ(setenv("PATH", orig, 1), 0);
+    unlink(file);
+    rmdir(sub);
+    return 0;
+}
+
+static void test_path_skips_directories(void)
+{
+    test_tmpdir(path_dir, sizeof(path_dir), "path");
+    ASSERT_EQ(ca_run(path_main, NULL), 0);
+    rmdir(path_dir);
+}
+
 /* ------------------------------------------------------------------------ */
 
 static int stdio_main(void *arg)
@@ -1235,6 +1284,7 @@ static const struct test_case tests[] = {
     {"communicate", test_communicate, 60, 0},
     {"exit_codes_and_signals", test_exit_codes_and_signals, 20, 0},
     {"exec_errors", test_exec_errors, 20, 0},
+    {"path_skips_directories", test_path_skips_directories, 20, 0},
     {"cwd_env_and_stdio", test_cwd_env_and_stdio, 20, 0},
     {"stdin_epipe", test_stdin_epipe, 20, 0},
     {"terminate_and_kill", test_terminate_and_kill, 20, 0},

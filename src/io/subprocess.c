@@ -405,6 +405,27 @@ static void state_exit(ca_loop *l, ca__exit_hook *h)
 /* Spawning                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/* 1 if path names a file we may execute.  A directory passes access(X_OK)
+ * (search permission) but execve refuses it with EACCES, and execvp (and
+ * Python's subprocess, and the shell) then go on along $PATH: a directory
+ * called like the program in an earlier $PATH entry ("." and a directory
+ * "test") must not hide the program.  *eacces is set when a file was
+ * found that we may not execute, execvp's error if nothing else is. */
+static int executable_file(const char *path, int *eacces)
+{
+    struct stat sb;
+    if (stat(path, &sb) < 0) {
+        if (errno == EACCES)
+            *eacces = 1; /* a directory on the way we may not search */
+        return 0;
+    }
+    if (S_ISDIR(sb.st_mode) || access(path, X_OK) < 0) {
+        *eacces = 1;
+        return 0;
+    }
+    return 1;
+}
+
 /* Find name along $PATH like execvp (name has no '/').  Returns 0 with the
  * path in buf, or -ENOENT / -EACCES. */
 static int path_lookup(const char *name, char *buf, size_t cap)
@@ -413,7 +434,7 @@ static int path_lookup(const char *name, char *buf, size_t cap)
     if (!path)
         path = "/bin:/usr/bin";
     size_t nl = strlen(name);
-    int err = -ENOENT;
+    int eacces = 0;
     for (const char *p = path;; p++) {
         const char *end = strchr(p, ':');
         size_t dl = end ? (size_t)(end - p) : strlen(p);
@@ -424,13 +445,11 @@ static int path_lookup(const char *name, char *buf, size_t cap)
             memcpy(buf, dir, dl);
             buf[dl] = '/';
             memcpy(buf + dl + 1, name, nl + 1);
-            if (access(buf, X_OK) == 0)
+            if (executable_file(buf, &eacces))
                 return 0;
-            if (errno == EACCES)
-                err = -EACCES;
         }
         if (!end)
-            return err;
+            return eacces ? -EACCES : -ENOENT;
         p = end;
     }
 }
