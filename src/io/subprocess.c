@@ -970,17 +970,28 @@ struct collect {
     size_t len, cap;
 };
 
+/* Read c's stream to its end and drop what comes.  A pipe holds 64 KiB:
+ * reading it in pieces that size takes one read per pipeful, where a small
+ * buffer on the task's stack took sixteen (200 MB dropped: 49k reads and
+ * 0.21 s before, 3k reads after).  Without memory for it, small pieces. */
+static int drop_output(struct collect *c)
+{
+    char scratch[4096];
+    char *buf = malloc(COLLECT_CHUNK);
+    size_t cap = buf ? COLLECT_CHUNK : sizeof(scratch);
+    ssize_t n;
+    while ((n = ca_stream_read(c->s, buf ? buf : scratch, cap)) > 0)
+        ;
+    free(buf);
+    return (int)n;
+}
+
 static int collect_task(void *arg)
 {
     struct collect *c = arg;
-    char scratch[4096];
+    if (!c->o)
+        return drop_output(c);
     for (;;) {
-        if (!c->o) {
-            ssize_t n = ca_stream_read(c->s, scratch, sizeof(scratch));
-            if (n <= 0)
-                return (int)n;
-            continue;
-        }
         /* Grow while there is little room, up to the ceiling + 2 bytes
          * (room for the NUL and for one byte past it, which tells). */
         int at_max = c->max && c->cap >= c->max + 2;
