@@ -1001,6 +1001,80 @@ static void test_bodies_headers_cookies(void)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Uploads from a pipe                                                      */
+/* ------------------------------------------------------------------------ */
+
+static int pipe_wfd;
+
+/* Writes "part0,part1,...,part4" into the pipe, 20 ms apart, then closes
+ * it: a writer that runs only if the upload leaves the loop running. */
+static int pipe_writer(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 5; i++) {
+        char b[16];
+        int n = snprintf(b, sizeof(b), "%spart%d", i ? "," : "", i);
+        if (ca_sleep(0.02) < 0 || write(pipe_wfd, b, (size_t)n) != n)
+            break;
+    }
+    close(pipe_wfd);
+    return 0;
+}
+
+static int upload_pipe_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+    ca_http_response *r;
+
+    /* The writer is a task of this loop, and so is the server: a read of
+     * the empty pipe inside curl's callback blocked them both forever. */
+    int p[2];
+    ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
+    pipe_wfd = p[1];
+    ca_task *w = ca_spawn(pipe_writer, NULL);
+    ca_http_request_opts o = {.body_fd = p[0], .timeout = 5};
+    ASSERT_EQ(ca_http_request(s, "PUT", "/echo", &o, &r), 0);
+    ASSERT_STREQ(ca_http_response_body(r, NULL),
+                 "part0,part1,part2,part3,part4");
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_join(w), 0);
+    ca_task_release(w);
+    close(p[0]);
+
+    /* A writer that never writes: the request's timeout still counts. */
+    ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
+    o = (ca_http_request_opts){.body_fd = p[0], .timeout = 0.2};
+    double t0 = mono();
+    ASSERT_EQ(ca_http_request(s, "PUT", "/echo", &o, &r), -ETIMEDOUT);
+    ASSERT_TIME_LT(mono() - t0, 3.0);
+    close(p[0]);
+    close(p[1]);
+
+    /* The pipe's fd number, closed with close(), serves the next owner:
+     * the request left no registration behind in the loop. */
+    ASSERT_EQ(pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+    ASSERT_EQ(write(p[1], "x", 1), 1);
+    ASSERT_EQ(ca_deadline_push(2.0), 0);
+    ASSERT_EQ(ca_wait_fd(p[0], CA_READ), CA_READ);
+    ASSERT_EQ(ca_deadline_pop(), 0);
+    close(p[0]);
+    close(p[1]);
+
+    ca_http_session_free(s);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_upload_pipe(void)
+{
+    ASSERT_EQ(ca_run(upload_pipe_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Host names: cawait's DNS (c-ares) against a fake DNS server              */
 /* ------------------------------------------------------------------------ */
 
@@ -1696,6 +1770,7 @@ static const struct test_case tests[] = {
     {"timeouts", test_timeouts, 60, 0},
     {"redirects_and_errors", test_redirects_and_errors, 30, 0},
     {"bodies_headers_cookies", test_bodies_headers_cookies, 30, 0},
+    {"upload_pipe", test_upload_pipe, 30, 0},
     {"dns_names", test_dns_names, 30, 0},
     {"dns_bounds", test_dns_bounds, 30, 0},
     {"dns_request_timeout", test_dns_request_timeout, 30, 0},

@@ -84,8 +84,10 @@ typedef struct ca_http_request_opts {
     /* The body, one of: bytes (body, body_len; not copied: keep them
      * alive until the request returns), a file (body_fd >= 1 read from
      * its current offset to its end; body_fd 0 means none; the caller
-     * keeps and closes it), or a generator task yielding ca_http_chunk
-     * pointers (sent chunked unless a Content-Length header is given; the
+     * keeps and closes it; a pipe or socket is read, chunked, as it
+     * turns readable, without blocking the loop), or a generator task
+     * yielding ca_http_chunk pointers (sent chunked unless a
+     * Content-Length header is given; the
      * caller keeps it and closes it with ca_gen_close after the request;
      * a generator that fails makes the request fail with its error). */
     const void *body;

@@ -43,6 +43,7 @@ const char *ca_http_last_error(void)
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
@@ -111,6 +112,10 @@ struct ca_http_response {
     unsigned port;
     /* upload */
     int body_fd;
+    int fd_polled;    /* body_fd may block (pipe, socket): poll it first */
+    int fd_forget;    /* we registered body_fd with the loop: forget it */
+    int fd_armed;     /* fdw waits for body_fd to turn readable */
+    ca__fdwait fdw;
     ca_gen *gen;
     ca_http_chunk *chunk;
     size_t chunk_off;
@@ -148,6 +153,8 @@ static void idle_arm(ca_http_response *r)
         ca__timer_arm(r->s->loop, &r->idle, ca__clock_ns() + r->idle_ns);
 }
 
+static void body_fd_unwatch(ca_http_response *r);
+
 static void detach(ca_http_response *r)
 {
     if (r->attached) {
@@ -155,6 +162,7 @@ static void detach(ca_http_response *r)
         r->attached = 0;
     }
     ca__timer_cancel(r->s->loop, &r->idle);
+    body_fd_unwatch(r);
 }
 
 static void finish(ca_http_response *r, CURLcode result)
@@ -590,6 +598,7 @@ static void headers_clear(ca_http_response *r)
     r->nhdr = 0;
 }
 
+
 static int is_redirect(long code)
 {
     return code == 301 || code == 302 || code == 303 || code == 307 ||
@@ -729,22 +738,98 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
     return len;
 }
 
+/*
+ * An upload from a pipe or a socket (body_fd) that has nothing to give yet
+ * pauses; the loop watches the fd and resumes the upload once it turns
+ * readable.  Reading it at once would block the loop's thread: the whole
+ * program stops until the writer writes, and forever when the writer is a
+ * task of this loop.
+ */
+static void body_fd_unwatch(ca_http_response *r)
+{
+    ca_loop *l = r->s->loop;
+    if (r->fd_armed) {
+        ca__fd_remove_waiter(l, &r->fdw);
+        r->fd_armed = 0;
+    }
+    if (r->fd_forget) {
+        /* The caller closes the fd with close(): a registration left in
+         * the loop's table would hide the fd number's next owner from
+         * epoll. */
+        ca__fd_forget(l, r->body_fd);
+        r->fd_forget = 0;
+    }
+}
+
+static void body_fd_wake(ca__fdwait *w, int result)
+{
+    ca_http_response *r =
+        (ca_http_response *)((char *)w - offsetof(ca_http_response, fdw));
+    r->fd_armed = 0;
+    if (r->done)
+        return;
+    if (result < 0) {
+        r->err = result;
+        finish(r, CURLE_ABORTED_BY_CALLBACK);
+        return;
+    }
+    curl_easy_pause(r->easy, CURLPAUSE_CONT); /* curl reads it again */
+}
+
+/* Pause the upload until body_fd is readable. */
+static size_t body_fd_pause(ca_http_response *r)
+{
+    ca_loop *l = r->s->loop;
+    int fd = r->body_fd;
+    if (!r->fd_armed) {
+        int known = fd < l->nfds && l->fds[fd].registered;
+        int rc = ca__fd_register(l, fd);
+        if (rc < 0) {
+            r->err = rc;
+            return CURL_READFUNC_ABORT;
+        }
+        r->fd_forget = r->fd_forget || !known;
+        /* It was just found empty: wait for the next edge, not for one
+         * the loop saw before. */
+        ca__fd_take_ready(l, fd, CA_READ);
+        r->fdw = (ca__fdwait){.fd = fd, .events = CA_READ,
+                              .wake = body_fd_wake};
+        ca__fd_add_waiter(l, &r->fdw);
+        r->fd_armed = 1;
+    }
+    return CURL_READFUNC_PAUSE;
+}
+
+static size_t read_body_fd(ca_http_response *r, char *buf, size_t cap)
+{
+    if (r->fd_polled) {
+        struct pollfd p = {.fd = r->body_fd, .events = POLLIN};
+        int n;
+        while ((n = poll(&p, 1, 0)) < 0 && errno == EINTR)
+            ;
+        if (n == 0)
+            return body_fd_pause(r);
+    }
+    for (;;) {
+        ssize_t k = read(r->body_fd, buf, cap);
+        if (k >= 0)
+            return (size_t)k;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return body_fd_pause(r); /* another reader was first */
+        if (errno != EINTR) {
+            r->err = -errno;
+            return CURL_READFUNC_ABORT;
+        }
+    }
+}
+
 /* Upload data: bytes from a file, or chunks from a generator. */
 static size_t on_read(char *buf, size_t size, size_t n, void *ud)
 {
     ca_http_response *r = ud;
     size_t cap = size * n;
-    if (r->body_fd > 0) {
-        for (;;) {
-            ssize_t k = read(r->body_fd, buf, cap);
-            if (k >= 0)
-                return (size_t)k;
-            if (errno != EINTR) {
-                r->err = -errno;
-                return CURL_READFUNC_ABORT;
-            }
-        }
-    }
+    if (r->body_fd > 0)
+        return read_body_fd(r, buf, cap);
     if (r->chunk) {
         size_t k = r->chunk->len - r->chunk_off;
         if (k > cap)
@@ -1136,6 +1221,8 @@ static int setup_body(ca_http_response *r, const char *method,
             if (S_ISREG(st.st_mode) && pos >= 0)
                 size = (curl_off_t)(st.st_size - pos);
             r->body_fd = o->body_fd;
+            /* Files and block devices never make a read wait. */
+            r->fd_polled = !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode);
         } else {
             r->gen = o->body_gen;
         }
