@@ -182,6 +182,9 @@ static int serve_one(ca_stream *s, struct req *q, int conn_id)
         snprintf(extra, sizeof(extra), "Location: /redirect/%d\r\n", n - 1);
         return send_response(s, 302, extra, NULL, 0);
     }
+    if (strcmp(q->path, "/choices") == 0)
+        return send_response(s, 300, "Location: /delay?ms=200\r\n", "pick",
+                             4);
     if (strcmp(q->path, "/loop") == 0)
         return send_response(s, 302, "Location: /loop\r\n", NULL, 0);
     if (strcmp(q->path, "/proxied") == 0)
@@ -821,6 +824,23 @@ static int redirects_main(void *a)
     ASSERT_EQ(ca_http_request(s, NULL, "/redirect/3", &o, &r), 0);
     ASSERT_EQ(ca_http_response_status(r), 302);
     ASSERT_STREQ(ca_http_response_header(r, "location"), "/redirect/2");
+    ca_http_response_free(r);
+
+    /* curl follows every 3xx with a Location, a 300 too: a stream-mode
+     * request returns once the final response's headers are in, not the
+     * 300's (which curl went on to replace while the caller held them) */
+    o = (ca_http_request_opts){.stream = 1};
+    ASSERT_EQ(ca_http_request(s, NULL, "/choices", &o, &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    ASSERT(ca_http_response_header(r, "location") == NULL);
+    char buf[16];
+    ASSERT_EQ(ca_http_response_read(r, buf, sizeof(buf)), 2);
+    ASSERT_EQ(memcmp(buf, "ok", 2), 0);
+    ca_http_response_free(r);
+    o = (ca_http_request_opts){.stream = 1, .no_redirects = 1};
+    ASSERT_EQ(ca_http_request(s, NULL, "/choices", &o, &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), 300);
+    ASSERT_EQ(ca_http_response_read(r, buf, sizeof(buf)), 4);
     ca_http_response_free(r);
 
     /* a server that closes early, one that speaks garbage */

@@ -599,12 +599,6 @@ static void headers_clear(ca_http_response *r)
 }
 
 
-static int is_redirect(long code)
-{
-    return code == 301 || code == 302 || code == 303 || code == 307 ||
-           code == 308;
-}
-
 static const char *find_header(const ca_http_response *r, const char *name,
                                size_t nth)
 {
@@ -612,6 +606,17 @@ static const char *find_header(const ca_http_response *r, const char *name,
         if (strcasecmp(r->hdrs[i].name, name) == 0 && nth-- == 0)
             return r->hdrs[i].value;
     return NULL;
+}
+
+/* 1 if curl, following redirects, goes on from this response: curl 7.88
+ * follows every 3xx with a non-empty Location (300, 304, 305 too), not
+ * only 301/302/303/307/308, and an empty Location not at all. */
+static int will_follow(const ca_http_response *r, long code)
+{
+    if (!r->follow || code < 300 || code > 399)
+        return 0;
+    const char *loc = find_header(r, "location", 0);
+    return loc && *loc;
 }
 
 static int add_header(ca_http_response *r, const char *p, size_t len)
@@ -671,8 +676,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     if (len <= 2) {
         long code = 0;
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
-        int more = code < 200 || (r->follow && is_redirect(code) &&
-                                  find_header(r, "location", 0));
+        int more = code < 200 || will_follow(r, code);
         if (!more) {
             r->status = (int)code;
             r->headers_ready = 1;
