@@ -4,7 +4,8 @@
  * <cawait.h>.
  *
  * A session owns one curl multi handle: connections are kept alive and
- * reused, HTTP/2 streams are multiplexed over one connection where the
+ * reused (up to 100 idle ones, or 4 per request in flight if that is
+ * more; the oldest idle one is closed beyond), HTTP/2 streams are multiplexed over one connection where the
  * server and the installed libcurl support it.  curl's sockets are watched
  * by the loop and its timeouts run on the loop's timers: no extra threads
  * (except curl's own resolver for a redirect to another host name: the

@@ -72,6 +72,7 @@ struct ca_http_session {
     char *base_url, *proxy, *ca_file, *user_agent;
     int verify_none, h2c;
     size_t live; /* responses not yet freed */
+    long maxconnects; /* CURLMOPT_MAXCONNECTS set, see pool_fit */
     /* Easy handles of freed responses, reset and kept for the next
      * requests (curl_easy_init costs more than curl_easy_reset). */
     CURL *spare[32];
@@ -376,6 +377,27 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp)
 /* Sessions                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * Idle connections a session keeps.  Left alone, curl keeps 4 per request
+ * in flight: a task calling 5 hosts in turn, one request at a time, found
+ * the next host's connection closed to make room every time and connected
+ * (with TLS: shook hands) again for every request.  Keep POOL_MIN, as
+ * aiohttp's connector keeps up to 100, and curl's 4 per request in flight
+ * above that.  curl closes an idle connection past the limit only when
+ * another one goes back to the pool, one at a time.
+ */
+#define POOL_MIN 100
+
+static void pool_fit(ca_http_session *s)
+{
+    long want = (long)s->live * 4;
+    if (want < POOL_MIN)
+        want = POOL_MIN;
+    if (want != s->maxconnects &&
+        curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, want) == CURLM_OK)
+        s->maxconnects = want;
+}
+
 static int dup_opt(char **dst, const char *src)
 {
     if (!src)
@@ -543,6 +565,7 @@ int ca_http_session_new(ca_http_session **out, const ca_http_session_opts *o)
     curl_multi_setopt(s->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(s->multi, CURLMOPT_TIMERDATA, s);
     curl_multi_setopt(s->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    pool_fit(s);
     arm_epfd(s);
     *out = s;
     return 0;
@@ -1444,6 +1467,7 @@ static void response_free(ca_http_response *r)
     curl_slist_free_all(r->req_headers);
     curl_slist_free_all(r->resolve);
     s->live--;
+    pool_fit(s);
     int own = r->owns_session;
     free(r);
     if (own)
@@ -1485,6 +1509,7 @@ int ca_http_request(ca_http_session *s, const char *method, const char *url,
         return -ENOMEM;
     r->s = s;
     s->live++;
+    pool_fit(s);
     r->idle = (ca__timer){.slot = CA__TIMER_IDLE, .fire = idle_fire};
     r->easy = s->nspare ? s->spare[--s->nspare] : curl_easy_init();
     int rc = r->easy ? setup(r, method, url, o) : -ENOMEM;
