@@ -286,6 +286,22 @@ static int serve_one(ca_stream *s, struct req *q, int conn_id)
         ca_stream_drain(s);
         return -1;
     }
+    if (strcmp(q->path, "/manyheaders") == 0) {
+        /* 4,000 lines of 100 bytes: each fine, 400 KiB in all */
+        const char *h = "HTTP/1.1 200 X\r\n";
+        ca_stream_write(s, h, strlen(h));
+        char line[101];
+        memset(line, 'm', sizeof(line));
+        memcpy(line, "X-M: ", 5);
+        memcpy(line + 98, "\r\n", 2);
+        for (int i = 0; i < 4000; i++)
+            if (ca_stream_write(s, line, 100) < 0)
+                return -1;
+        const char *tail = "Content-Length: 2\r\n\r\nok";
+        ca_stream_write(s, tail, strlen(tail));
+        ca_stream_drain(s);
+        return -1;
+    }
     if (strcmp(q->path, "/garbage") == 0) {
         ca_stream_write(s, "NOT HTTP AT ALL\r\n\r\n", 19);
         ca_stream_drain(s);
@@ -849,6 +865,9 @@ static int redirects_main(void *a)
     ASSERT_EQ(ca_http_get(s, "/garbage", &r), -CA_EHTTP);
     /* a 300 KiB header line: refused, not taken for our memory running out */
     ASSERT_EQ(ca_http_get(s, "/hugeheader", &r), -EMSGSIZE);
+    ASSERT(strstr(ca_http_last_error(), "header") != NULL);
+    /* and so are 400 KiB of short header lines (over curl's 300 KiB) */
+    ASSERT_EQ(ca_http_get(s, "/manyheaders", &r), -EMSGSIZE);
     ASSERT(strstr(ca_http_last_error(), "header") != NULL);
 
     /* nobody listening */

@@ -20,7 +20,8 @@
  * -CA_ECERTUNTRUSTED / -CA_ECERTEXPIRED / -CA_ECERTHOST / -CA_ECERT (TLS
  * verification), -CA_ETLS (other TLS failures), -ETIMEDOUT (any timeout or
  * a deadline scope), -CA_EREDIRECTS (too many redirects), -EMSGSIZE (body
- * larger than the limit, or a response header line over curl's 100 KiB),
+ * larger than the limit, or response headers over curl's limits: a line
+ * of 100 KiB, 300 KiB in all),
  * -CA_EHTTP (another transfer failure: malformed
  * response, connection closed early, ...; ca_http_response_error or
  * ca_http_last_error say curl's words), -CA_ENOHTTP (built without

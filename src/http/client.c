@@ -931,7 +931,14 @@ static int map_curl(ca_http_response *r, CURLcode c)
     case CURLE_SEND_ERROR:
     case CURLE_RECV_ERROR:
         curl_easy_getinfo(r->easy, CURLINFO_OS_ERRNO, &os);
-        return os > 0 ? -(int)os : -CA_EHTTP;
+        if (os > 0)
+            return -(int)os;
+        /* Debian's 7.88 also caps a response's header lines at 300 KiB in
+         * all (curl 8.3's limit, CVE-2023-38039), and says so only in
+         * words: too large, as a single line over 100 KiB is. */
+        if (c == CURLE_RECV_ERROR && strstr(r->errbuf, "Too large response"))
+            return -EMSGSIZE;
+        return -CA_EHTTP;
     default:
         return -CA_EHTTP;
     }
