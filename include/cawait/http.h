@@ -5,8 +5,9 @@
  *
  * A session owns one curl multi handle: connections are kept alive and
  * reused (up to 100 idle ones, or 4 per request in flight if that is
- * more; the oldest idle one is closed beyond), HTTP/2 streams are multiplexed over one connection where the
- * server and the installed libcurl support it.  curl's sockets are watched
+ * more; the oldest idle one is closed beyond), HTTP/2 streams are
+ * multiplexed over one connection where the server and the installed
+ * libcurl support it.  curl's sockets are watched
  * by the loop and its timeouts run on the loop's timers: no extra threads
  * (except curl's own resolver for a redirect to another host name: the
  * request's first host is resolved by cawait's DNS), no polling.  A request
@@ -89,9 +90,9 @@ typedef struct ca_http_request_opts {
      * keeps and closes it; a pipe or socket is read, chunked, as it
      * turns readable, without blocking the loop), or a generator task
      * yielding ca_http_chunk pointers (sent chunked unless a
-     * Content-Length header is given; the
-     * caller keeps it and closes it with ca_gen_close after the request;
-     * a generator that fails makes the request fail with its error). */
+     * Content-Length header is given; the caller keeps it and closes it
+     * with ca_gen_close after the request; a generator that fails makes
+     * the request fail with its error). */
     const void *body;
     size_t body_len;
     int body_fd;

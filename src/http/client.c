@@ -125,6 +125,10 @@ struct ca_http_response {
     ca__timer idle;
     int64_t idle_ns;
     char errbuf[CURL_ERROR_SIZE];
+    /* Our own words for r->err: curl overwrites errbuf when it fails the
+     * transfer after our callback refused it ("Failure writing output"),
+     * so finish() puts these back. */
+    char ownerr[96];
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -168,6 +172,8 @@ static void detach(ca_http_response *r)
 
 static void finish(ca_http_response *r, CURLcode result)
 {
+    if (r->ownerr[0])
+        snprintf(r->errbuf, sizeof(r->errbuf), "%s", r->ownerr);
     r->done = 1;
     r->result = result;
     detach(r);
@@ -732,7 +738,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
         }
     } else if (r->body_len + len > r->max_body) {
         r->err = -EMSGSIZE;
-        snprintf(r->errbuf, sizeof(r->errbuf),
+        snprintf(r->ownerr, sizeof(r->ownerr),
                  "body larger than the limit of %zu bytes", r->max_body);
         return 0; /* CURLE_WRITE_ERROR */
     }
@@ -1073,13 +1079,16 @@ out:
     return rc;
 }
 
-/* The CURLOPT_RESOLVE line "host:port:addr[,addr...]" for ai (malloc'd;
- * NULL: out of memory). */
+/* The CURLOPT_RESOLVE line "+host:port:addr[,addr...]" for ai (malloc'd;
+ * NULL: out of memory).  The "+" (curl 7.75) makes the entry in curl's
+ * own DNS cache expire like a lookup of curl's: without it every host a
+ * session ever reached stayed there for the session's life, and a
+ * redirect back to one used its old address. */
 static char *resolve_line(const char *host, unsigned port,
                           const ca_addrinfo *ai)
 {
     char entry[1024];
-    int len = snprintf(entry, sizeof(entry), "%s:%u:", host, port);
+    int len = snprintf(entry, sizeof(entry), "+%s:%u:", host, port);
     int first = 1;
     for (const ca_addrinfo *p = ai; p && len < (int)sizeof(entry) - 64;
          p = p->next) {
