@@ -225,6 +225,59 @@ static void test_short_read_then_fin(void)
     ASSERT_EQ(ca_run(short_fin_main, NULL), 0);
 }
 
+/* ---- a blocking fd handed to ca_stream_open -------------------------------- */
+
+/*
+ * A plain socketpair() is blocking.  The stream must make it non-blocking:
+ * otherwise its reader sits in read() and its writer in send(), and the
+ * whole loop with them (here the sender task would never run, and the
+ * test would hang until the runner kills it).
+ */
+static int late_sender(void *a)
+{
+    int fd = *(int *)a;
+    int r = ca_sleep(0.01);
+    if (r < 0)
+        return r;
+    return write(fd, "late\n", 5) == 5 ? 0 : -EIO;
+}
+
+static int blocking_fd_main(void *a)
+{
+    (void)a;
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    ca_stream *s;
+    ASSERT_EQ(ca_stream_open(&s, sv[0], NULL), 0);
+    ASSERT(fcntl(sv[0], F_GETFL) & O_NONBLOCK);
+    ca_task *t = ca_spawn(late_sender, &sv[1]);
+    ASSERT(t);
+    char line[16];
+    ASSERT_EQ(ca_stream_readline(s, line, sizeof(line)), 5);
+    ASSERT_STREQ(line, "late\n");
+    ASSERT_EQ(ca_join(t), 0);
+    ca_task_release(t);
+    /* The writer side too: a write bigger than the socket buffer queues
+     * the rest instead of blocking in send(). */
+    static char big[4 << 20];
+    ASSERT_EQ(ca_stream_write(s, big, sizeof(big)), 0);
+    ASSERT_GT(ca_stream_write_buffered(s), 0);
+    ca_stream *bad;
+    ASSERT_EQ(ca_stream_open(&bad, -1, NULL), -EINVAL);
+    int fd = dup(sv[1]);
+    ASSERT_GE(fd, 0);
+    close(fd);
+    ASSERT_EQ(ca_stream_open(&bad, fd, NULL), -EBADF);
+    ca_close(sv[1]);
+    ASSERT_EQ(ca_stream_close(s), -EPIPE);
+    return 0;
+}
+
+static void test_stream_open_blocking_fd(void)
+{
+    ASSERT_EQ(ca_run(blocking_fd_main, NULL), 0);
+}
+
 /* ---- Unix sockets ---------------------------------------------------------- */
 
 static int unix_server(void *a)
@@ -1153,6 +1206,7 @@ static const struct test_case tests[] = {
     {"echo_and_stream_reads", test_echo_and_stream_reads, 20, 0},
     {"stream_limits", test_stream_limits, 10, 0},
     {"short_read_then_fin", test_short_read_then_fin, 20, 0},
+    {"stream_open_blocking_fd", test_stream_open_blocking_fd, 10, 0},
     {"unix_sockets", test_unix_sockets, 10, 0},
     {"backpressure", test_backpressure, 10, 0},
     {"write_ceiling", test_write_ceiling, 20, 0},

@@ -23,6 +23,7 @@
 #include "task/task.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sendfile.h>
@@ -122,6 +123,21 @@ static size_t wlen(const ca_stream *s)
     return s->wend - s->wstart;
 }
 
+/* A stream never blocks the thread: an fd the caller made blocking (a
+ * plain socketpair() or pipe(), a socket inherited or accepted elsewhere)
+ * would stop the whole loop in read() or send().  asyncio's transports set
+ * the flag the same way.  Checked first: cawait's own sockets already have
+ * it, and they pay one fcntl, not two. */
+static int set_nonblocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return -errno;
+    if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return -errno;
+    return 0;
+}
+
 int ca_stream_open(ca_stream **out, int fd, const ca_stream_opts *opts)
 {
     if (!out || fd < 0) {
@@ -133,6 +149,11 @@ int ca_stream_open(ca_stream **out, int fd, const ca_stream_opts *opts)
     if (!ca__loop()) {
         close(fd);
         return -CA_ENOLOOP;
+    }
+    int r = set_nonblocking(fd);
+    if (r < 0) {
+        ca_close(fd);
+        return r;
     }
     ca_stream *s = calloc(1, sizeof(*s));
     if (!s) {
