@@ -8,7 +8,9 @@
  * the data buffered, so the buffer never grows past limit + one read.
  *
  * Writing: ca_stream_write sends at once what the kernel takes and keeps the
- * rest in [wstart, wend).  While data is buffered, a non-task fd waiter
+ * rest in [wstart, wend); small writes after the first of a slice are
+ * gathered there and sent by a callback when the slice ends (see
+ * gathering()).  The buffer is freed whenever it empties.  While data is buffered, a non-task fd waiter
  * (flush_waiter) sends more whenever the fd becomes writable, in the loop's
  * own context: like asyncio's transport, the data goes out even if nobody
  * calls drain.  ca_stream_drain is the back pressure: it parks the caller
@@ -38,6 +40,9 @@
  * straight into the caller's buffer. */
 #define DIRECT_READ 1024u
 #define EXACT_MAX (16u * 1024u * 1024u)
+/* Small writes within one slice are gathered up to this many bytes before
+ * a send (see gathering()). */
+#define GATHER_MAX (16u * 1024u)
 
 static ssize_t fd_recv(ca__layer *l, void *buf, size_t n, int *want)
 {
@@ -379,6 +384,16 @@ int ca_stream_at_eof(const ca_stream *s)
 /* Writing                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* Forget the write buffer: it is empty (everything went out) or the send
+ * failed.  Its memory goes back, as the read buffer's does: a burst to a
+ * slow peer must not pin a megabyte per connection for ever after. */
+static void wdrop(ca_stream *s)
+{
+    free(s->wbuf);
+    s->wbuf = NULL;
+    s->wstart = s->wend = s->wcap = 0;
+}
+
 /* Send what the kernel takes without waiting.  0, or the sticky error. */
 static int send_some(ca_stream *s)
 {
@@ -392,14 +407,14 @@ static int send_some(ca_stream *s)
         }
         if (n == -EAGAIN) {
             s->want_w = want;
-            break;
+            return 0;
         }
         s->werr = n < 0 ? (int)n : -EPIPE;
-        s->wstart = s->wend = 0;
+        wdrop(s);
         return s->werr;
     }
-    if (wlen(s) == 0)
-        s->wstart = s->wend = 0;
+    if (s->wbuf)
+        wdrop(s);
     return 0;
 }
 
@@ -431,46 +446,68 @@ static void arm_flush(ca_stream *s)
     ca__fd_add_waiter(l, &s->flush_waiter);
 }
 
+/* Send now what is buffered, and leave the rest to the fd waiter. */
+static int flush_now(ca_stream *s)
+{
+    int r = send_some(s);
+    if (r == 0 && wlen(s) > 0)
+        arm_flush(s);
+    return r;
+}
+
+/* The gathered writes of a slice go out after it (a callback). */
+static void gather_run(void *arg)
+{
+    ca_stream *s = arg;
+    s->gather_pending = 0;
+    if (!s->werr && !s->flush_armed)
+        flush_now(s);
+}
+
+static void gather_later(ca_stream *s)
+{
+    if (s->gather_pending || s->flush_armed)
+        return;
+    if (ca_call_soon(gather_run, s, &s->gather_flush) == 0)
+        s->gather_pending = 1;
+    else
+        flush_now(s); /* no callback to be had: send at once */
+}
+
 static void disarm_flush(ca_stream *s)
 {
     ca_loop *l = ca__loop();
     if (s->flush_armed && l)
         ca__fd_remove_waiter(l, &s->flush_waiter);
     s->flush_armed = 0;
+    if (s->gather_pending)
+        ca_handle_cancel(s->gather_flush);
+    s->gather_pending = 0;
 }
 
-int ca_stream_write(ca_stream *s, const void *buf, size_t n)
+/*
+ * Gathering.  The first write of a slice (the stretch a task or callback
+ * runs without waiting) goes straight to the kernel: a lone reply leaves at
+ * once, without a copy.  Later small writes of the same slice are queued
+ * and sent together by a callback once the slice ends (uvloop does the
+ * same): with TCP_NODELAY, a write per field or per record used to cost a
+ * send() and a TCP segment each (10M writes of 8 bytes: 6.1 s, 5x uvloop).
+ */
+static int gathering(const ca_stream *s, size_t n)
 {
-    if (!s || (!buf && n))
-        return -EINVAL;
-    if (s->werr)
-        return s->werr;
-    if (s->wclosed)
-        return -EPIPE;
-    if (n == 0)
-        return 0;
-    if (wlen(s) > 16 * s->high)
-        return -ENOBUFS; /* the writer never drains: refuse to grow */
-    const char *p = buf;
-    if (wlen(s) == 0) {
-        /* Nothing queued: try the kernel first (the common case). */
-        for (;;) {
-            int want = CA_WRITE;
-            ssize_t k = s->top->ops->send(s->top, p, n, &want);
-            if (k >= 0) {
-                p += k;
-                n -= (size_t)k;
-                if (n == 0)
-                    return 0;
-                continue;
-            }
-            if (k == -EAGAIN) {
-                s->want_w = want;
-                break;
-            }
-            return s->werr = (int)k;
-        }
-    }
+    ca_loop *l = ca__loop();
+    return l && n < GATHER_MAX && s->direct_slice == l->slices + 1;
+}
+
+static void note_direct(ca_stream *s)
+{
+    ca_loop *l = ca__loop();
+    s->direct_slice = l ? l->slices + 1 : 0;
+}
+
+/* Append to the write buffer (compacting or growing it). */
+static int wqueue(ca_stream *s, const char *p, size_t n)
+{
     if (s->wcap - s->wend < n) {
         if (s->wstart > 0) {
             memmove(s->wbuf, s->wbuf + s->wstart, wlen(s));
@@ -490,7 +527,54 @@ int ca_stream_write(ca_stream *s, const void *buf, size_t n)
     }
     memcpy(s->wbuf + s->wend, p, n);
     s->wend += n;
-    arm_flush(s);
+    return 0;
+}
+
+int ca_stream_write(ca_stream *s, const void *buf, size_t n)
+{
+    if (!s || (!buf && n))
+        return -EINVAL;
+    if (s->werr)
+        return s->werr;
+    if (s->wclosed)
+        return -EPIPE;
+    if (n == 0)
+        return 0;
+    if (wlen(s) > 16 * s->high)
+        return -ENOBUFS; /* the writer never drains: refuse to grow */
+    const char *p = buf;
+    int kernel_full = 0;
+    if (wlen(s) == 0 && !gathering(s, n)) {
+        /* Nothing queued: try the kernel first (the common case). */
+        note_direct(s);
+        for (;;) {
+            int want = CA_WRITE;
+            ssize_t k = s->top->ops->send(s->top, p, n, &want);
+            if (k >= 0) {
+                p += k;
+                n -= (size_t)k;
+                if (n == 0)
+                    return 0;
+                continue;
+            }
+            if (k == -EAGAIN) {
+                s->want_w = want;
+                kernel_full = 1;
+                break;
+            }
+            return s->werr = (int)k;
+        }
+    }
+    int r = wqueue(s, p, n);
+    if (r < 0)
+        return r;
+    if (kernel_full || s->flush_armed) {
+        arm_flush(s); /* sent when the fd is writable again */
+        return 0;
+    }
+    if (wlen(s) >= GATHER_MAX)
+        return flush_now(s); /* enough for a full send now */
+    gather_later(s);
     return 0;
 }
 

@@ -61,6 +61,12 @@ struct ca_stream {
     int want_w; /* readiness the top layer wants before it can send more */
     ca__fdwait flush_waiter;
     int flush_armed;
+    /* Write gathering (stream.c): the loop's slice counter + 1 at the last
+     * write that went straight to the kernel, and the callback that sends
+     * what later writes of that slice queued. */
+    uint64_t direct_slice;
+    ca_handle gather_flush;
+    int gather_pending;
 };
 
 /* Flush everything buffered for writing (blocking, task context).  Returns
