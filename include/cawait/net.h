@@ -158,8 +158,8 @@ typedef struct ca_stream_opts {
 } ca_stream_opts;
 
 /* Wrap a connected stream fd (a socket or a pipe) in a stream; the stream
- * owns the fd from then on (also on failure).  Returns 0 or -ENOMEM,
- * -EINVAL, -CA_ENOLOOP. */
+ * owns the fd from then on (also on failure) and makes it non-blocking.
+ * Returns 0 or -ENOMEM, -EINVAL, -EBADF (not an open fd), -CA_ENOLOOP. */
 CA_EXTERN int ca_stream_open(ca_stream **out, int fd,
                              const ca_stream_opts *opts);
 /* ca_tcp_connect + ca_stream_open (asyncio.open_connection).  Blocking. */
@@ -185,8 +185,12 @@ CA_EXTERN ssize_t ca_stream_readuntil(ca_stream *s, const void *sep,
 /* 1 once the peer has closed and everything buffered has been read. */
 CA_EXTERN int ca_stream_at_eof(const ca_stream *s);
 
-/* Queue n bytes for sending (asyncio's write: never blocks; it sends at
- * once what the kernel takes and buffers the rest).  Returns 0, -EPIPE
+/* Queue n bytes for sending (asyncio's write: never blocks).  The first
+ * write of a task's slice (the stretch it runs without waiting) and any
+ * write of 16 KiB or more go to the kernel at once, the rest buffered;
+ * later small writes of the same slice are gathered and sent together when
+ * the task waits or yields (as uvloop does), or once 16 KiB are gathered:
+ * a write per field costs no send() each.  Returns 0, -EPIPE
  * after write_eof/close or a failed send, -ENOMEM, or -ENOBUFS while more
  * than 16 times the high-water mark is already queued (a writer that never
  * calls ca_stream_drain; nothing of this write is sent or queued). */
