@@ -881,6 +881,69 @@ static void test_truncated_records(void)
     ASSERT_EQ(ca_run(truncation_main, NULL), 0);
 }
 
+/* A client that only writes, then closes: the server must get every byte
+ * and a clean end of stream.  The TLS 1.3 session tickets the server sent
+ * after the handshake sit unread in the client's socket; closing a socket
+ * with unread bytes sends RST and drops the send queue, so the server lost
+ * the last megabytes and read ECONNRESET. */
+static size_t sink_got;
+static int sink_status = 1;
+
+static int slow_sink_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    ca_sleep(0.5); /* the client's data waits in its socket meanwhile */
+    char buf[16384];
+    for (;;) {
+        ssize_t n = ca_stream_read(s, buf, sizeof(buf));
+        if (n <= 0) {
+            sink_status = (int)n;
+            return 0;
+        }
+        sink_got += (size_t)n;
+    }
+}
+
+static int write_close_main(void *a)
+{
+    (void)a;
+    ca_tls_ctx *sc = server_ctx(p_srv, p_srv_key, NULL);
+    ca_server *srv;
+    ca_server_opts so = {.tls = sc};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, slow_sink_handler, NULL, &so),
+              0);
+    ca_tls_ctx_free(sc);
+    ca_tls_ctx *cc = client_ctx(NULL);
+    ca_stream *c;
+    ASSERT_EQ(ca_open_tls_connection(&c, "127.0.0.1",
+                                     (unsigned)ca_server_port(srv), cc, NULL),
+              0);
+    ASSERT_STREQ(ca_stream_tls_version(c), "TLSv1.3");
+    ca_sleep(0.1); /* the server finishes its handshake: tickets sent */
+    enum { CHUNK = 65536, TOTAL = 512 << 10 };
+    char *buf = calloc(1, CHUNK);
+    ASSERT(buf != NULL);
+    for (size_t sent = 0; sent < TOTAL; sent += CHUNK) {
+        ASSERT_EQ(ca_stream_write(c, buf, CHUNK), 0);
+        ASSERT_EQ(ca_stream_drain(c), 0);
+    }
+    ASSERT_EQ(ca_stream_close(c), 0);
+    for (int i = 0; i < 1000 && sink_status > 0; i++)
+        ca_sleep(0.01);
+    ASSERT_EQ(sink_status, 0);
+    ASSERT_EQ(sink_got, (size_t)TOTAL);
+    free(buf);
+    ca_tls_ctx_free(cc);
+    ASSERT_EQ(ca_server_close(srv, 2.0), 0);
+    return 0;
+}
+
+static void test_write_then_close(void)
+{
+    make_certs();
+    ASSERT_EQ(ca_run(write_close_main, NULL), 0);
+}
+
 /* Cancelling a handshake in progress frees everything. */
 static int cancel_hs_task(void *arg)
 {
@@ -1449,6 +1512,7 @@ static const struct test_case tests[] = {
     {"garbage_peers", test_garbage_peers, 30, 0},
     {"truncated_records", test_truncated_records, 30, 0},
     {"cancel_handshake", test_cancel_handshake, 30, 0},
+    {"write_then_close", test_write_then_close, 30, 0},
     {"openssl_s_server", test_openssl_s_server, 60, 0},
     {"openssl_s_client", test_openssl_s_client, 60, 0},
     {"renegotiation_refused", test_renegotiation_refused, 60, 0},
