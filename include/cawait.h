@@ -100,7 +100,8 @@ typedef struct ca_loop ca_loop;
  * A task body.  Its return value is the task's status: >= 0 is success (the
  * value is the task's integer result), < 0 is failure (a negative errno or
  * cawait code).  A failed task that nobody joins is reported on stderr when
- * it is collected ("exception was never retrieved").
+ * it is collected ("cawait: task '...' ... failed with ... and was never
+ * joined", asyncio's "exception was never retrieved").
  */
 typedef int (*ca_fn)(void *arg);
 
