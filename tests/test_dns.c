@@ -2,7 +2,8 @@
  * DNS: lookups through c-ares against a DNS server this test runs itself on
  * 127.0.0.1 (a UDP task that answers A and AAAA queries from the records
  * table below, NXDOMAIN for other names and missing.*, SERVFAIL for fail.*,
- * and never answers slow.*).
+ * and never answers slow.*), and over TCP on the same port for answers
+ * too long for UDP (big.*).
  *
  * Not tested here: /etc/hosts lookups of arbitrary names.  ca_dns_opts has
  * no way to point the resolver at another hosts file, and the test must not
@@ -30,6 +31,10 @@ static int dns_fd;
 static int queries_seen;
 /* Queries for dual.cawait.test, by type. */
 static int dual_a_seen, dual_aaaa_seen;
+/* Queries for big.cawait.test: [0] over UDP, [1] over TCP. */
+static int big_queries_seen[2];
+static int dns_tcp_fd;
+static ca_task *dns_tcp_task;
 
 #define T_A 1
 #define T_AAAA 28
@@ -79,6 +84,76 @@ static int parse_question(const unsigned char *q, int len, char *name,
     return off + 4;
 }
 
+/* big.cawait.test: BIG_N A records 127.0.1.1, 127.0.1.2...: 16 bytes
+ * each, more than a 512-byte UDP answer holds. */
+#define BIG_N 40
+
+static int add_a(unsigned char *out, int len, int qtype, const unsigned char *addr)
+{
+    int alen = qtype == T_AAAA ? 16 : 4;
+    /* name (pointer to the question), type, class IN, TTL 60, RDLENGTH,
+     * RDATA */
+    const unsigned char rr[] = {0xc0, 0x0c, 0, (unsigned char)qtype,
+                                0,    1,    0, 0,
+                                0,    60,   0, (unsigned char)alen};
+    memcpy(out + len, rr, sizeof(rr));
+    len += (int)sizeof(rr);
+    memcpy(out + len, addr, (size_t)alen);
+    return len + alen;
+}
+
+/* The answer to the query q[0..n) in out (room for 2048 bytes): its
+ * length, or -1 for no answer.  Over UDP, an answer longer than 512 bytes
+ * is cut to its header and question with the TC bit set, as a real server
+ * does, so that the client asks again over TCP. */
+static int dns_answer(const unsigned char *q, int n, unsigned char *out,
+                      int tcp)
+{
+    char name[256];
+    int qtype;
+    int end = parse_question(q, n, name, &qtype);
+    if (end < 0 || strncmp(name, "slow.", 5) == 0)
+        return -1; /* never answer */
+    if (strcmp(name, "dual.cawait.test") == 0) {
+        dual_a_seen += qtype == T_A;
+        dual_aaaa_seen += qtype == T_AAAA;
+    }
+    if (strcmp(name, "big.cawait.test") == 0)
+        big_queries_seen[tcp]++;
+    int rcode = 3, answers = 0; /* NXDOMAIN unless the name is known */
+    memcpy(out, q, (size_t)end);
+    int len = end;
+    if (strncmp(name, "fail.", 5) == 0) {
+        rcode = 2; /* SERVFAIL */
+    } else if (strcmp(name, "big.cawait.test") == 0) {
+        rcode = 0;
+        for (int i = 1; qtype == T_A && i <= BIG_N; i++, answers++)
+            len = add_a(out, len, qtype,
+                        (const unsigned char[]){127, 0, 1, (unsigned char)i});
+    } else {
+        for (size_t i = 0; i < NRECORDS; i++) {
+            if (strcmp(name, records[i].name) != 0)
+                continue;
+            rcode = 0;
+            if (records[i].type != qtype)
+                continue;
+            len = add_a(out, len, qtype, records[i].addr);
+            answers++;
+        }
+    }
+    int tc = !tcp && len > 512;
+    if (tc) {
+        len = end;
+        answers = 0;
+    }
+    out[2] = (unsigned char)(0x80 | (tc ? 0x02 : 0) | (q[2] & 0x01)); /* QR, TC, RD */
+    out[3] = (unsigned char)(0x80 | rcode); /* RA, RCODE */
+    out[6] = 0;
+    out[7] = (unsigned char)answers; /* ANCOUNT */
+    memset(out + 8, 0, 4);           /* NSCOUNT, ARCOUNT */
+    return len;
+}
+
 static int dns_server(void *a)
 {
     (void)a;
@@ -93,48 +168,58 @@ static int dns_server(void *a)
         if (n < 12)
             continue;
         queries_seen++;
-        char name[256];
-        int qtype;
-        int end = parse_question(buf, (int)n, name, &qtype);
-        if (end < 0)
+        unsigned char out[2048];
+        int len = dns_answer(buf, (int)n, out, 0);
+        if (len > 0)
+            ca_sendto(dns_fd, out, (size_t)len, (struct sockaddr *)&from,
+                      flen);
+    }
+}
+
+/* Read exactly n bytes: 0, or -1 at end of stream or on an error. */
+static int read_full(int fd, unsigned char *p, size_t n)
+{
+    while (n) {
+        ssize_t r = ca_read(fd, p, n);
+        if (r <= 0)
+            return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* DNS over TCP (RFC 1035 4.2.2: each message after its 2-byte length), on
+ * the UDP server's port: one connection at a time, each query answered in
+ * one write, so that the length and the message arrive together. */
+static int dns_tcp_conn(int fd)
+{
+    for (;;) {
+        unsigned char len2[2], q[512], out[2 + 2048];
+        if (read_full(fd, len2, 2) < 0)
+            return 0;
+        int n = (len2[0] << 8) | len2[1];
+        if (n < 12 || n > (int)sizeof(q) || read_full(fd, q, (size_t)n) < 0)
+            return 0;
+        int len = dns_answer(q, n, out + 2, 1);
+        if (len < 0)
             continue;
-        if (strncmp(name, "slow.", 5) == 0)
-            continue; /* never answer */
-        if (strcmp(name, "dual.cawait.test") == 0) {
-            dual_a_seen += qtype == T_A;
-            dual_aaaa_seen += qtype == T_AAAA;
-        }
-        int rcode = 3, answers = 0; /* NXDOMAIN unless the name is known */
-        unsigned char out[600];
-        memcpy(out, buf, (size_t)end);
-        int len = end;
-        if (strncmp(name, "fail.", 5) == 0)
-            rcode = 2; /* SERVFAIL */
-        else
-            for (size_t i = 0; i < NRECORDS; i++) {
-                if (strcmp(name, records[i].name) != 0)
-                    continue;
-                rcode = 0;
-                if (records[i].type != qtype)
-                    continue;
-                int alen = qtype == T_AAAA ? 16 : 4;
-                /* name (pointer to the question), type, class IN, TTL 60,
-                 * RDLENGTH, RDATA */
-                const unsigned char rr[] = {0xc0, 0x0c, 0, (unsigned char)qtype,
-                                            0,    1,    0, 0,
-                                            0,    60,   0, (unsigned char)alen};
-                memcpy(out + len, rr, sizeof(rr));
-                len += (int)sizeof(rr);
-                memcpy(out + len, records[i].addr, (size_t)alen);
-                len += alen;
-                answers++;
-            }
-        out[2] = (unsigned char)(0x80 | (buf[2] & 0x01)); /* QR, RD */
-        out[3] = (unsigned char)(0x80 | rcode);           /* RA, RCODE */
-        out[6] = 0;
-        out[7] = (unsigned char)answers; /* ANCOUNT */
-        memset(out + 8, 0, 4);           /* NSCOUNT, ARCOUNT */
-        ca_sendto(dns_fd, out, (size_t)len, (struct sockaddr *)&from, flen);
+        out[0] = (unsigned char)(len >> 8);
+        out[1] = (unsigned char)len;
+        if (ca_write(fd, out, (size_t)len + 2) < 0)
+            return 0;
+    }
+}
+
+static int dns_tcp_server(void *a)
+{
+    (void)a;
+    for (;;) {
+        int fd = ca_accept(dns_tcp_fd, NULL, NULL);
+        if (fd < 0)
+            return fd == -ECANCELED ? 0 : fd;
+        dns_tcp_conn(fd);
+        ca_close(fd);
     }
 }
 
@@ -151,15 +236,25 @@ static ca_task *start_dns(void)
     ASSERT_EQ(ca_dns_configure(&o), 0);
     ca_task *t = ca_spawn(dns_server, NULL);
     ASSERT(t);
+    /* the same port over TCP, for answers too long for UDP */
+    dns_tcp_fd = ca_tcp_listen("127.0.0.1", (unsigned)ca_sock_port(dns_fd),
+                               NULL);
+    ASSERT_GE(dns_tcp_fd, 0);
+    dns_tcp_task = ca_spawn(dns_tcp_server, NULL);
+    ASSERT(dns_tcp_task);
     return t;
 }
 
 static void stop_dns(ca_task *t)
 {
-    ca_cancel(t);
-    ca_join(t);
-    ca_task_release(t);
+    ca_task *ts[2] = {t, dns_tcp_task};
+    for (int i = 0; i < 2; i++) {
+        ca_cancel(ts[i]);
+        ca_join(ts[i]);
+        ca_task_release(ts[i]);
+    }
     ca_close(dns_fd);
+    ca_close(dns_tcp_fd);
 }
 
 static int lookups_main(void *a)
@@ -713,6 +808,50 @@ static void test_connect_deadline_and_cancel(void)
     ASSERT_EQ(ca_run(connect_abort_main, NULL), 0);
 }
 
+/* ---- answers too long for UDP come over TCP -------------------------------- */
+
+/*
+ * big.cawait.test has 40 A records (700 bytes): the server answers over UDP
+ * with the TC bit and no records, c-ares asks again over TCP, and the
+ * lookup returns all 40 in the server's order, within one try's timeout,
+ * not -ETIMEDOUT after all tries (c-ares reads the TCP answer in two steps;
+ * the loop's edge-triggered epoll reports the bytes once).
+ */
+static int tcp_answer_main(void *a)
+{
+    (void)a;
+    ca_task *srv = start_dns();
+    int udp0 = big_queries_seen[0], tcp0 = big_queries_seen[1];
+    ca_addrinfo *ai = NULL;
+    double t0 = mono();
+    ASSERT_EQ(ca_getaddrinfo("big.cawait.test", 80, AF_INET, SOCK_STREAM, &ai),
+              0);
+    ASSERT_TIME_LT(mono() - t0, 1.0);
+    int n = 0;
+    for (ca_addrinfo *p = ai; p; p = p->next, n++)
+        if (n < BIG_N)
+            ASSERT_EQ(ipv4_of(p), 0x7f000101u + (unsigned)n);
+    ASSERT_EQ(n, BIG_N);
+    ca_freeaddrinfo(ai);
+    ASSERT_GT(big_queries_seen[0], udp0); /* truncated over UDP */
+    ASSERT_GT(big_queries_seen[1], tcp0); /* then asked over TCP */
+
+    /* AF_UNSPEC: the A answer over TCP, the (empty) AAAA one over UDP */
+    ASSERT_EQ(ca_getaddrinfo("big.cawait.test", 80, AF_UNSPEC, 0, &ai), 0);
+    n = 0;
+    for (ca_addrinfo *p = ai; p; p = p->next)
+        n++;
+    ASSERT_EQ(n, BIG_N);
+    ca_freeaddrinfo(ai);
+    stop_dns(srv);
+    return 0;
+}
+
+static void test_tcp_answer(void)
+{
+    ASSERT_EQ(ca_run(tcp_answer_main, NULL), 0);
+}
+
 static const struct test_case tests[] = {
     {"lookups", test_lookups, 20, 0},
     {"concurrent_and_servfail", test_concurrent_and_servfail, 20, 0},
@@ -723,6 +862,7 @@ static const struct test_case tests[] = {
     {"cancel_stops_queries", test_cancel_stops_queries, 20, 0},
     {"happy_eyeballs_stagger", test_happy_eyeballs_stagger, 20, 0},
     {"connect_deadline_and_cancel", test_connect_deadline_and_cancel, 20, 0},
+    {"tcp_answer", test_tcp_answer, 20, 0},
     {NULL, NULL, 0, 0},
 };
 

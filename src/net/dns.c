@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +92,34 @@ static void sock_disarm(struct dns_sock *s)
     s->armed = 0;
 }
 
+/* 1 if fd has input pending (or a hang-up to read). */
+static int readable_now(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+/*
+ * c-ares 1.18 reads a TCP answer one recv per ares_process_fd call (its
+ * 2-byte length, then the message) and leaves the rest in the socket,
+ * expecting to be called again; the loop's epoll is edge-triggered, so no
+ * new event comes for bytes already there and every answer that came over
+ * TCP (truncated UDP answers, or more than 512 bytes: some 30 A records)
+ * timed out.  So call it again while the socket it still watches for input
+ * has some; bounded, in case c-ares leaves input unread for good.
+ */
+#define DRAIN_CALLS 16
+
+static void drain(struct dns_sock *s, ares_socket_t fd)
+{
+    struct dns_query *q = s->q;
+    for (int i = 0; i < DRAIN_CALLS && !q->done; i++) {
+        if (s->fd != fd || !(s->events & CA_READ) || !readable_now(fd))
+            return;
+        ares_process_fd(q->ch, fd, ARES_SOCKET_BAD);
+    }
+}
+
 static void sock_wake(ca__fdwait *w, int result)
 {
     struct dns_sock *s = (struct dns_sock *)w;
@@ -102,6 +131,8 @@ static void sock_wake(ca__fdwait *w, int result)
     if (result > 0 && (result & CA_WRITE))
         wfd = s->fd;
     ares_process_fd(q->ch, rfd, wfd);
+    if (rfd != ARES_SOCKET_BAD)
+        drain(s, rfd);
     /* The callback may have changed what this slot wants (or freed it). */
     sock_arm(s);
     update_timer(q);
