@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -852,6 +853,47 @@ static void test_tcp_answer(void)
     ASSERT_EQ(ca_run(tcp_answer_main, NULL), 0);
 }
 
+/* ---- out of descriptors --------------------------------------------------- */
+
+/*
+ * With every descriptor in use, a lookup fails with -EMFILE, as a socket
+ * call does, not -ECONNREFUSED (c-ares' word for "no server could be
+ * asked"), and ca_tcp_connect by name passes it on; once descriptors are
+ * free again, lookups work.
+ */
+static int no_fds_main(void *a)
+{
+    (void)a;
+    ca_task *srv = start_dns();
+    struct rlimit old;
+    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+    struct rlimit low = {(rlim_t)test_count_fds() + 64, old.rlim_max};
+    if (low.rlim_cur > old.rlim_cur || setrlimit(RLIMIT_NOFILE, &low) < 0)
+        SKIP("cannot lower RLIMIT_NOFILE");
+    int fill[128], n = 0;
+    while (n < 128 && (fill[n] = dup(dns_fd)) >= 0)
+        n++;
+    ASSERT(n < 128); /* the limit was reached */
+    ca_addrinfo *ai = NULL;
+    int r1 = ca_getaddrinfo("ok.cawait.test", 80, AF_INET, 0, &ai);
+    int r2 = ca_tcp_connect("ok.cawait.test", 80);
+    while (n > 0)
+        close(fill[--n]);
+    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+    ASSERT_EQ(r1, -EMFILE);
+    ASSERT(ai == NULL);
+    ASSERT_EQ(r2, -EMFILE);
+    ASSERT_EQ(ca_getaddrinfo("ok.cawait.test", 80, AF_INET, 0, &ai), 0);
+    ca_freeaddrinfo(ai);
+    stop_dns(srv);
+    return 0;
+}
+
+static void test_out_of_fds(void)
+{
+    ASSERT_EQ(ca_run(no_fds_main, NULL), 0);
+}
+
 static const struct test_case tests[] = {
     {"lookups", test_lookups, 20, 0},
     {"concurrent_and_servfail", test_concurrent_and_servfail, 20, 0},
@@ -863,6 +905,7 @@ static const struct test_case tests[] = {
     {"happy_eyeballs_stagger", test_happy_eyeballs_stagger, 20, 0},
     {"connect_deadline_and_cancel", test_connect_deadline_and_cancel, 20, 0},
     {"tcp_answer", test_tcp_answer, 20, 0},
+    {"out_of_fds", test_out_of_fds, 20, 0},
     {NULL, NULL, 0, 0},
 };
 

@@ -42,7 +42,8 @@ typedef struct ca_addrinfo {
  * address of that family), -CA_EDNSFAIL (server failure), -ETIMEDOUT (no
  * answer, or a deadline scope), -ECANCELED (the lookup is cancelled in
  * c-ares too), -CA_ENORESOLVER (built without c-ares and not numeric),
- * -EINVAL, -ENOMEM, -EPERM.  Blocking.
+ * -EMFILE/-ENFILE (no descriptor for the query's socket: each lookup in
+ * flight holds one), -EINVAL, -ENOMEM, -EPERM.  Blocking.
  */
 CA_EXTERN int ca_getaddrinfo(const char *host, unsigned port, int family,
                              int socktype, ca_addrinfo **out);

@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 int ca_dns_configure(const ca_dns_opts *opts)
 {
@@ -234,6 +236,28 @@ static int map_status(int st)
     }
 }
 
+/*
+ * c-ares 1.18 reports a socket(2) that fails for want of descriptors as
+ * ARES_ECONNREFUSED (it skips the server as if it had refused, and ends
+ * with that status once none is left), and a hosts or resolv.conf file it
+ * cannot open as ARES_EFILE: some 1,000 lookups at once at the usual limit
+ * of 1,024 descriptors, one socket each, and the caller of ca_tcp_connect
+ * read "connection refused" from a server never contacted.  On those two
+ * errors, try for a descriptor: -EMFILE or -ENFILE when there is none,
+ * like every other socket call.
+ */
+static int fd_shortage(int r)
+{
+    if (r != -ECONNREFUSED && r != -CA_EDNS)
+        return r;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        close(fd);
+        return r;
+    }
+    return errno == EMFILE || errno == ENFILE ? -errno : r;
+}
+
 static int convert(const struct ares_addrinfo *res, int socktype,
                    ca_addrinfo **out)
 {
@@ -335,7 +359,7 @@ int ca_getaddrinfo(const char *host, unsigned port, int family, int socktype,
     int st = ares_init_options(&q->ch, &o, mask);
     if (st != ARES_SUCCESS) {
         free(q);
-        return map_status(st);
+        return fd_shortage(map_status(st));
     }
     if (l->dns_servers &&
         ares_set_servers_ports_csv(q->ch, l->dns_servers) != ARES_SUCCESS) {
@@ -363,7 +387,7 @@ int ca_getaddrinfo(const char *host, unsigned port, int family, int socktype,
     }
     q->task = NULL;
     if (r >= 0 || q->status != ARES_ECANCELLED)
-        r = map_status(q->status);
+        r = fd_shortage(map_status(q->status));
     if (r == 0)
         r = convert(q->res, socktype, out);
     if (q->res)
