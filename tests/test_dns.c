@@ -853,6 +853,47 @@ static void test_tcp_answer(void)
     ASSERT_EQ(ca_run(tcp_answer_main, NULL), 0);
 }
 
+/* ---- connecting by name tries every address ------------------------------- */
+
+/*
+ * Of big.cawait.test's 40 addresses only the 20th, 127.0.1.20, listens:
+ * ca_tcp_connect goes through the 19 refusals (each starts the next
+ * attempt at once) and connects to it, as asyncio and getaddrinfo(3) loops
+ * do; it used to give up with -ECONNREFUSED after the first 8.  When none
+ * listens, the error is the last refusal and no socket is left behind.
+ */
+static int many_addrs_main(void *a)
+{
+    (void)a;
+    ca_task *srv = start_dns();
+    int lfd = ca_tcp_listen("127.0.1.20", 0, NULL);
+    ASSERT_GE(lfd, 0);
+    unsigned port = (unsigned)ca_sock_port(lfd);
+    int fds0 = test_count_fds();
+    ca_task *acc = ca_spawn(accept_one, &lfd);
+    double t0 = mono();
+    int fd = ca_tcp_connect("big.cawait.test", port);
+    ASSERT_GE(fd, 0);
+    ASSERT_TIME_LT(mono() - t0, 2.0);
+    struct sockaddr_in peer;
+    socklen_t plen = sizeof(peer);
+    ASSERT_EQ(getpeername(fd, (struct sockaddr *)&peer, &plen), 0);
+    ASSERT_EQ(ntohl(peer.sin_addr.s_addr), 0x7f000114u);
+    ASSERT_EQ(ca_join(acc), 0);
+    ca_task_release(acc);
+    ca_close(fd);
+    ca_close(lfd);
+    ASSERT_EQ(ca_tcp_connect("big.cawait.test", port), -ECONNREFUSED);
+    ASSERT_EQ(test_count_fds(), fds0 - 1); /* lfd closed, nothing leaked */
+    stop_dns(srv);
+    return 0;
+}
+
+static void test_connect_many_addresses(void)
+{
+    ASSERT_EQ(ca_run(many_addrs_main, NULL), 0);
+}
+
 /* ---- out of descriptors --------------------------------------------------- */
 
 /*
@@ -906,6 +947,7 @@ static const struct test_case tests[] = {
     {"connect_deadline_and_cancel", test_connect_deadline_and_cancel, 20, 0},
     {"tcp_answer", test_tcp_answer, 20, 0},
     {"out_of_fds", test_out_of_fds, 20, 0},
+    {"connect_many_addresses", test_connect_many_addresses, 20, 0},
     {NULL, NULL, 0, 0},
 };
 

@@ -69,7 +69,8 @@ CA_EXTERN int ca_dns_configure(const ca_dns_opts *opts);
  * name resolved with ca_getaddrinfo.  Several addresses are raced (Happy
  * Eyeballs: families interleaved, "localhost" IPv6 first; each attempt
  * starts 250 ms after the previous one, or as soon as it fails; the first
- * to connect wins).  Returns the fd, or
+ * to connect wins; up to 64 addresses, the error of the last to fail when
+ * none connects).  Returns the fd, or
  * -ECONNREFUSED, -ETIMEDOUT (a deadline scope), -ECANCELED, -CA_ENOTFOUND
  * and -CA_EDNSFAIL (the name), -CA_ENORESOLVER (a name in a build without
  * c-ares), -EINVAL, -EPERM...  The caller owns the fd (close it with

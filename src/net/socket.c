@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -83,13 +84,25 @@ static int connect_fd(int fd, const struct sockaddr *addr, socklen_t len)
  * (families interleaved, IPv6 first), each started 250 ms after the
  * previous one or as soon as it fails; the first to connect wins and the
  * others are cancelled.
+ *
+ * Up to HE_MAX addresses are tried, like getaddrinfo(3) users and asyncio
+ * that try them all: a name with 50 addresses whose first 8 are down is
+ * still reached.  The bound keeps a huge answer (a TCP answer can hold
+ * thousands) from starting as many tasks.
  */
 #define HE_DELAY 0.25
-#define HE_MAX 8
+#define HE_MAX 64
+
+struct attempt {
+    struct race *race;
+    int i;
+};
 
 struct race {
-    struct sockaddr_storage addrs[HE_MAX];
-    socklen_t lens[HE_MAX];
+    struct sockaddr_storage *addrs; /* n of them, then n of scratch */
+    socklen_t *lens;                /* likewise */
+    struct attempt *att;
+    ca_task **tasks;
     int n;
     int winner;  /* fd of the first connection, or -1 */
     int failed;  /* attempts that failed */
@@ -97,10 +110,24 @@ struct race {
     ca_event changed;
 };
 
-struct attempt {
-    struct race *race;
-    int i;
-};
+static int race_init(struct race *rc, int n)
+{
+    memset(rc, 0, sizeof(*rc));
+    rc->addrs = calloc(2 * (size_t)n, sizeof(*rc->addrs));
+    rc->lens = calloc(2 * (size_t)n, sizeof(*rc->lens));
+    rc->att = calloc((size_t)n, sizeof(*rc->att));
+    rc->tasks = calloc((size_t)n, sizeof(*rc->tasks));
+    rc->n = n;
+    return rc->addrs && rc->lens && rc->att && rc->tasks ? 0 : -ENOMEM;
+}
+
+static void race_free(struct race *rc)
+{
+    free(rc->addrs);
+    free(rc->lens);
+    free(rc->att);
+    free(rc->tasks);
+}
 
 static int attempt_main(void *arg)
 {
@@ -128,44 +155,46 @@ static int attempt_main(void *arg)
     return 0;
 }
 
-static void order_families(struct race *rc)
+/* Take the first unused address of family fam (any family if fam is 0)
+ * into the scratch half at k: 1, or 0 if there is none. */
+static int take_family(struct race *rc, char *used, int fam, int k)
+{
+    for (int i = 0; i < rc->n; i++)
+        if (!used[i] && (!fam || rc->addrs[i].ss_family == fam)) {
+            rc->addrs[rc->n + k] = rc->addrs[i];
+            rc->lens[rc->n + k] = rc->lens[i];
+            used[i] = 1;
+            return 1;
+        }
+    return 0;
+}
+
+static int order_families(struct race *rc)
 {
     /* Interleave: first address of the first family, then of the other. */
-    struct sockaddr_storage a[HE_MAX];
-    socklen_t l[HE_MAX];
-    int used[HE_MAX] = {0}, k = 0;
+    char *used = calloc((size_t)rc->n, 1);
+    if (!used)
+        return -ENOMEM;
     int fam = rc->addrs[0].ss_family;
-    while (k < rc->n) {
-        int found = 0;
-        for (int i = 0; i < rc->n; i++)
-            if (!used[i] && rc->addrs[i].ss_family == fam) {
-                a[k] = rc->addrs[i];
-                l[k++] = rc->lens[i];
-                used[i] = found = 1;
-                break;
-            }
+    for (int k = 0; k < rc->n; k++) {
+        if (!take_family(rc, used, fam, k))
+            take_family(rc, used, 0, k);
         fam = fam == AF_INET6 ? AF_INET : AF_INET6;
-        if (!found) {
-            for (int i = 0; i < rc->n; i++)
-                if (!used[i]) {
-                    a[k] = rc->addrs[i];
-                    l[k++] = rc->lens[i];
-                    used[i] = 1;
-                    break;
-                }
-        }
     }
-    memcpy(rc->addrs, a, sizeof(a[0]) * (size_t)rc->n);
-    memcpy(rc->lens, l, sizeof(l[0]) * (size_t)rc->n);
+    free(used);
+    memmove(rc->addrs, rc->addrs + rc->n, sizeof(rc->addrs[0]) * (size_t)rc->n);
+    memmove(rc->lens, rc->lens + rc->n, sizeof(rc->lens[0]) * (size_t)rc->n);
+    return 0;
 }
 
 static int race_connect(struct race *rc)
 {
-    order_families(rc);
+    if (order_families(rc) < 0)
+        return -ENOMEM;
     rc->winner = -1;
     rc->err = -ECONNREFUSED;
-    struct attempt att[HE_MAX];
-    ca_task *tasks[HE_MAX] = {0};
+    struct attempt *att = rc->att;
+    ca_task **tasks = rc->tasks;
     int started = 0, r = 0;
     while (rc->winner < 0 && rc->failed < rc->n) {
         if (started < rc->n) {
@@ -216,49 +245,66 @@ out:
     return r < 0 ? r : rc->err;
 }
 
+/* One address: no race needed. */
+static int connect_one(const struct sockaddr_storage *addr, socklen_t len)
+{
+    int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    int r = connect_fd(fd, (const struct sockaddr *)addr, len);
+    if (r < 0) {
+        ca_close(fd);
+        return r;
+    }
+    return fd;
+}
+
 int ca_tcp_connect(const char *host, unsigned port)
 {
     if (!host || !*host || port == 0 || port > 65535)
         return -EINVAL;
     if (!ca__task_self("ca_tcp_connect"))
         return -EPERM;
-    struct race rc;
-    memset(&rc, 0, sizeof(rc));
-    int n = resolve(host, port, 0, rc.addrs, rc.lens, HE_MAX);
+    struct sockaddr_storage lit[2];
+    socklen_t litlen[2];
+    ca_addrinfo *res = NULL;
+    int n = resolve(host, port, 0, lit, litlen, 2);
     if (n == -CA_ENORESOLVER) {
         /* A name: ask the resolver. */
-        ca_addrinfo *res;
         int r = ca_getaddrinfo(host, port, AF_UNSPEC, SOCK_STREAM, &res);
         if (r < 0)
             return r;
         n = 0;
-        for (ca_addrinfo *ai = res; ai && n < HE_MAX; ai = ai->next) {
-            rc.addrs[n] = ai->addr;
-            rc.lens[n++] = ai->addrlen;
-        }
-        ca_freeaddrinfo(res);
+        for (ca_addrinfo *ai = res; ai && n < HE_MAX; ai = ai->next)
+            n++;
     }
-    if (n < 0)
-        return n;
-    if (n == 0)
-        return -CA_ENOTFOUND;
-    rc.n = n;
+    if (n <= 0) {
+        ca_freeaddrinfo(res);
+        return n < 0 ? n : -CA_ENOTFOUND;
+    }
+    if (n == 1 && !res)
+        return connect_one(&lit[0], litlen[0]);
     if (n == 1) {
-        /* One address: no race needed. */
-        int fd = socket(rc.addrs[0].ss_family,
-                        SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-            return -errno;
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        int r = connect_fd(fd, (struct sockaddr *)&rc.addrs[0], rc.lens[0]);
-        if (r < 0) {
-            ca_close(fd);
-            return r;
-        }
+        int fd = connect_one(&res->addr, res->addrlen);
+        ca_freeaddrinfo(res);
         return fd;
     }
-    return race_connect(&rc);
+    struct race rc;
+    int r = race_init(&rc, n);
+    const ca_addrinfo *ai = res;
+    for (int i = 0; r == 0 && i < n; i++) {
+        rc.addrs[i] = ai ? ai->addr : lit[i];
+        rc.lens[i] = ai ? ai->addrlen : litlen[i];
+        ai = ai ? ai->next : NULL;
+    }
+    ca_freeaddrinfo(res);
+    if (r == 0)
+        r = race_connect(&rc);
+    race_free(&rc);
+    return r;
 }
 
 static int listen_fd(int fd, const ca_listen_opts *opts)
