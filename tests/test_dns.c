@@ -229,7 +229,16 @@ static ca_task *start_dns(void)
 #ifndef CAWAIT_HAVE_CARES
     SKIP("built without c-ares: names are not resolved");
 #endif
-    dns_fd = ca_udp_bind("127.0.0.1", 0);
+    /* UDP and TCP on one port: a free TCP port first (the port range is
+     * shared with the other tests' connections), then UDP on it. */
+    dns_fd = -1;
+    for (int i = 0; i < 50 && dns_fd < 0; i++) {
+        dns_tcp_fd = ca_tcp_listen("127.0.0.1", 0, NULL);
+        ASSERT_GE(dns_tcp_fd, 0);
+        dns_fd = ca_udp_bind("127.0.0.1", (unsigned)ca_sock_port(dns_tcp_fd));
+        if (dns_fd < 0)
+            ca_close(dns_tcp_fd);
+    }
     ASSERT_GE(dns_fd, 0);
     char servers[64];
     snprintf(servers, sizeof(servers), "127.0.0.1:%d", ca_sock_port(dns_fd));
@@ -237,10 +246,6 @@ static ca_task *start_dns(void)
     ASSERT_EQ(ca_dns_configure(&o), 0);
     ca_task *t = ca_spawn(dns_server, NULL);
     ASSERT(t);
-    /* the same port over TCP, for answers too long for UDP */
-    dns_tcp_fd = ca_tcp_listen("127.0.0.1", (unsigned)ca_sock_port(dns_fd),
-                               NULL);
-    ASSERT_GE(dns_tcp_fd, 0);
     dns_tcp_task = ca_spawn(dns_tcp_server, NULL);
     ASSERT(dns_tcp_task);
     return t;
