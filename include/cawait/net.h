@@ -130,9 +130,12 @@ CA_EXTERN int ca_unix_dgram(const char *path);
  * or a negative errno.  Waits while the socket buffer is full.  Blocking. */
 CA_EXTERN ssize_t ca_sendto(int fd, const void *buf, size_t n,
                             const struct sockaddr *to, socklen_t tolen);
-/* Receive one datagram (truncated to n bytes); the sender's address goes
- * to *from and *fromlen when not NULL.  Returns its length or a negative errno.
- * Waits while none is queued.  Blocking. */
+/* Receive one datagram; the sender's address goes to *from and *fromlen
+ * when not NULL.  Returns its length (0 for an empty datagram, not an end
+ * of file) or a negative errno: -EMSGSIZE if it was longer than n bytes
+ * (its first n bytes are in buf, the rest is lost: a UDP datagram fits in
+ * 65,507 bytes), -ECONNREFUSED on a connected socket whose earlier datagram
+ * drew an ICMP port unreachable.  Waits while none is queued.  Blocking. */
 CA_EXTERN ssize_t ca_recvfrom(int fd, void *buf, size_t n,
                               struct sockaddr *from, socklen_t *fromlen);
 /* Pass an open descriptor over a Unix socket (SCM_RIGHTS) with one byte of

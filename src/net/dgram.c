@@ -115,6 +115,24 @@ ssize_t ca_sendto(int fd, const void *buf, size_t n, const struct sockaddr *to,
     }
 }
 
+/* One recvmsg: the length, -EMSGSIZE if the datagram did not fit in n
+ * bytes (recvfrom's plain return would be n, a silent truncation the caller
+ * could not tell from a datagram of exactly n bytes), or -1 with errno. */
+static ssize_t recv_one(int fd, void *buf, size_t n, struct sockaddr *from,
+                        socklen_t *fromlen)
+{
+    struct iovec iov = {.iov_base = buf, .iov_len = n};
+    struct msghdr msg = {.msg_name = from,
+                         .msg_namelen = fromlen ? *fromlen : 0,
+                         .msg_iov = &iov, .msg_iovlen = 1};
+    ssize_t r = recvmsg(fd, &msg, 0);
+    if (r < 0)
+        return -1;
+    if (fromlen)
+        *fromlen = msg.msg_namelen;
+    return (msg.msg_flags & MSG_TRUNC) ? -EMSGSIZE : r;
+}
+
 ssize_t ca_recvfrom(int fd, void *buf, size_t n, struct sockaddr *from,
                     socklen_t *fromlen)
 {
@@ -123,8 +141,8 @@ ssize_t ca_recvfrom(int fd, void *buf, size_t n, struct sockaddr *from,
     if ((!buf && n) || ((from == NULL) != (fromlen == NULL)))
         return -EINVAL;
     for (;;) {
-        ssize_t r = recvfrom(fd, buf, n, 0, from, fromlen);
-        if (r >= 0)
+        ssize_t r = recv_one(fd, buf, n, from, fromlen);
+        if (r >= 0 || r == -EMSGSIZE)
             return r;
         int a = ca__io_again(fd, CA_READ);
         if (a < 0)
