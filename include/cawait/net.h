@@ -127,7 +127,10 @@ CA_EXTERN int ca_udp_connect(const char *host, unsigned port);
 /* A Unix datagram socket, bound to path if not NULL ('@' abstract). */
 CA_EXTERN int ca_unix_dgram(const char *path);
 /* Send one datagram (to NULL: the connected peer).  Returns the bytes sent
- * or a negative errno.  Waits while the socket buffer is full.  Blocking. */
+ * or a negative errno (-EMSGSIZE above 65,507 bytes for UDP/IPv4).  Waits
+ * while the socket buffer is full; a Unix datagram sent by address to a
+ * full receiver (which no poll reports) is retried after sleeps of 50 us
+ * doubling to 6.4 ms, not in a busy loop.  Blocking. */
 CA_EXTERN ssize_t ca_sendto(int fd, const void *buf, size_t n,
                             const struct sockaddr *to, socklen_t tolen);
 /* Receive one datagram; the sender's address goes to *from and *fromlen

@@ -98,6 +98,20 @@ int ca_unix_dgram(const char *path)
     return fd;
 }
 
+/* The socket said writable and the send still failed with EAGAIN: a Unix
+ * datagram sent with an address to a receiver whose queue is full.  The
+ * sender's poll cannot know the destination, and each failed attempt frees
+ * the buffer it had taken, a fresh EPOLLOUT edge: waiting for writability
+ * again spun (tens of thousands of attempts a second, as asyncio's
+ * transport does).  Sleep instead, 50 us doubling to 6.4 ms: nothing would
+ * tell us when the receiver reads. */
+static int send_backoff(unsigned missed)
+{
+    unsigned shift = missed - 1 < 7 ? missed - 1 : 7;
+    int r = ca_sleep(50e-6 * (double)(1u << shift));
+    return r < 0 ? r : 1;
+}
+
 ssize_t ca_sendto(int fd, const void *buf, size_t n, const struct sockaddr *to,
                   socklen_t tolen)
 {
@@ -105,11 +119,12 @@ ssize_t ca_sendto(int fd, const void *buf, size_t n, const struct sockaddr *to,
         return -EBADF;
     if ((!buf && n) || (!to && tolen))
         return -EINVAL;
-    for (;;) {
+    for (unsigned missed = 0;; missed++) {
         ssize_t r = sendto(fd, buf, n, MSG_NOSIGNAL, to, tolen);
         if (r >= 0)
             return r;
-        int a = ca__io_again(fd, CA_WRITE);
+        int a = errno == EAGAIN && missed ? send_backoff(missed)
+                                          : ca__io_again(fd, CA_WRITE);
         if (a < 0)
             return a;
     }
