@@ -105,7 +105,10 @@ CA_EXTERN int ca_accept(int lfd, struct sockaddr *peer, socklen_t *len);
 CA_EXTERN int ca_sock_port(int fd);
 
 /* Read up to n bytes: returns the count (0 at end of file) or a negative
- * errno; waits while nothing is available.  Blocking. */
+ * errno; waits while nothing is available.  Blocking.  fd must be
+ * non-blocking (O_NONBLOCK, as asyncio's sock_recv requires): on a blocking
+ * fd the read(2) itself would stop the whole loop.  Sockets made by cawait
+ * are; ca_stream_open sets the flag itself.  The same holds for ca_write. */
 CA_EXTERN ssize_t ca_read(int fd, void *buf, size_t n);
 /* Write all n bytes, waiting whenever the kernel buffer is full.  Returns n
  * or a negative errno (-EPIPE, -ECONNRESET, -ECANCELED: then some bytes may
