@@ -292,6 +292,7 @@ ca_loop *ca__loop_new(void)
         l->after_work |= CA__AFTER_WATCH;
     l->now = ca__clock_ns();
     l->last_poll_end = l->now;
+    l->poll_interval = CA__EVENT_INTERVAL;
     l->stats.backend = l->backend->name;
     return l;
 fail:
@@ -339,6 +340,42 @@ void ca__loop_free(ca_loop *l)
     free(l);
 }
 
+/*
+ * Slices of 250 us (a task that sends 64 datagrams between yields) made
+ * 128 of them 32 ms without a poll, where asyncio polls after every round
+ * of its ready callbacks: a receiver saw one chance per 4,096 datagrams.
+ * So after an interval that took longer than four poll gaps (200 us),
+ * the next one has as many slices as fit in two (at least one); after one
+ * shorter than two gaps it doubles back towards CA__EVENT_INTERVAL (a
+ * single long slice, a page fault or the host taking the CPU, shrinks it
+ * for a check or two).  Slices short enough for 128 of them to take less
+ * than 100 us (switching, a queue or a lock handed back and forth) keep
+ * the full interval: their clock reads and polls are what they were.
+ */
+static void adapt_interval(ca_loop *l, int64_t now)
+{
+    int64_t took = now - l->now; /* since the last poll or check */
+    uint64_t ran = l->poll_interval +
+                   (l->slices - l->poll_slice - CA__EVENT_INTERVAL);
+    if (took > 4 * CA__POLL_GAP_NS) {
+        uint64_t fit = ran * (uint64_t)(2 * CA__POLL_GAP_NS) / (uint64_t)took;
+        l->poll_interval = fit == 0 ? 1
+                           : fit > CA__EVENT_INTERVAL ? CA__EVENT_INTERVAL
+                                                      : (uint32_t)fit;
+    } else if (took < 2 * CA__POLL_GAP_NS &&
+               l->poll_interval < CA__EVENT_INTERVAL) {
+        l->poll_interval *= 2;
+        if (l->poll_interval > CA__EVENT_INTERVAL)
+            l->poll_interval = CA__EVENT_INTERVAL;
+    }
+}
+
+/* The next check comes poll_interval slices from now. */
+static void interval_start(ca_loop *l)
+{
+    l->poll_slice = l->slices - (CA__EVENT_INTERVAL - l->poll_interval);
+}
+
 static void poll_once(ca_loop *l)
 {
     if (l->nready > 0) {
@@ -369,7 +406,7 @@ static void poll_once(ca_loop *l)
         l->stats.poll_ns += l->now - t0;
     }
     l->last_poll_end = l->now;
-    l->poll_slice = l->slices;
+    interval_start(l);
 }
 
 /*
@@ -378,16 +415,17 @@ static void poll_once(ca_loop *l)
  * clock read here stands in for the poll's (timers due by now fire at the
  * start of the next turn) and another interval starts: tasks that switch
  * every few nanoseconds paid an epoll_wait per 128 switches, 15% of their
- * time, and I/O still waits at most 50 us or 128 slices, whichever is
- * later.
+ * time.  I/O waits at most 50 us or poll_interval slices, whichever is
+ * later; adapt_interval keeps poll_interval slices near 50 us.
  */
 int ca__loop_poll_due_slow(ca_loop *l)
 {
     int64_t now = ca__clock_ns();
+    adapt_interval(l, now);
     if (now - l->last_poll_end >= CA__POLL_GAP_NS)
         return 1;
     l->now = now;
-    l->poll_slice = l->slices;
+    interval_start(l);
     return 0;
 }
 

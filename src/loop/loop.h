@@ -24,7 +24,9 @@
  * turn starts without polling; after CA__EVENT_INTERVAL slices it reads the
  * clock, and polls only if CA__POLL_GAP_NS have passed since the last poll,
  * so a busy loop pays for a syscall at most every 50 us (the order of the
- * ready queue is the same).
+ * ready queue is the same).  While slices are long, it reads the clock
+ * after fewer of them, so that I/O still waits about 50 us, not 128 long
+ * slices.
  */
 #ifndef CA_LOOP_H
 #define CA_LOOP_H
@@ -197,6 +199,12 @@ struct ca_loop {
     void *cbh_slabs;
     ca__ready ts_node;       /* runs the thread-safe calls */
     int ts_queued;
+    /* Slices between clock checks: CA__EVENT_INTERVAL, or fewer while
+     * slices are long (ca__loop_poll_due_slow).  Applied by starting
+     * poll_slice that much earlier, so the switch path's test stays a
+     * compare with a constant.  (In ts_queued's padding: the fields after
+     * keep their offsets.) */
+    uint32_t poll_interval;
     int64_t last_poll_end;
 
     /* scheduler state, managed by the task layer */
