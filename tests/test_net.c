@@ -1340,7 +1340,56 @@ static void test_10k_connections(void)
            mono() - t0);
 }
 
+/* readexactly of 200 KB reads past the stream's buffer, straight into the
+ * caller's: a deadline in the middle and an end of stream in the middle
+ * both keep every byte read so far buffered and readable, in order, with
+ * what was buffered before it first. */
+static int exact_direct_main(void *a)
+{
+    (void)a;
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    ca_stream *r;
+    ASSERT_EQ(ca_stream_open(&r, sv[0], NULL), 0);
+    enum { N = 200000 };
+    static char out[N], in[N];
+    for (int i = 0; i < N; i++)
+        out[i] = (char)(i * 13 + 5);
+    /* 10 bytes buffered first (a small readexactly leaves them there) */
+    ASSERT_EQ(ca_write(sv[1], out, 60000), 60000);
+    char head[5];
+    ASSERT_EQ(ca_stream_readexactly(r, head, 5), 0);
+    ASSERT(memcmp(head, out, 5) == 0);
+    /* the rest arrives late: the deadline hits in the middle */
+    ASSERT_EQ(ca_deadline_push(0.1), 0);
+    ASSERT_EQ(ca_stream_readexactly(r, in, N - 5), -ETIMEDOUT);
+    ca_deadline_pop();
+    ASSERT_EQ(ca_write(sv[1], out + 60000, N - 60000), N - 60000);
+    ASSERT_EQ(ca_stream_readexactly(r, in, N - 5), 0);
+    ASSERT(memcmp(in, out + 5, N - 5) == 0);
+    /* the stream ends in the middle: -CA_EINCOMPLETE, the bytes stay */
+    ASSERT_EQ(ca_write(sv[1], out, 70000), 70000);
+    ASSERT_EQ(shutdown(sv[1], SHUT_WR), 0);
+    ASSERT_EQ(ca_stream_readexactly(r, in, N), -CA_EINCOMPLETE);
+    size_t got = 0;
+    ssize_t k;
+    while ((k = ca_stream_read(r, in + got, N - got)) > 0)
+        got += (size_t)k;
+    ASSERT_EQ(k, 0);
+    ASSERT_EQ(got, 70000);
+    ASSERT(memcmp(in, out, 70000) == 0);
+    ca_stream_close(r);
+    close(sv[1]);
+    return 0;
+}
+
+static void test_readexactly_direct(void)
+{
+    ASSERT_EQ(ca_run(exact_direct_main, NULL), 0);
+}
+
 static const struct test_case tests[] = {
+    {"readexactly_direct", test_readexactly_direct, 20, 0},
     {"echo_and_stream_reads", test_echo_and_stream_reads, 20, 0},
     {"stream_limits", test_stream_limits, 10, 0},
     {"short_read_then_fin", test_short_read_then_fin, 20, 0},

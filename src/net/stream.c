@@ -40,6 +40,8 @@
  * straight into the caller's buffer. */
 #define DIRECT_READ 1024u
 #define EXACT_MAX (16u * 1024u * 1024u)
+/* readexactly reads this much or more straight into the caller's buffer. */
+#define EXACT_DIRECT (64u * 1024u)
 /* Small writes within one slice are gathered up to this many bytes before
  * a send (see gathering()). */
 #define GATHER_MAX (16u * 1024u)
@@ -299,12 +301,65 @@ ssize_t ca_stream_read(ca_stream *s, void *buf, size_t n)
     return (ssize_t)take(s, buf, n);
 }
 
+/* Give bytes back to an empty read buffer: they stay buffered and
+ * readable, first in line. */
+static int unread(ca_stream *s, const char *p, size_t n)
+{
+    int r = rreserve(s, n, n + READ_CHUNK);
+    if (r < 0)
+        return r;
+    memcpy(s->rbuf + s->rend, p, n);
+    s->rend += n;
+    return 0;
+}
+
+/*
+ * readexactly of a large n: what is buffered, then straight from the
+ * transport into the caller's buffer, without a stream buffer of n bytes
+ * and the copy out of it (a 16 MB read made the buffer 16 MiB).  If the
+ * stream ends or the wait fails first, the bytes read so far go back into
+ * the buffer, as on the buffered path.
+ */
+static int read_exact_direct(ca_stream *s, char *buf, size_t n)
+{
+    size_t got = rlen(s) ? take(s, buf, rlen(s)) : 0;
+    int rc = 0;
+    while (got < n && rc == 0) {
+        if (s->eof || s->rerr) {
+            rc = s->eof ? -CA_EINCOMPLETE : s->rerr;
+            break;
+        }
+        ssize_t r = recv_wait(s, buf + got, n - got);
+        if (r > 0) {
+            got += (size_t)r;
+        } else if (r == 0) {
+            s->eof = 1;
+            rc = -CA_EINCOMPLETE;
+        } else {
+            if (r != -ECANCELED && r != -ETIMEDOUT)
+                s->rerr = (int)r; /* a transport error sticks */
+            rc = (int)r;
+        }
+    }
+    if (rc < 0 && got > 0) {
+        int u = unread(s, buf, got);
+        if (u < 0)
+            return u;
+    }
+    return rc;
+}
+
 int ca_stream_readexactly(ca_stream *s, void *buf, size_t n)
 {
     if (!s || (!buf && n))
         return -EINVAL;
     if (n > EXACT_MAX)
         return -EMSGSIZE;
+    if (n >= EXACT_DIRECT && rlen(s) < n) {
+        if (!ca__task_self("ca_stream_readexactly"))
+            return -EPERM;
+        return read_exact_direct(s, buf, n);
+    }
     while (rlen(s) < n) {
         if (!ca__task_self("ca_stream_readexactly"))
             return -EPERM;
