@@ -365,7 +365,7 @@ typedef struct ca_loop_stats {
     uint64_t callbacks_run;
     uint64_t tasks_spawned;
     uint64_t tasks_live;   /* tasks not yet collected */
-    uint64_t slow_tasks;   /* slices longer than the debug threshold */
+    uint64_t slow_tasks;   /* slices (tasks, callbacks) over the debug threshold */
     int64_t poll_ns;       /* time spent waiting in the backend */
     int64_t run_ns;        /* time spent running tasks and callbacks */
     const char *backend;   /* "epoll" */
@@ -378,7 +378,8 @@ CA_EXTERN int ca_loop_stats_get(ca_loop_stats *out);
 /* Turn debug mode on (1) or off (0) for the current loop, with a slow-task
  * threshold in milliseconds (<= 0 keeps the current one).  In debug mode a
  * task slice longer than the threshold is reported on stderr with the
- * task's name, where it was spawned and how long it held the loop.  Returns
+ * task's name, where it was spawned and how long it held the loop; so is a
+ * callback that runs longer, by symbol or file+offset.  Returns
  * 0 or -CA_ENOLOOP (no loop on this thread).  Never blocks. */
 CA_EXTERN int ca_set_debug(int on, double slow_ms);
 

@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdint.h>
+#include <sys/wait.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <string.h>
@@ -868,6 +870,53 @@ static void test_long_slices_still_poll(void)
     ASSERT_EQ(ca_run(long_slices_main, NULL), 0);
 }
 
+/* Debug mode times callbacks as it times task slices: a ca_call_soon (or
+ * threadsafe) callback that blocks 60 ms is reported, a quick one is not.
+ * Before, only task slices were timed and neither was reported. */
+static void cb_block_ms(void *a)
+{
+    long ms = (long)(intptr_t)a;
+    struct timespec ts = {0, ms * 1000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
+static int slow_cb_main(void *a)
+{
+    (void)a;
+    ASSERT_EQ(ca_set_debug(1, 20), 0);
+    ASSERT_EQ(ca_call_soon(cb_block_ms, (void *)(intptr_t)60, NULL), 0);
+    ASSERT_EQ(ca_call_soon(cb_block_ms, (void *)(intptr_t)1, NULL), 0);
+    ASSERT_EQ(ca_call_soon_threadsafe(ca_loop_current(), cb_block_ms,
+                                      (void *)(intptr_t)60),
+              0);
+    ASSERT_EQ(ca_sleep(0.3), 0);
+    ca_loop_stats st;
+    ASSERT_EQ(ca_loop_stats_get(&st), 0);
+    ASSERT_EQ(st.slow_tasks, 2);
+    return 0;
+}
+
+static int child_slow_cb(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    return ca_run(slow_cb_main, NULL);
+}
+
+static void test_debug_slow_callback(void)
+{
+    char buf[4096];
+    int st = run_child("slow_cb", NULL, buf, sizeof(buf));
+    ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    int n = 0;
+    for (char *p = buf; (p = strstr(p, "cawait: callback ")); p++)
+        n++;
+    ASSERT_EQ(n, 2);
+    ASSERT(strstr(buf, "held the loop for "));
+    ASSERT(strstr(buf, "(threshold 20.0 ms)"));
+    ASSERT(strstr(buf, "(arg 0x3c)")); /* the 60 ms one, not the 1 ms one */
+}
+
 static const struct test_case tests[] = {
     {"call_soon_fifo", test_call_soon_fifo, 10, 0},
     {"call_later_order_and_cancel", test_call_later_order_and_cancel, 10, 0},
@@ -884,10 +933,16 @@ static const struct test_case tests[] = {
     {"stats", test_stats, 10, 0},
     {"busy_loop_still_polls", test_busy_loop_still_polls, 20, 0},
     {"long_slices_still_poll", test_long_slices_still_poll, 20, 0},
+    {"debug_slow_callback", test_debug_slow_callback, 20, 0},
     {NULL, NULL, 0, 0},
+};
+
+static const struct test_child children[] = {
+    {"slow_cb", child_slow_cb},
+    {NULL, NULL},
 };
 
 int main(int argc, char **argv)
 {
-    return runner_main(argc, argv, tests, NULL);
+    return runner_main(argc, argv, tests, children);
 }
