@@ -778,6 +778,50 @@ static void test_debug_slow_task_api(void)
     ASSERT(!strstr(buf, "'quiet'"));
 }
 
+/* Names in reports are escaped and bounded: a name with a newline used to
+ * split the report in two lines ("cawait: task 'evil" / "fake' ..."), an
+ * escape sequence reached the terminal, a 5,000-byte name was printed
+ * whole. */
+static int odd_names_main(void *a)
+{
+    (void)a;
+    ASSERT_EQ(ca_set_debug(1, 20), 0);
+    ASSERT_EQ(hog_named("two\nlines\x1b[31m", 60), 0);
+    char big[5000];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    ASSERT_EQ(hog_named(big, 60), 0);
+    ca_task *t = ca_spawn(fail_enoent, NULL);
+    ASSERT_EQ(ca_task_set_name(t, "tab\there"), 0);
+    ca_task_release(t); /* never joined: reported */
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    return 0;
+}
+
+static int child_odd_names(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    return ca_run(odd_names_main, NULL);
+}
+
+static void test_debug_names_escaped(void)
+{
+    char buf[16384];
+    int st = run_child("odd_names", NULL, buf, sizeof(buf));
+    ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ASSERT(strstr(buf, "task 'two\\nlines\\x1b[31m' (spawned at"));
+    ASSERT(!strchr(buf, '\x1b'));
+    ASSERT(strstr(buf, "task 'tab\\there' (spawned at"));
+    ASSERT(strstr(buf, "xxx...' (spawned at"));
+    ASSERT(strlen(buf) < 2000);
+    /* one line per report: three reports, three newlines */
+    int n = 0;
+    for (char *p = buf; (p = strchr(p, '\n')); p++)
+        n++;
+    ASSERT_EQ(n, 3);
+}
+
 /* ---- stacks -------------------------------------------------------------- */
 
 static int depth_reached;
@@ -980,6 +1024,7 @@ static const struct test_case tests[] = {
     {"unretrieved_failure_reported", test_unretrieved_failure_reported, 10, 0},
     {"debug_slow_task", test_debug_slow_task, 10, 0},
     {"debug_slow_task_api", test_debug_slow_task_api, 10, 0},
+    {"debug_names_escaped", test_debug_names_escaped, 10, 0},
     {"stack_overflow_reported", test_stack_overflow_reported, 20, 0},
     {"stack_overflow_canary", test_stack_overflow_canary, 20, 0},
     {"deep_stack_within_limit", test_deep_stack_within_limit, 10, 0},
@@ -993,6 +1038,7 @@ static const struct test_child children[] = {
     {"eperm", child_eperm},
     {"unretrieved", child_unretrieved},
     {"slow", child_slow},
+    {"odd_names", child_odd_names},
     {"slow_api", child_slow_api},
     {"overflow", child_overflow},
     {"overflow_shallow", child_overflow_shallow},

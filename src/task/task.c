@@ -169,16 +169,76 @@ static ca_task *task_alloc(ca_loop *l)
     return t;
 }
 
+/*
+ * A task's name as the reports print it.  Names are arbitrary strings: one
+ * with a newline split a report into two lines (the second looking like
+ * output of its own), an escape sequence recoloured the terminal, and a
+ * 5,000-byte name buried the line.  Control characters and backslashes are
+ * escaped (as asyncio's repr of a name does) and a long name is cut with
+ * "...".  No allocation and no stdio: the overflow reporter calls this
+ * from the SIGSEGV handler, so a nameless task's "Task-<id>" is made here
+ * rather than by ca_task_name.
+ */
+#define REPORT_NAME_MAX 256
+
+static void put_hex2(char *o, unsigned c)
+{
+    static const char hex[] = "0123456789abcdef";
+    o[0] = '\\';
+    o[1] = 'x';
+    o[2] = hex[(c >> 4) & 15];
+    o[3] = hex[c & 15];
+}
+
+static const char *report_name(const ca_task *t, char buf[REPORT_NAME_MAX])
+{
+    if (!t->name) {
+        char digits[24];
+        size_t nd = 0;
+        uint64_t id = t->id;
+        do
+            digits[nd++] = (char)('0' + id % 10);
+        while ((id /= 10) != 0);
+        memcpy(buf, "Task-", 5);
+        for (size_t i = 0; i < nd; i++)
+            buf[5 + i] = digits[nd - 1 - i];
+        buf[5 + nd] = '\0';
+        return buf;
+    }
+    size_t o = 0;
+    const unsigned char *p = (const unsigned char *)t->name;
+    for (; *p; p++) {
+        if (o + 4 + 4 >= REPORT_NAME_MAX) { /* room for an escape and "..." */
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        unsigned c = *p;
+        if (c == '\n' || c == '\t' || c == '\r' || c == '\\') {
+            buf[o++] = '\\';
+            buf[o++] = c == '\n' ? 'n' : c == '\t' ? 't' : c == '\r' ? 'r' : '\\';
+        } else if (c < 0x20 || c == 0x7f) {
+            put_hex2(buf + o, c);
+            o += 4;
+        } else {
+            buf[o++] = (char)c;
+        }
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
 static void report_unretrieved(ca_task *t)
 {
     if (t->state != CA__T_DONE || t->status >= 0 || t->retrieved ||
         t->status == -ECANCELED)
         return;
     t->retrieved = 1;
+    char nb[REPORT_NAME_MAX];
     fprintf(stderr,
             "cawait: task '%s' (spawned at %s) failed with %s (%s) and was "
             "never joined\n",
-            ca_task_name(t), t->where ? t->where : "?",
+            report_name(t, nb), t->where ? t->where : "?",
             ca_err_name(t->status), ca_strerror(t->status));
 }
 
@@ -228,20 +288,21 @@ static void free_all_tasks(ca_loop *l)
 static void report_slow(ca_loop *l, ca_task *t, int64_t ns)
 {
     l->stats.slow_tasks++;
+    char nb[REPORT_NAME_MAX];
     fprintf(stderr,
             "cawait: task '%s' (spawned at %s) held the loop for %.1f ms "
             "without yielding (threshold %.1f ms)\n",
-            ca_task_name(t), t->where ? t->where : "?", (double)ns / 1e6,
+            report_name(t, nb), t->where ? t->where : "?", (double)ns / 1e6,
             (double)l->slow_ns / 1e6);
 }
 
 static __attribute__((noinline)) void canary_failed(ca_task *t)
 {
-    char buf[512];
+    char buf[512], nb[REPORT_NAME_MAX];
     snprintf(buf, sizeof(buf),
              "task '%s' (spawned at %s): stack of %u bytes, red zone "
              "overwritten",
-             ca_task_name(t), t->where ? t->where : "?", t->stack_size);
+             report_name(t, nb), t->where ? t->where : "?", t->stack_size);
     ca__stack_overflow_abort(buf);
 }
 
@@ -328,8 +389,9 @@ static __attribute__((noinline)) int prepare_new(ca_loop *l, ca_task *t)
     }
     ca__stack *s = ca__stack_get(l->stacks, t->stack_size);
     if (!s) {
+        char nb[REPORT_NAME_MAX];
         fprintf(stderr, "cawait: no stack for task '%s' (spawned at %s)\n",
-                ca_task_name(t), t->where ? t->where : "?");
+                report_name(t, nb), t->where ? t->where : "?");
         finish_unstarted(l, t, -CA_ESTACK);
         return 0;
     }
@@ -883,13 +945,9 @@ static int overflow_hook(void *addr, void *sp, char *buf, size_t len)
     ca_task *t = l->current;
     if (!ca__stack_is_overflow(t->run->stack, addr, sp))
         return 0;
-    /* Signal context: no allocation, so no lazily made name. */
-    char idname[32];
-    const char *name = t->name;
-    if (!name) {
-        snprintf(idname, sizeof(idname), "Task-%" PRIu64, t->id);
-        name = idname;
-    }
+    /* Signal context: report_name allocates nothing. */
+    char nb[REPORT_NAME_MAX];
+    const char *name = report_name(t, nb);
     snprintf(buf, len,
              "task '%s' (spawned at %s): stack of %u bytes exhausted (fault "
              "at %p, guard %s)",
