@@ -89,7 +89,8 @@ static void report_slow_cb(ca_loop *l, ca_cb cb, void *arg, int64_t ns)
     memcpy(&fp, &cb, sizeof(fp));
     char where[320];
     snprintf(where, sizeof(where), "%p", fp);
-#if defined(__GLIBC__) && __GLIBC_PREREQ(2, 34)
+#if defined(__GLIBC__) /* nested: __GLIBC_PREREQ exists only there */
+#if __GLIBC_PREREQ(2, 34)
     /* dladdr is in libc itself from glibc 2.34: no -ldl for users.  A
      * static function has no symbol: its file and offset are what
      * addr2line -f -e FILE OFFSET takes. */
@@ -101,6 +102,7 @@ static void report_slow_cb(ca_loop *l, ca_cb cb, void *arg, int64_t ns)
     else if (di.dli_fname && di.dli_fbase)
         snprintf(where, sizeof(where), "%s+0x%zx", di.dli_fname,
                  (size_t)((char *)fp - (char *)di.dli_fbase));
+#endif
 #endif
     fprintf(stderr,
             "cawait: callback %s (arg %p) held the loop for %.1f ms without "
