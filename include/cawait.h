@@ -260,8 +260,8 @@ CA_EXTERN int ca_yield(void);
  * passes, every blocking call in the task fails with -ETIMEDOUT until the
  * scope is popped.  ca_deadline_pop closes the innermost scope and returns
  * -ETIMEDOUT if this scope's deadline interrupted a blocking call (or has
- * passed), else 0.  push returns 0, -EINVAL, -ENOMEM, or -EPERM outside a
- * task; pop returns -EPERM if no scope is open, or if a shield scope opened
+ * passed), else 0.  push returns 0, -EINVAL, -ENOMEM (out of memory, or
+ * 4,096 scopes already open in this task), or -EPERM outside a task; pop returns -EPERM if no scope is open, or if a shield scope opened
  * inside this one is still open (pop that first).  Never block.
  */
 CA_EXTERN int ca_deadline_push(double seconds);

@@ -46,6 +46,10 @@ enum ca_wait_when {
  * number of tasks done (ca_task_done tells which), including on timeout, or
  * -ECANCELED/-ETIMEDOUT (the caller's cancellation or deadline scope),
  * -EINVAL, -EPERM, -ENOMEM (more than 16 tasks need a small allocation).
+ * Each call watches all n tasks: asyncio's "while pending: wait(pending,
+ * FIRST_COMPLETED)" loop is quadratic here as there (10k tasks: 0.56 s,
+ * 40k: 10.8 s); to take n tasks as they finish, use ca_as_completed
+ * (linear: 100k in 0.56 s).
  */
 CA_EXTERN int ca_wait(ca_task **ts, size_t n, double timeout, int when);
 
