@@ -1305,12 +1305,19 @@ static int dns_names_main(void *a)
     return 0;
 }
 
-static void test_dns_names(void)
+/* Run a test of names resolved by cawait's DNS: skipped in builds
+ * without c-ares, where curl resolves names itself. */
+static void run_with_cares(ca_fn main_fn)
 {
 #ifndef CAWAIT_HAVE_CARES
     SKIP("built without c-ares: names are not resolved by cawait");
 #endif
-    ASSERT_EQ(ca_run(dns_names_main, NULL), 0);
+    ASSERT_EQ(ca_run(main_fn, NULL), 0);
+}
+
+static void test_dns_names(void)
+{
+    run_with_cares(dns_names_main);
 }
 
 static int slow_name_get(void *arg)
@@ -1355,10 +1362,7 @@ static int dns_bounds_main(void *a)
 
 static void test_dns_bounds(void)
 {
-#ifndef CAWAIT_HAVE_CARES
-    SKIP("built without c-ares: names are not resolved by cawait");
-#endif
-    ASSERT_EQ(ca_run(dns_bounds_main, NULL), 0);
+    run_with_cares(dns_bounds_main);
 }
 
 /* The request's own timeouts bound its name lookup too: "total: the whole
@@ -1389,10 +1393,7 @@ static int dns_request_timeout_main(void *a)
 
 static void test_dns_request_timeout(void)
 {
-#ifndef CAWAIT_HAVE_CARES
-    SKIP("built without c-ares: names are not resolved by cawait");
-#endif
-    ASSERT_EQ(ca_run(dns_request_timeout_main, NULL), 0);
+    run_with_cares(dns_request_timeout_main);
 }
 
 /* One GET of `url` in its own task, with an optional total timeout. */
@@ -1544,10 +1545,7 @@ static int dns_cache_main(void *a)
 
 static void test_dns_cache(void)
 {
-#ifndef CAWAIT_HAVE_CARES
-    SKIP("built without c-ares: names are not resolved by cawait");
-#endif
-    ASSERT_EQ(ca_run(dns_cache_main, NULL), 0);
+    run_with_cares(dns_cache_main);
 }
 
 /* ------------------------------------------------------------------------ */
