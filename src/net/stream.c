@@ -10,9 +10,9 @@
  * Writing: ca_stream_write sends at once what the kernel takes and keeps the
  * rest in [wstart, wend); small writes after the first of a slice are
  * gathered there and sent by a callback when the slice ends (see
- * gathering()).  The buffer is freed whenever it empties.  While data is buffered, a non-task fd waiter
- * (flush_waiter) sends more whenever the fd becomes writable, in the loop's
- * own context: like asyncio's transport, the data goes out even if nobody
+ * gathering()).  The buffer is freed whenever it empties.  While data is
+ * buffered, a non-task fd waiter (flush_waiter) sends more whenever the fd
+ * becomes writable, in the loop's own context: like asyncio's transport, the data goes out even if nobody
  * calls drain.  ca_stream_drain is the back pressure: it parks the caller
  * while more than high_water bytes are buffered, until at most low_water
  * remain.  A hard ceiling makes a writer that never drains get -ENOBUFS
@@ -548,16 +548,9 @@ static void disarm_flush(ca_stream *s)
  * same): with TCP_NODELAY, a write per field or per record used to cost a
  * send() and a TCP segment each (10M writes of 8 bytes: 6.1 s, 5x uvloop).
  */
-static int gathering(const ca_stream *s, size_t n)
+static int gathering(const ca_stream *s, const ca_loop *l, size_t n)
 {
-    ca_loop *l = ca__loop();
     return l && n < GATHER_MAX && s->direct_slice == l->slices + 1;
-}
-
-static void note_direct(ca_stream *s)
-{
-    ca_loop *l = ca__loop();
-    s->direct_slice = l ? l->slices + 1 : 0;
 }
 
 /* Append to the write buffer (compacting or growing it). */
@@ -599,9 +592,11 @@ int ca_stream_write(ca_stream *s, const void *buf, size_t n)
         return -ENOBUFS; /* the writer never drains: refuse to grow */
     const char *p = buf;
     int kernel_full = 0;
-    if (wlen(s) == 0 && !gathering(s, n)) {
-        /* Nothing queued: try the kernel first (the common case). */
-        note_direct(s);
+    ca_loop *l = ca__loop();
+    if (wlen(s) == 0 && !gathering(s, l, n)) {
+        /* Nothing queued: try the kernel first (the common case).  The
+         * slice is remembered: its later small writes gather. */
+        s->direct_slice = l ? l->slices + 1 : 0;
         for (;;) {
             int want = CA_WRITE;
             ssize_t k = s->top->ops->send(s->top, p, n, &want);
