@@ -24,6 +24,12 @@
 # (thread pool, subprocesses, HTTP client; not with --net-only), each with
 # its peers and targets; their BENCH lines join results.txt.
 #
+# gather, queue and lock run PROC_ROUNDS times (default 3) per
+# implementation, each time a fresh process, round-robin over the
+# implementations, and report each implementation's best: the rounds
+# spread every implementation over the same stretch of this noisy VM's
+# time, as the echo rounds do.
+#
 # After the sleepers of each size, bench/sleepers_floor prints this
 # machine's floor for them (BENCH sleepers_floor_100k pages ...): the wall
 # time of a runtime that did nothing per task but commit the page its
@@ -50,7 +56,7 @@ for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
     --net-only) NET_ONLY=1 ;;
-    -h|--help) sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,49p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $a" >&2; exit 2 ;;
     *) BUILD=$a ;;
   esac
@@ -128,8 +134,10 @@ else
   note "$PY not found: skipping the asyncio and uvloop peers"
 fi
 note "this is a noisy shared VM (~40% between rounds of the same binary):"
-note "  switch, spawn, queue, lock: cawait and go report the best of 3 rounds, the Python"
-note "  peers run 1 round; gather: every implementation reports the best of 3 rounds"
+note "  switch, spawn, queue, lock: cawait and go report the best of 3 rounds in one process,"
+note "  the Python peers run 1 round; gather: every implementation reports the best of 3"
+note "  rounds in one process; gather, queue and lock then run in $PROC_ROUNDS processes per"
+note "  implementation, round-robin over the implementations, and each keeps its best"
 note "lock: Go's sync.Mutex is not FIFO: under GOMAXPROCS=1 the holder re-takes it"
 note "  while the waiter stays parked (a few hundred hand-offs per 1M locks), while"
 note "  cawait and asyncio hand the lock to the waiter on every release"
@@ -188,9 +196,55 @@ run_one() {
     fi
     [ -n "$suffix" ] && name=${name}_$suffix
     line="BENCH $name $rest"
-    echo "$line"
-    echo "$line" >>"$RESULTS"
+    if [ -n "$ROUND_FILE" ]; then
+      echo "$line" >>"$ROUND_FILE"
+    else
+      echo "$line"
+      echo "$line" >>"$RESULTS"
+    fi
   done <<<"$out"
+}
+
+# rounds BENCH N_CAWAIT N_PY [SUFFIX [ARGS...]]
+# Runs BENCH for every implementation PROC_ROUNDS times, round-robin (all
+# implementations once, then again...), each run a fresh process, and
+# reports each implementation's lowest figure per BENCH name (every
+# benchmark run this way is lower-is-better), with every round's figures
+# in a note.  Spreading each implementation's runs over the same stretch
+# of time gives every one the same share of this VM's slow phases, as the
+# echo rounds do.  N_PY is the size for the Python peers (N_CAWAIT for
+# cawait and Go); the full size is N_CAWAIT.
+ROUND_FILE=
+PROC_ROUNDS=${PROC_ROUNDS:-3}
+rounds() {
+  local bench=$1 n=$2 npy=$3 suffix=${4:-} impl r
+  shift $(($# < 4 ? $# : 4))
+  ROUND_FILE=$(mktemp)
+  for ((r = 1; r <= PROC_ROUNDS; r++)); do
+    for impl in "${IMPLS[@]}"; do
+      case "$impl" in
+        asyncio|uvloop) run_one "$impl" "$bench" "$npy" "$n" "$suffix" "$@" ;;
+        *) run_one "$impl" "$bench" "$n" "$n" "$suffix" "$@" ;;
+      esac
+    done
+  done
+  awk '$1 == "BENCH" {
+      k = $2 " " $3
+      if (!(k in best)) { order[++nk] = k; unit[k] = $5; best[k] = $4; all[k] = $4 }
+      else { all[k] = all[k] ", " $4; if ($4 + 0 < best[k] + 0) best[k] = $4 }
+    }
+    END {
+      for (i = 1; i <= nk; i++) {
+        k = order[i]
+        printf "# %s rounds: %s %s\n", k, all[k], unit[k]
+        printf "BENCH %s %s %s\n", k, best[k], unit[k]
+      }
+    }' "$ROUND_FILE" | while read -r line; do
+    echo "$line"
+    case "$line" in BENCH*) echo "$line" >>"$RESULTS" ;; esac
+  done
+  rm -f "$ROUND_FILE"
+  ROUND_FILE=
 }
 
 note "cawait benchmarks; implementations: ${IMPLS[*]}; $(nproc) CPUs; $(uname -srm)"
@@ -224,19 +278,10 @@ if [ "$NET_ONLY" = 0 ]; then
     run_one "$impl" timers "$TIMERS_N" "$TIMERS_N"
   done
   for gn in "${GATHER_NS[@]}"; do
-    label=$(size_label "$gn")
-    for impl in "${IMPLS[@]}"; do
-      run_one "$impl" gather "$gn" "$gn" "$label" "$GATHER_S"
-    done
+    rounds gather "$gn" "$gn" "$(size_label "$gn")" "$GATHER_S"
   done
-  for impl in "${IMPLS[@]}"; do
-    case "$impl" in asyncio|uvloop) n=$PY_QUEUE_N ;; *) n=$QUEUE_N ;; esac
-    run_one "$impl" queue "$n" "$QUEUE_N"
-  done
-  for impl in "${IMPLS[@]}"; do
-    case "$impl" in asyncio|uvloop) n=$PY_LOCK_N ;; *) n=$LOCK_N ;; esac
-    run_one "$impl" lock "$n" "$LOCK_N"
-  done
+  rounds queue "$QUEUE_N" "$PY_QUEUE_N"
+  rounds lock "$LOCK_N" "$PY_LOCK_N"
 fi
 
 # -------------------------------------------------------------- network ---
