@@ -3,8 +3,23 @@
 #include "runner.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+#ifdef TEST_ASAN
+size_t __sanitizer_get_current_allocated_bytes(void);
+#endif
 
 static double mono(void)
 {
@@ -1180,6 +1195,420 @@ static void test_combinators_scale(void)
     ASSERT_EQ(ca_run(combo_main, &n), 0);
 }
 
+/* ---- groups that release finished children ------------------------------ */
+
+/* Bytes the allocator has handed out and not had back (ASan's own count
+ * under ASan, where glibc's arenas are unused). */
+static double heap_in_use(void)
+{
+#ifdef TEST_ASAN
+    return (double)__sanitizer_get_current_allocated_bytes();
+#else
+    struct mallinfo2 mi = mallinfo2();
+    return (double)mi.uordblks + (double)mi.hblkhd;
+#endif
+}
+
+/* Resident set size in bytes (statm), -1 if unreadable. */
+static double rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return -1;
+    unsigned long size = 0, res = 0;
+    int ok = fscanf(f, "%lu %lu", &size, &res) == 2;
+    fclose(f);
+    return ok ? (double)res * (double)sysconf(_SC_PAGESIZE) : -1;
+}
+
+static uint64_t tasks_live(void)
+{
+    ca_loop_stats st;
+    ASSERT_EQ(ca_loop_stats_get(&st), 0);
+    return st.tasks_live;
+}
+
+static const ca_group_opts release_opts = {.release_finished = 1};
+
+static size_t short_count;
+
+/* A short child: every 8th blocks once (a yield), so that children finish
+ * out of spawn order and some are unfinished when the spawner resumes. */
+static int short_child(void *a)
+{
+    size_t i = (size_t)(uintptr_t)a;
+    if (i % 8 == 0 && ca_yield() < 0)
+        return -ECANCELED;
+    short_count++;
+    return 0;
+}
+
+/* Spawn n short children into g in batches, yielding between batches so
+ * that they run, then wait until all have finished (without closing g). */
+static void spawn_short(ca_group *g, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        ASSERT_EQ(ca_group_spawn(g, NULL, short_child, (void *)(uintptr_t)i),
+                  0);
+        if (i % 1000 == 999)
+            ASSERT_EQ(ca_yield(), 0);
+    }
+    while (ca_group_size(g) > 0)
+        ASSERT_EQ(ca_yield(), 0);
+}
+
+/* A server-like group: a million short children (100k instrumented) pass
+ * through one group.  The group's size returns to 0, no task is left
+ * uncollected, and the heap and RSS end where they started (a keeping group
+ * grows by ~185 bytes a child: 185 MB here). */
+static int release_million_main(void *a)
+{
+    size_t n = *(const size_t *)a;
+    ca_group *g;
+    ASSERT_EQ(ca_group_new_ex(&g, &release_opts), 0);
+    short_count = 0;
+    spawn_short(g, 20000); /* warm up: task arenas, stack pool, malloc */
+    uint64_t live0 = tasks_live();
+    double heap0 = heap_in_use(), rss0 = rss_bytes();
+    double t0 = mono();
+    spawn_short(g, n);
+    double dt = mono() - t0;
+    uint64_t live1 = tasks_live();
+    double heap1 = heap_in_use(), rss1 = rss_bytes();
+    printf("release_finished: %zu children in %.3f s (%.0f ns each); "
+           "tasks live %llu -> %llu; heap %.0f -> %.0f bytes (%+.0f); "
+           "RSS %.1f -> %.1f MiB\n",
+           n, dt, dt * 1e9 / (double)n, (unsigned long long)live0,
+           (unsigned long long)live1, heap0, heap1, heap1 - heap0,
+           rss0 / 1048576.0, rss1 / 1048576.0);
+    ASSERT_EQ(short_count, n + 20000);
+    ASSERT_EQ(ca_group_size(g), 0);
+    ASSERT(ca_group_task(g, 0) == NULL);
+    ASSERT_LE(live1, live0);
+    ASSERT_LT(heap1 - heap0, 256.0 * 1024); /* keeping: 185 MB */
+    /* ASan's quarantine and valgrind hold freed blocks: RSS means little */
+    if (rss0 > 0 && rss1 > 0 && !test_is_instrumented())
+        ASSERT_LT(rss1 - rss0, 16.0 * 1048576);
+    ASSERT_EQ(ca_group_wait(g), 0);
+    ca_group_free(g);
+    return 0;
+}
+
+static void test_group_release_million(void)
+{
+    size_t n = test_is_instrumented() ? 100000 : 1000000;
+    ASSERT_EQ(ca_run(release_million_main, &n), 0);
+}
+
+/* The first failure is recorded and returned although its task finished
+ * long before; it cancels the siblings; finished children are gone (size,
+ * ca_group_task); a reference from spawn's out stays valid after the child
+ * finished and the group let go, and shows a later failure (a sibling that
+ * fails while being cancelled).  The group keeps only the failed child. */
+static int release_failure_main(void *a)
+{
+    (void)a;
+    uint64_t live0 = tasks_live();
+    ca_group *g;
+    ASSERT_EQ(ca_group_new_ex(&g, &release_opts), 0);
+    struct job quick[10];
+    for (int i = 0; i < 10; i++) {
+        quick[i] = (struct job){0.001, 0, 0, 0};
+        ASSERT_EQ(ca_group_spawn(g, NULL, job_run, &quick[i]), 0);
+    }
+    struct job slow = {1.0, 0, 0, 0};
+    struct job bad = {0.03, -EIO, 0, 0};
+    struct gkid late = {.g = g, .secs = 1.0, .on_cancel = -EPIPE};
+    ca_task *tslow = NULL, *tlate = NULL;
+    ASSERT_EQ(ca_group_spawn(g, &tslow, job_run, &slow), 0);
+    ASSERT_EQ(ca_group_spawn(g, NULL, job_run, &bad), 0);
+    ASSERT_EQ(ca_group_spawn(g, &tlate, gkid_run, &late), 0);
+    ASSERT(tslow && tlate);
+    ASSERT_EQ(ca_group_size(g), 13);
+    ASSERT(ca_group_task(g, 0) == NULL);
+    ASSERT_EQ(ca_sleep(0.01), 0);
+    /* the ten quick ones are finished and released already */
+    ASSERT_EQ(ca_group_size(g), 3);
+    ASSERT_EQ(tasks_live(), live0 + 3);
+    double t0 = mono();
+    ASSERT_EQ(ca_group_wait(g), -EIO);
+    ASSERT_TIME_LT(mono() - t0, 0.5); /* the 1 s sleeps were cancelled */
+    ASSERT(slow.cancelled && late.cancelled);
+    ASSERT_EQ(ca_group_size(g), 0);
+    ASSERT_EQ(ca_group_wait(g), -EIO); /* again: still recorded */
+    ASSERT_EQ(ca_group_spawn(g, NULL, job_run, &quick[0]), -ESHUTDOWN);
+    /* our two references, and the group's hold on the first failure */
+    ASSERT_EQ(tasks_live(), live0 + 3);
+    ASSERT(ca_task_done(tslow) && ca_task_done(tlate));
+    ASSERT_EQ(ca_task_status(tslow), -ECANCELED);
+    ASSERT_EQ(ca_join(tlate), -EPIPE);
+    ca_task_release(tslow);
+    ca_task_release(tlate);
+    ASSERT_EQ(tasks_live(), live0 + 1);
+    ca_group_free(g);
+    ASSERT_EQ(tasks_live(), live0);
+    return 0;
+}
+
+static void test_group_release_failure(void)
+{
+    ASSERT_EQ(ca_run(release_failure_main, NULL), 0);
+}
+
+static int return_7(void *a)
+{
+    (void)a;
+    return 7;
+}
+
+/* Cancellation with live children: ca_group_cancel cancels 100 sleeping
+ * children and one not started yet (which never runs, and is released
+ * too) without blocking; the owner's deadline cancels them as well; a
+ * group freed with running children cancels and reaps them.  Eager
+ * children that finish inside the spawn are released at once (the caller's
+ * reference from out stays valid). */
+static int release_cancel_main(void *a)
+{
+    (void)a;
+    uint64_t live0 = tasks_live();
+    enum { N = 100 };
+    struct gkid kids[N + 1];
+    for (int how = 0; how < 3; how++) {
+        ca_group *g;
+        ASSERT_EQ(ca_group_new_ex(&g, &release_opts), 0);
+        for (int i = 0; i < N; i++) {
+            kids[i] = (struct gkid){
+                .g = g, .secs = 10.0, .result = i, .on_cancel = -ECANCELED};
+            ASSERT_EQ(ca_group_spawn(g, NULL, gkid_run, &kids[i]), 0);
+        }
+        ASSERT_EQ(ca_sleep(0.01), 0);
+        kids[N] = (struct gkid){.g = g, .secs = 10.0, .on_cancel = -EIO};
+        ASSERT_EQ(ca_group_spawn(g, NULL, gkid_run, &kids[N]), 0);
+        ASSERT_EQ(ca_group_size(g), N + 1);
+        double t0 = mono();
+        if (how == 0) {
+            ASSERT_EQ(ca_group_cancel(g), 0);
+            ASSERT_EQ(ca_group_size(g), N + 1); /* cancel never blocks */
+            ASSERT_EQ(ca_group_wait(g), 0);
+        } else if (how == 1) {
+            ASSERT_EQ(ca_deadline_push(0.02), 0);
+            ASSERT_EQ(ca_group_wait(g), -ETIMEDOUT);
+            ASSERT_EQ(ca_deadline_pop(), -ETIMEDOUT);
+        } else {
+            ca_group_free(g);
+            g = NULL;
+        }
+        ASSERT_TIME_LT(mono() - t0, 1.0);
+        for (int i = 0; i < N; i++)
+            ASSERT(kids[i].ran && kids[i].cancelled);
+        if (how == 1) {
+            /* it started while the owner waited, and failed (-EIO) when
+             * cancelled: the group keeps it, as its first failure */
+            ASSERT(kids[N].ran && kids[N].cancelled);
+        } else {
+            ASSERT(!kids[N].ran); /* cancelled before it started */
+        }
+        ASSERT_EQ(ca_group_size(g), 0);
+        ASSERT_EQ(tasks_live(), live0 + (how == 1));
+        ca_group_free(g);
+        ASSERT_EQ(tasks_live(), live0);
+    }
+
+    /* eager children finishing inside the spawn */
+    ca_group *g;
+    ASSERT_EQ(ca_group_new_ex(&g, &release_opts), 0);
+    ca_spawn_opts eager = {.eager = 1};
+    ca_task *t = NULL;
+    ASSERT_EQ(ca_group_spawn_ex(g, NULL, return_7, NULL, &eager), 0);
+    ASSERT_EQ(ca_group_size(g), 0);
+    ASSERT_EQ(tasks_live(), live0);
+    ASSERT_EQ(ca_group_spawn_ex(g, &t, return_7, NULL, &eager), 0);
+    ASSERT(t && ca_task_done(t));
+    ASSERT_EQ(ca_task_status(t), 7);
+    ASSERT_EQ(tasks_live(), live0 + 1);
+    ca_task_release(t);
+    ASSERT_EQ(tasks_live(), live0);
+    ASSERT_EQ(ca_group_wait(g), 0);
+    ca_group_free(g);
+    return 0;
+}
+
+static void test_group_release_cancel(void)
+{
+    ASSERT_EQ(ca_run(release_cancel_main, NULL), 0);
+}
+
+/* Nested groups that release their children: an inner group's failure is
+ * the inner owner's status, a failure of the outer group, which cancels
+ * the other inner groups and their children; cancelling the outer owner
+ * cancels everything.  Nothing is left uncollected. */
+struct nest {
+    int fail_at; /* which inner group has a failing child; -1: none */
+    int idx;
+    int started;
+    int kids_cancelled;
+};
+
+static struct nest nest_inner[4];
+
+static int nest_kid(void *a)
+{
+    struct nest *in = a;
+    int fails = in->idx == in->fail_at && in->started++ == 0;
+    int r = ca_sleep(fails ? 0.02 : 10.0);
+    if (r == -ECANCELED) {
+        in->kids_cancelled++;
+        return r;
+    }
+    return fails ? -ENOENT : 0;
+}
+
+static int nest_inner_run(void *a)
+{
+    struct nest *in = a;
+    ca_group *g;
+    ASSERT_EQ(ca_group_new_ex(&g, &release_opts), 0);
+    for (int i = 0; i < 5; i++)
+        ASSERT_EQ(ca_group_spawn(g, NULL, nest_kid, in), 0);
+    int r = ca_group_wait(g);
+    ca_group_free(g);
+    return r;
+}
+
+static int nest_outer_run(void *a)
+{
+    int fail_at = *(const int *)a;
+    ca_group *g;
+    ASSERT_EQ(ca_group_new_ex(&g, &release_opts), 0);
+    for (int i = 0; i < 4; i++) {
+        nest_inner[i] = (struct nest){.fail_at = fail_at, .idx = i};
+        ASSERT_EQ(ca_group_spawn(g, NULL, nest_inner_run, &nest_inner[i]), 0);
+    }
+    int r = ca_group_wait(g);
+    ca_group_free(g);
+    return r;
+}
+
+static int release_nested_main(void *a)
+{
+    (void)a;
+    uint64_t live0 = tasks_live();
+    int fail_at = 2;
+    ca_task *owner = NULL;
+    ASSERT_EQ(ca_spawn_ex(&owner, nest_outer_run, &fail_at, NULL), 0);
+    ASSERT_EQ(ca_join(owner), -ENOENT);
+    ca_task_release(owner);
+    for (int i = 0; i < 4; i++)
+        ASSERT_EQ(nest_inner[i].kids_cancelled, i == fail_at ? 4 : 5);
+    ASSERT_EQ(tasks_live(), live0);
+
+    fail_at = -1;
+    ASSERT_EQ(ca_spawn_ex(&owner, nest_outer_run, &fail_at, NULL), 0);
+    ASSERT_EQ(ca_sleep(0.02), 0);
+    ASSERT_EQ(ca_cancel(owner), 0);
+    ASSERT_EQ(ca_join(owner), -ECANCELED);
+    ca_task_release(owner);
+    for (int i = 0; i < 4; i++)
+        ASSERT_EQ(nest_inner[i].kids_cancelled, 5);
+    ASSERT_EQ(tasks_live(), live0);
+    return 0;
+}
+
+static void test_group_release_nested(void)
+{
+    ASSERT_EQ(ca_run(release_nested_main, NULL), 0);
+}
+
+static int ret_einval(void *a)
+{
+    (void)a;
+    return -EINVAL;
+}
+
+static int release_args_main(void *a)
+{
+    (void)a;
+    ca_group *g = (ca_group *)&g;
+    ASSERT_EQ(ca_group_new_ex(NULL, &release_opts), -EINVAL);
+    ca_group_opts bad = {.release_finished = 2};
+    ASSERT_EQ(ca_group_new_ex(&g, &bad), -EINVAL);
+    ASSERT(g == NULL);
+    /* NULL options: a keeping group */
+    ASSERT_EQ(ca_group_new_ex(&g, NULL), 0);
+    ASSERT_EQ(ca_group_spawn(g, NULL, return_7, NULL), 0);
+    ASSERT_EQ(ca_group_wait(g), 0);
+    ASSERT_EQ(ca_group_size(g), 1);
+    ASSERT_EQ(ca_task_status(ca_group_task(g, 0)), 7);
+    ca_group_free(g);
+    ASSERT_EQ(ca_group_size(NULL), 0);
+    ASSERT(ca_group_task(NULL, 0) == NULL);
+    return 0;
+}
+
+static void test_group_release_args(void)
+{
+    ca_group *g = (ca_group *)&g;
+    ASSERT_EQ(ca_group_new_ex(&g, &release_opts), -CA_ENOLOOP);
+    ASSERT(g == NULL);
+    ASSERT_EQ(ca_run(release_args_main, NULL), 0);
+}
+
+/* Failure reports of a releasing group, as for a keeping one: a first
+ * failure that ca_group_wait returned is not reported; one nobody waited
+ * for is reported when the group is freed; a later failure nobody could
+ * read is reported when its task is freed. */
+static int release_reports_main(void *a)
+{
+    (void)a;
+    ca_spawn_opts o1 = {.name = "waited-first"};
+    ca_spawn_opts o2 = {.name = "unwaited-first"};
+    ca_group *g;
+    ASSERT_EQ(ca_group_new_ex(&g, &release_opts), 0);
+    ASSERT_EQ(ca_group_spawn_ex(g, NULL, ret_einval, NULL, &o1), 0);
+    ASSERT_EQ(ca_group_wait(g), -EINVAL);
+    ca_group_free(g);
+
+    ASSERT_EQ(ca_group_new_ex(&g, &release_opts), 0);
+    struct job bad = {0.01, -EINVAL, 0, 0};
+    ASSERT_EQ(ca_group_spawn_ex(g, NULL, job_run, &bad, &o2), 0);
+    struct gkid late = {.g = g, .secs = 10.0, .on_cancel = -EPIPE};
+    ca_spawn_opts o3 = {.name = "later-failure"};
+    ASSERT_EQ(ca_group_spawn_ex(g, NULL, gkid_run, &late, &o3), 0);
+    while (ca_group_size(g) > 0)
+        ASSERT_EQ(ca_sleep(0.001), 0);
+    fprintf(stderr, "-- freeing --\n");
+    ca_group_free(g);
+    return 0;
+}
+
+static int child_release_reports(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    return ca_run(release_reports_main, NULL);
+}
+
+static void test_group_release_reports(void)
+{
+    char buf[4096];
+    int st = run_child("release_reports", NULL, buf, sizeof(buf));
+    ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ASSERT(!strstr(buf, "'waited-first'"));
+    const char *freeing = strstr(buf, "-- freeing --");
+    const char *unwaited = strstr(buf, "'unwaited-first'");
+    const char *later = strstr(buf, "'later-failure'");
+    ASSERT(freeing && unwaited && later);
+    ASSERT(later < freeing);   /* when it finished and was released */
+    ASSERT(unwaited > freeing); /* when the group let go of it */
+    ASSERT(strstr(later, "failed with EPIPE"));
+    ASSERT(strstr(unwaited, "failed with EINVAL"));
+}
+
+static const struct test_child children[] = {
+    {"release_reports", child_release_reports},
+    {NULL, NULL},
+};
+
 static const struct test_case tests[] = {
     {"gather_100", test_gather_100, 10, 0},
     {"gather_failure_modes", test_gather_failure_modes, 10, 0},
@@ -1204,6 +1633,12 @@ static const struct test_case tests[] = {
     {"group_cancel_child_fails", test_group_cancel_child_fails, 10, 0},
     {"wait_for_shielded", test_wait_for_shielded, 10, 0},
     {"group_shielded_child", test_group_shielded_child, 10, 0},
+    {"group_release_failure", test_group_release_failure, 10, 0},
+    {"group_release_cancel", test_group_release_cancel, 10, 0},
+    {"group_release_nested", test_group_release_nested, 10, 0},
+    {"group_release_args", test_group_release_args, 10, 0},
+    {"group_release_reports", test_group_release_reports, 10, 0},
+    {"group_release_million", test_group_release_million, 60, 0},
     /* heavy: 20k+ coroutine stacks crash ThreadSanitizer, which does not
      * know them (the TSan and valgrind runs set CAWAIT_TEST_LIGHT) */
     {"combinators_scale", test_combinators_scale, 30, 1},
@@ -1212,5 +1647,5 @@ static const struct test_case tests[] = {
 
 int main(int argc, char **argv)
 {
-    return runner_main(argc, argv, tests, NULL);
+    return runner_main(argc, argv, tests, children);
 }

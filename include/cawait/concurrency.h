@@ -98,14 +98,56 @@ CA_EXTERN void ca_as_completed_free(ca_as_completed *it);
 
 typedef struct ca_group ca_group;
 
-/* Create a group (asyncio.TaskGroup, a Trio nursery).  Returns 0 and stores
- * it, or -ENOMEM, -CA_ENOLOOP. */
-CA_EXTERN int ca_group_new(ca_group **out);
 /*
- * Spawn fn(arg) into g (and store the task in *out if out is not NULL; the
- * group owns the task: do not release it).  Returns 0, -ESHUTDOWN if the
- * group is closing (a child failed, it was cancelled, or ca_group_wait
- * returned), -EINVAL, -ENOMEM.
+ * Options of ca_group_new_ex.  The zero value (and NULL) is ca_group_new's
+ * group: it keeps every child until ca_group_free.
+ */
+typedef struct ca_group_opts {
+    /*
+     * 0: keep every child, finished or not, until ca_group_free, so that
+     * ca_group_task can return the i-th child after ca_group_wait.  The
+     * group then grows by about 185 bytes per child spawned, for its whole
+     * life: fine for a batch, not for a server's lifetime.
+     *
+     * 1: release each child the moment it finishes (asyncio.TaskGroup drops
+     * finished tasks from its set; a Trio nursery keeps none), so a
+     * long-lived group costs only its unfinished children.  The first
+     * failure is still recorded and returned by ca_group_wait (the group
+     * keeps that one child until ca_group_free), a failure still cancels
+     * the siblings, and ca_group_cancel, ca_group_wait and ca_group_free
+     * still cancel and wait for every unfinished child.  Differences:
+     * ca_group_size counts the unfinished children only, ca_group_task
+     * always returns NULL, and ca_group_spawn's `out` receives a reference
+     * of the caller's own (see ca_group_spawn).  A child's failure other
+     * than the first is returned by nothing: unless read through such a
+     * reference (ca_task_status), it is reported on stderr when the task is
+     * freed, like any failed task that nobody joined.
+     */
+    int release_finished;
+} ca_group_opts;
+
+/* Create a group (asyncio.TaskGroup, a Trio nursery) that keeps every child
+ * (ca_group_opts' zero value).  Returns 0 and stores it, or -EINVAL (out
+ * NULL), -ENOMEM, -CA_ENOLOOP.  Never blocks.  Free it with
+ * ca_group_free. */
+CA_EXTERN int ca_group_new(ca_group **out);
+/* ca_group_new with options (NULL: as ca_group_new).  Returns 0 and stores
+ * the group, or -EINVAL (out NULL, release_finished not 0 or 1), -ENOMEM,
+ * -CA_ENOLOOP.  Never blocks. */
+CA_EXTERN int ca_group_new_ex(ca_group **out, const ca_group_opts *opts);
+/*
+ * Spawn fn(arg) into g.  Never blocks (except that an eager child, see
+ * ca_spawn_opts, runs until it first blocks).  If out is not NULL the task
+ * is stored in *out (NULL on failure):
+ *  - in a group that keeps its children, the group owns it: do not release
+ *    it; it stays valid until ca_group_free;
+ *  - in a group with release_finished, the caller gets a reference of its
+ *    own and must give it back with ca_task_release (the task is freed
+ *    once the child has finished and that reference is released, whichever
+ *    comes last).  With out NULL the group holds the only handle, and
+ *    nothing may look at the task after it finishes.
+ * Returns 0, -ESHUTDOWN if the group is closing (a child failed, it was
+ * cancelled, or ca_group_wait returned), -EINVAL, -ENOMEM.
  */
 #define ca_group_spawn(g, out, fn, arg)                                        \
     ca__group_spawn((g), (out), (fn), (arg), NULL, CA__WHERE)
@@ -119,21 +161,29 @@ CA_EXTERN int ca__group_spawn(ca_group *g, ca_task **out, ca_fn fn, void *arg,
  * the group then closes.  Returns 0 if every child succeeded, else the first
  * failure; a child that ends -ECANCELED because the group cancelled it
  * (ca_group_cancel, a sibling's failure) is not a failure, as in asyncio's
- * TaskGroup, but its own status stays readable.  If the caller is cancelled (or its deadline passes) while
- * waiting, every child is cancelled, all are waited for, and -ECANCELED (or
- * -ETIMEDOUT) is returned.  The group may be waited on again; it stays
- * closed.  -EINVAL, -EPERM.
+ * TaskGroup, but its own status stays readable.  If the caller is cancelled
+ * (or its deadline passes) while waiting, every child is cancelled, all are
+ * waited for, and -ECANCELED (or -ETIMEDOUT) is returned.  The group may be
+ * waited on again; it stays closed.  -EINVAL, -EPERM.  Blocking.
  */
 CA_EXTERN int ca_group_wait(ca_group *g);
-/* Cancel every child and close the group.  Never blocks.  Returns 0 or
- * -EINVAL. */
+/* Cancel every unfinished child and close the group.  Never blocks.  Returns
+ * 0 or -EINVAL. */
 CA_EXTERN int ca_group_cancel(ca_group *g);
-/* Children spawned so far, and the i-th of them (NULL if out of range), to
- * read each child's status after ca_group_wait. */
+/* Keeping group: the children spawned so far, and the i-th of them in spawn
+ * order (NULL if out of range), to read each child's status after
+ * ca_group_wait.  release_finished group: ca_group_size is the number of
+ * children not finished yet (0 after ca_group_wait) and ca_group_task
+ * returns NULL (a finished child is gone; keep the reference from
+ * ca_group_spawn's out to look at one).  0 / NULL for g NULL.  Never
+ * block. */
 CA_EXTERN size_t ca_group_size(const ca_group *g);
 CA_EXTERN ca_task *ca_group_task(const ca_group *g, size_t i);
-/* Free g and release its tasks.  Children still running are cancelled and
- * waited for first (blocking, not a cancellation point).  NULL is ignored. */
+/* Free g and release the group's references to its tasks (references the
+ * caller got from ca_group_spawn stay valid).  Children still running are
+ * cancelled and waited for first (blocking, not a cancellation point; from
+ * outside a task they are cancelled and left to finish on their own).  NULL
+ * is ignored. */
 CA_EXTERN void ca_group_free(ca_group *g);
 
 /* ------------------------------------------------------------------------ */

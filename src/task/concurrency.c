@@ -350,28 +350,66 @@ void ca_as_completed_free(ca_as_completed *it)
 /* Task groups                                                              */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * A group watches each child through a group_child node in the child's
+ * joiners list; group_child_done runs when the child finishes.
+ *
+ * A keeping group (the default) stores every node in `kids`, in spawn
+ * order, and releases the tasks in ca_group_free.  A release_finished group
+ * links the nodes of its unfinished children in `live` instead; when a
+ * child finishes, its node is freed and the group's reference to it
+ * released at once, so the group's size follows the children running, not
+ * the children ever spawned.  It keeps one finished child: the first that
+ * failed (`failed`), whose status ca_group_wait returns and whose report
+ * (if nobody waited) ca_group_free leaves to the runtime, as a keeping
+ * group does.
+ */
 struct group_child {
     ca__waiter w;
     ca_group *g;
     ca_task *t;
+    struct group_child *prev, *next; /* release_finished: the live list */
 };
 
 struct ca_group {
-    struct group_child **kids;
+    struct group_child **kids; /* keeping group: every child */
     size_t n, cap;
+    struct group_child *live;  /* release_finished: unfinished children */
+    ca_task *failed;           /* release_finished: the first failed child */
     size_t unfinished;
     int first_fail;
     int closing;
+    int release;               /* ca_group_opts.release_finished */
     ca_task *waiter;
 };
 
+static void group_cancel_one(ca_task *t, ca_task *except)
+{
+    if (t != except && t->state != CA__T_DONE && !t->shielded)
+        ca_cancel(t);
+}
+
+/* ca_cancel never finishes a task on the spot (it is woken, or marked to
+ * finish when it would start), so no node leaves `live` during the walk. */
 static void group_cancel_kids(ca_group *g, ca_task *except)
 {
-    for (size_t i = 0; i < g->n; i++) {
-        ca_task *t = g->kids[i]->t;
-        if (t != except && t->state != CA__T_DONE && !t->shielded)
-            ca_cancel(t);
+    if (g->release) {
+        for (struct group_child *k = g->live; k; k = k->next)
+            group_cancel_one(k->t, except);
+        return;
     }
+    for (size_t i = 0; i < g->n; i++)
+        group_cancel_one(g->kids[i]->t, except);
+}
+
+static void live_unlink(ca_group *g, struct group_child *k)
+{
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        g->live = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
 }
 
 static void group_child_done(ca__waiter *w)
@@ -380,28 +418,47 @@ static void group_child_done(ca__waiter *w)
     ca_group *g = k->g;
     ca_task *t = k->t;
     g->unfinished--;
+    if (g->release)
+        live_unlink(g, k);
     /* A child that was cancelled is not a failure (asyncio.TaskGroup). */
     if (t->status < 0 && t->status != -ECANCELED && !g->first_fail) {
         g->first_fail = t->status;
         g->closing = 1;
         group_cancel_kids(g, t);
+        if (g->release) {
+            g->failed = t; /* the group's reference moves here */
+            t = NULL;
+        }
+    }
+    if (g->release) {
+        free(k);
+        if (t)
+            ca_task_release(t);
     }
     if (g->unfinished == 0 && g->waiter)
         ca__task_wake(g->waiter, 0);
 }
 
-int ca_group_new(ca_group **out)
+int ca_group_new_ex(ca_group **out, const ca_group_opts *opts)
 {
     if (!out)
         return -EINVAL;
     *out = NULL;
+    if (opts && (opts->release_finished & ~1))
+        return -EINVAL;
     if (!ca__loop())
         return -CA_ENOLOOP;
     ca_group *g = calloc(1, sizeof(*g));
     if (!g)
         return -ENOMEM;
+    g->release = opts && opts->release_finished;
     *out = g;
     return 0;
+}
+
+int ca_group_new(ca_group **out)
+{
+    return ca_group_new_ex(out, NULL);
 }
 
 int ca__group_spawn(ca_group *g, ca_task **out, ca_fn fn, void *arg,
@@ -413,7 +470,7 @@ int ca__group_spawn(ca_group *g, ca_task **out, ca_fn fn, void *arg,
         return -EINVAL;
     if (g->closing)
         return -ESHUTDOWN;
-    if (g->n == g->cap) {
+    if (!g->release && g->n == g->cap) {
         size_t cap = g->cap ? g->cap * 2 : 8;
         struct group_child **k = realloc(g->kids, cap * sizeof(*k));
         if (!k)
@@ -433,7 +490,19 @@ int ca__group_spawn(ca_group *g, ca_task **out, ca_fn fn, void *arg,
     k->g = g;
     k->t = t;
     k->w = (ca__waiter){.notify = group_child_done};
-    g->kids[g->n++] = k;
+    if (g->release) {
+        /* The caller's own reference, taken before the child can finish
+         * and the group drop its own. */
+        if (out)
+            t->refs++;
+        k->prev = NULL;
+        k->next = g->live;
+        if (g->live)
+            g->live->prev = k;
+        g->live = k;
+    } else {
+        g->kids[g->n++] = k;
+    }
     g->unfinished++;
     if (t->state == CA__T_DONE)
         group_child_done(&k->w); /* an eager child finished in the spawn */
@@ -473,8 +542,11 @@ int ca_group_wait(ca_group *g)
         }
         ca_shield_pop();
     }
+    /* The group reports its children. */
     for (size_t i = 0; i < g->n; i++)
-        g->kids[i]->t->retrieved = 1; /* the group reports its children */
+        g->kids[i]->t->retrieved = 1;
+    if (g->failed)
+        g->failed->retrieved = 1;
     return r < 0 ? r : g->first_fail;
 }
 
@@ -489,12 +561,22 @@ int ca_group_cancel(ca_group *g)
 
 size_t ca_group_size(const ca_group *g)
 {
-    return g ? g->n : 0;
+    if (!g)
+        return 0;
+    return g->release ? g->unfinished : g->n;
 }
 
 ca_task *ca_group_task(const ca_group *g, size_t i)
 {
-    return g && i < g->n ? g->kids[i]->t : NULL;
+    return g && !g->release && i < g->n ? g->kids[i]->t : NULL;
+}
+
+static void group_forget(struct group_child *k)
+{
+    if (ca__waitlist_linked(&k->t->joiners, &k->w))
+        ca__waitlist_remove(&k->t->joiners, &k->w);
+    ca_task_release(k->t);
+    free(k);
 }
 
 void ca_group_free(ca_group *g)
@@ -514,13 +596,15 @@ void ca_group_free(ca_group *g)
             ca_shield_pop();
         }
     }
-    for (size_t i = 0; i < g->n; i++) {
-        struct group_child *k = g->kids[i];
-        if (ca__waitlist_linked(&k->t->joiners, &k->w))
-            ca__waitlist_remove(&k->t->joiners, &k->w);
-        ca_task_release(k->t);
-        free(k);
+    /* Outside a task, children may still be running: unhook them. */
+    while (g->live) {
+        struct group_child *k = g->live;
+        g->live = k->next;
+        group_forget(k);
     }
+    for (size_t i = 0; i < g->n; i++)
+        group_forget(g->kids[i]);
+    ca_task_release(g->failed);
     free(g->kids);
     free(g);
 }
