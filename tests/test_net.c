@@ -1037,6 +1037,127 @@ static void test_slow_client(void)
     ASSERT_EQ(ca_run(slow_client_main, NULL), 0);
 }
 
+/* ---- a server's memory over many connections ------------------------------ */
+
+static uint64_t tasks_live(void)
+{
+    ca_loop_stats st;
+    ASSERT_EQ(ca_loop_stats_get(&st), 0);
+    return st.tasks_live;
+}
+
+static size_t served;
+
+static int count_handler(ca_stream *s, void *arg)
+{
+    (void)s;
+    (void)arg;
+    served++;
+    return 0;
+}
+
+/* A connection's task is freed when its handler returns: after thousands
+ * of connections the server holds no finished task (tasks_live is where it
+ * was) and no connection. */
+static int conn_lifetime_main(void *a)
+{
+    size_t n = *(const size_t *)a;
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, count_handler, NULL, NULL), 0);
+    unsigned port = (unsigned)ca_server_port(srv);
+    uint64_t live0 = tasks_live();
+    served = 0;
+    for (size_t i = 0; i < n; i++) {
+        int fd = ca_tcp_connect("127.0.0.1", port);
+        ASSERT_GE(fd, 0);
+        char c;
+        ASSERT_EQ(ca_read(fd, &c, 1), 0); /* the server closed it */
+        ca_close(fd);
+    }
+    ASSERT(wait_conns(srv, 0));
+    uint64_t live1 = tasks_live();
+    printf("%zu connections served: tasks live %llu -> %llu\n", served,
+           (unsigned long long)live0, (unsigned long long)live1);
+    ASSERT_EQ(served, n);
+    ASSERT_EQ(live1, live0);
+    ASSERT_EQ(ca_server_close(srv, 1), 0);
+    return 0;
+}
+
+static void test_server_releases_connections(void)
+{
+    size_t n = test_is_instrumented() ? 500 : 5000;
+    ASSERT_EQ(ca_run(conn_lifetime_main, &n), 0);
+}
+
+/* A connection task cancelled before it ever ran (ca_server_close_clients
+ * in the turn the acceptor spawned it) never runs its body: its socket is
+ * still closed, the connection still counted out, its task still freed,
+ * and ca_server_close does not wait for it forever. */
+static int never_ran;
+
+static int mark_handler(ca_stream *s, void *arg)
+{
+    (void)s;
+    (void)arg;
+    never_ran = 0;
+    return 0;
+}
+
+struct client {
+    unsigned port;
+    int fd;
+};
+
+static int client_connect(void *a)
+{
+    struct client *c = a;
+    c->fd = ca_tcp_connect("127.0.0.1", c->port);
+    return c->fd < 0 ? c->fd : 0;
+}
+
+static int cancel_unstarted_main(void *a)
+{
+    (void)a;
+    for (int how = 0; how < 2; how++) {
+        ca_server *srv;
+        ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, mark_handler, NULL, NULL),
+                  0);
+        uint64_t live0 = tasks_live();
+        never_ran = 1;
+        /* We stay in the ready queue (yielding) while another task
+         * connects: the acceptor then spawns the connection task behind
+         * us, and we see the connection before its task has run. */
+        struct client cl = {.port = (unsigned)ca_server_port(srv), .fd = -1};
+        ca_task *ct = NULL;
+        ASSERT_EQ(ca_spawn_ex(&ct, client_connect, &cl, NULL), 0);
+        for (int i = 0; i < 1000000 && ca_server_connections(srv) == 0; i++)
+            ASSERT_EQ(ca_yield(), 0);
+        ASSERT_EQ(ca_server_connections(srv), 1);
+        ASSERT_EQ(never_ran, 1);
+        if (how == 0)
+            ASSERT_EQ(ca_server_close_clients(srv), 0);
+        else
+            ASSERT_EQ(ca_server_abort_clients(srv), 0);
+        ASSERT(wait_conns(srv, 0));
+        ASSERT_EQ(never_ran, 1); /* its handler never ran */
+        ASSERT_EQ(ca_join(ct), 0);
+        ca_task_release(ct);
+        char c;
+        ssize_t r = ca_read(cl.fd, &c, 1); /* closed by the server */
+        ASSERT(r == 0 || r == -ECONNRESET);
+        ca_close(cl.fd);
+        ASSERT_EQ(tasks_live(), live0);
+        ASSERT_EQ(ca_server_close(srv, 1), 0);
+    }
+    return 0;
+}
+
+static void test_server_cancel_unstarted(void)
+{
+    ASSERT_EQ(ca_run(cancel_unstarted_main, NULL), 0);
+}
+
 /* ---- an accept storm beyond the descriptor limit --------------------------- */
 
 static int storm_main(void *a)
@@ -1406,6 +1527,8 @@ static const struct test_case tests[] = {
     {"slow_client_100ms", test_slow_client_100ms, 10, 0},
     {"peer_and_close_abort_clients", test_peer_and_close_abort_clients, 10, 0},
     {"accept_storm", test_accept_storm, 20, 0},
+    {"server_releases_connections", test_server_releases_connections, 30, 0},
+    {"server_cancel_unstarted", test_server_cancel_unstarted, 10, 0},
     {"dgram_full_receiver", test_dgram_full_receiver, 10, 0},
     {"datagrams_fd_passing_sendfile", test_datagrams_fd_passing_sendfile, 10, 0},
     {"10k_connections", test_10k_connections, 120, 1},

@@ -7,6 +7,15 @@
  * accepts, leaving further clients in the kernel's backlog.  Every
  * connection task is linked in the server's list so that close can cancel
  * the stragglers after the grace period.
+ *
+ * A connection's bookkeeping ends in conn_done, a notify node in its task's
+ * joiners list, which runs when the task finishes whether or not it ever
+ * ran: a connection cancelled before its task started (close_clients or
+ * abort_clients in the turn it was accepted) never runs conn_main, and its
+ * socket, its slot, its entry and its task would otherwise be kept for
+ * ever (and ca_server_close would wait for it for ever).  The server holds
+ * the task's only handle and releases it there, so a finished connection
+ * costs nothing: a server's memory follows its open connections.
  */
 #include "net/stream.h"
 #include "task/task.h"
@@ -18,10 +27,12 @@
 #include <unistd.h>
 
 struct conn {
+    ca__waiter done; /* in task's joiners: conn_done */
     struct conn *prev, *next;
     ca_server *srv;
     ca_task *task;
     int fd;
+    int opened; /* conn_main ran: the stream owns fd */
 };
 
 struct ca_server {
@@ -57,6 +68,7 @@ static int conn_main(void *arg)
     struct conn *c = arg;
     ca_server *srv = c->srv;
     ca_stream *s;
+    c->opened = 1; /* the stream owns fd from here, also on failure */
     int r = ca_stream_open(&s, c->fd, &srv->opts.stream);
     if (r == 0 && srv->opts.tls)
         r = ca_stream_start_tls(s, srv->opts.tls, NULL);
@@ -71,13 +83,22 @@ static int conn_main(void *arg)
         ca_deadline_pop();
         ca_shield_pop();
     }
-    conn_unlink(srv, c);
-    ca_task_release(c->task);
-    free(c);
     /* A connection's failure is the handler's business (it has the
      * stream): the server does not report it as an unjoined failure. */
     (void)r;
     return 0;
+}
+
+/* The connection's task finished (its joiners are being woken): run or
+ * cancelled before it started. */
+static void conn_done(ca__waiter *w)
+{
+    struct conn *c = (struct conn *)w;
+    if (!c->opened)
+        ca_close(c->fd);
+    conn_unlink(c->srv, c);
+    ca_task_release(c->task);
+    free(c);
 }
 
 static int accept_loop(void *arg)
@@ -117,6 +138,8 @@ static int accept_loop(void *arg)
         c->srv = srv;
         c->task = t;
         c->fd = fd;
+        c->done = (ca__waiter){.notify = conn_done};
+        ca__waitlist_push(&t->joiners, &c->done);
         c->next = srv->conns;
         if (srv->conns)
             srv->conns->prev = c;
