@@ -3,8 +3,21 @@
 #include "runner.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <time.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+#ifdef TEST_ASAN
+size_t __sanitizer_get_current_allocated_bytes(void);
+#endif
 
 static char trace[4096];
 static void note(const char *s)
@@ -1305,6 +1318,211 @@ static void test_pipeline_bounded(void)
     ASSERT_EQ(ca_run(pipeline_main, NULL), 0);
 }
 
+/* ---- a grown ring shrinks again ------------------------------------------ */
+
+/* Bytes the allocator has handed out and not had back (ASan's own count
+ * under ASan); 0 under valgrind, which does not keep mallinfo2. */
+static double heap_in_use(void)
+{
+#ifdef TEST_ASAN
+    return (double)__sanitizer_get_current_allocated_bytes();
+#else
+    struct mallinfo2 mi = mallinfo2();
+    return (double)mi.uordblks + (double)mi.hblkhd;
+#endif
+}
+
+static double rss_mib(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return -1;
+    unsigned long size = 0, res = 0;
+    int ok = fscanf(f, "%lu %lu", &size, &res) == 2;
+    fclose(f);
+    return ok ? (double)res * (double)sysconf(_SC_PAGESIZE) / 1048576.0 : -1;
+}
+
+struct burst_case {
+    const char *name;
+    enum ca_queue_kind kind;
+    size_t maxsize;
+    size_t esz; /* 0: pointers; else a struct kv */
+};
+
+/* A burst of a million items, drained: the ring's megabytes go back (the
+ * heap ends within 16 KiB of where it started; before, 8 MiB for
+ * pointers and 16 MiB for 8-byte values stayed).  For every kind, pointer
+ * and value items, unbounded and large bounded; a second burst through the
+ * same queue ends in the same place; immediate shutdown gives a grown ring
+ * back at once. */
+static int burst_main(void *a)
+{
+    int n = *(const int *)a;
+    static const struct burst_case cases[] = {
+        {"fifo ptr", CA_QUEUE_FIFO, 0, 0},
+        {"fifo value", CA_QUEUE_FIFO, 0, sizeof(struct kv)},
+        {"fifo ptr bounded 2M", CA_QUEUE_FIFO, 2000000, 0},
+        {"lifo ptr", CA_QUEUE_LIFO, 0, 0},
+        {"lifo value", CA_QUEUE_LIFO, 0, sizeof(struct kv)},
+        {"priority ptr", CA_QUEUE_PRIORITY, 0, 0},
+        {"priority value", CA_QUEUE_PRIORITY, 0, sizeof(struct kv)},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        const struct burst_case *c = &cases[k];
+        double h0 = heap_in_use(), r0 = rss_mib();
+        ca_queue *q = mkq(c->kind, c->maxsize, c->esz,
+                          c->esz ? cmp_kv : cmp_ptr);
+        double h1 = heap_in_use();
+        double peak = 0;
+        for (int round = 0; round < 2; round++) {
+            for (int i = 0; i < n; i++) {
+                struct kv v = {.key = n - 1 - i, .seq = i};
+                ASSERT_EQ(c->esz ? ca_queue_put(q, &v)
+                                 : ca_queue_put(q, P(v.key)),
+                          0);
+            }
+            double hp = heap_in_use();
+            peak = hp > peak ? hp : peak;
+            for (int i = 0; i < n; i++) {
+                struct kv v;
+                void *p;
+                ASSERT_EQ(ca_queue_get(q, c->esz ? (void *)&v : (void *)&p),
+                          0);
+                int key = c->esz ? v.key : I(p);
+                ASSERT_EQ(key, c->kind == CA_QUEUE_FIFO ? n - 1 - i : i);
+                if (c->esz && c->kind != CA_QUEUE_LIFO)
+                    ASSERT_EQ(v.seq, c->kind == CA_QUEUE_FIFO ? i : n - 1 - i);
+            }
+            ASSERT(ca_queue_empty(q));
+        }
+        double h2 = heap_in_use(), r2 = rss_mib();
+        printf("%-20s %d items: heap %+.0f bytes after new, peak %+.1f MiB, "
+               "drained %+.0f bytes; RSS %.1f -> %.1f MiB\n",
+               c->name, n, h1 - h0, (peak - h0) / 1048576.0, h2 - h0, r0, r2);
+        if (h0 > 0) { /* not valgrind */
+            ASSERT_GT(peak - h0, (double)n * 4);
+            ASSERT_LT(h2 - h0, 16.0 * 1024);
+        }
+        /* immediate shutdown of a full ring */
+        for (int i = 0; i < n / 4; i++) {
+            struct kv v = {.key = i, .seq = i};
+            ASSERT_EQ(c->esz ? ca_queue_put(q, &v) : ca_queue_put(q, P(i)), 0);
+        }
+        ASSERT_EQ(ca_queue_shutdown(q, 1), 0);
+        double h3 = heap_in_use();
+        if (h0 > 0)
+            ASSERT_LT(h3 - h0, 16.0 * 1024);
+        ca_queue_free(q);
+    }
+    return 0;
+}
+
+static void test_burst_then_drain_shrinks(void)
+{
+    int n = test_is_instrumented() ? 100000 : 1000000;
+    ASSERT_EQ(ca_run(burst_main, &n), 0);
+}
+
+/* Items keep their order across many grow and shrink steps, with the FIFO
+ * ring wrapped or not when it resizes: random bursts up and down (count
+ * swinging between 0 and ~6,000) through every kind, pointer and value
+ * items, every put/get entry point, checked against a model. */
+static uint64_t rng_state = 88172645463325252ull;
+static uint32_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+
+enum { KEYS = 64, MODEL_MAX = 1 << 14 };
+
+static int resize_order_main(void *a)
+{
+    (void)a;
+    static int stack[MODEL_MAX]; /* LIFO model */
+    static int hist[KEYS];       /* PRIORITY model: items per key */
+    static int last_seq[KEYS];   /* PRIORITY: ties come out in put order */
+    for (int kind = 0; kind < 3; kind++) {
+        for (int value = 0; value < 2; value++) {
+            ca_queue *q = mkq((enum ca_queue_kind)kind, 0,
+                              value ? sizeof(struct kv) : 0,
+                              value ? cmp_kv : cmp_ptr);
+            int next_put = 0, next_get = 0, count = 0, top = 0, seq = 0;
+            memset(hist, 0, sizeof(hist));
+            for (int k = 0; k < KEYS; k++)
+                last_seq[k] = -1;
+            for (int round = 0; round < 60; round++) {
+                /* alternately up to a random height and down to a random
+                 * low, in runs of random length */
+                int target = round % 2 == 0 ? (int)(rnd() % 6000)
+                                            : (int)(rnd() % 40);
+                while (count != target) {
+                    int up = count < target;
+                    int run = 1 + (int)(rnd() % 300);
+                    for (int j = 0; j < run && count != target; j++) {
+                        int op = up ? (rnd() % 4 != 0) : (rnd() % 4 == 0);
+                        if (op) { /* put */
+                            struct kv v;
+                            if (kind == CA_QUEUE_PRIORITY)
+                                v = (struct kv){(int)(rnd() % KEYS), seq++};
+                            else
+                                v = (struct kv){next_put, next_put};
+                            int r = rnd() % 2
+                                        ? ca_queue_put_nowait(
+                                              q, value ? (void *)&v : P(v.key))
+                                        : ca_queue_put(
+                                              q, value ? (void *)&v : P(v.key));
+                            ASSERT_EQ(r, 0);
+                            if (kind == CA_QUEUE_LIFO)
+                                stack[top++] = v.key;
+                            if (kind == CA_QUEUE_PRIORITY)
+                                hist[v.key]++;
+                            next_put++;
+                            count++;
+                        } else if (count > 0) { /* get */
+                            struct kv v = {0, 0};
+                            void *p = NULL;
+                            void *out = value ? (void *)&v : (void *)&p;
+                            int r = rnd() % 2 ? ca_queue_get_nowait(q, out)
+                                              : ca_queue_get(q, out);
+                            ASSERT_EQ(r, 0);
+                            int key = value ? v.key : I(p);
+                            if (kind == CA_QUEUE_FIFO) {
+                                ASSERT_EQ(key, next_get);
+                            } else if (kind == CA_QUEUE_LIFO) {
+                                ASSERT_EQ(key, stack[--top]);
+                            } else {
+                                int m = 0;
+                                while (hist[m] == 0)
+                                    m++;
+                                ASSERT_EQ(key, m);
+                                hist[m]--;
+                                if (value) {
+                                    ASSERT_GT(v.seq, last_seq[m]);
+                                    last_seq[m] = v.seq;
+                                }
+                            }
+                            next_get++;
+                            count--;
+                        }
+                        ASSERT_EQ(ca_queue_size(q), (size_t)count);
+                    }
+                }
+            }
+            ca_queue_free(q);
+        }
+    }
+    return 0;
+}
+
+static void test_resize_keeps_order(void)
+{
+    ASSERT_EQ(ca_run(resize_order_main, NULL), 0);
+}
+
 static const struct test_case tests[] = {
     {"order_pointers", test_order_pointers, 10, 0},
     {"order_values_and_ties", test_order_values_and_ties, 10, 0},
@@ -1322,6 +1540,8 @@ static const struct test_case tests[] = {
     {"free_with_waiters", test_free_with_waiters, 10, 0},
     {"argument_errors", test_argument_errors, 10, 0},
     {"pipeline_bounded", test_pipeline_bounded, 20, 0},
+    {"burst_then_drain_shrinks", test_burst_then_drain_shrinks, 60, 0},
+    {"resize_keeps_order", test_resize_keeps_order, 30, 0},
     {"getters_same_turn_matrix", test_getters_same_turn_matrix, 10, 0},
     {"putters_same_turn_matrix", test_putters_same_turn_matrix, 10, 0},
     {"joiners_same_turn", test_joiners_same_turn, 10, 0},

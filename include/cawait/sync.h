@@ -200,7 +200,11 @@ typedef struct ca_queue_opts {
 
 /* Create a queue (opts NULL: unbounded FIFO of pointers).  Returns 0 and
  * stores it in *out, or -EINVAL (PRIORITY without cmp), -ENOMEM, or
- * -CA_ENOLOOP.  Free it with ca_queue_free. */
+ * -CA_ENOLOOP.  Free it with ca_queue_free.  Never blocks.  Memory: a
+ * bounded queue of up to 1024 items allocates its whole buffer here; other
+ * queues start small, double the buffer when full, and halve it again when
+ * a get leaves it less than a quarter full (not below its first size, nor
+ * below 4 KiB), so after a burst is drained the memory goes back. */
 CA_EXTERN int ca_queue_new(ca_queue **out, const ca_queue_opts *opts);
 /* Free q.  Tasks still waiting on it are woken with -ESHUTDOWN first;
  * items still queued are dropped (pointer items are not freed). */

@@ -13,6 +13,19 @@
  * memcpy.  Bounded queues of up to 1024 items get their whole ring at
  * creation; larger or unbounded ones start small and double.
  *
+ * A ring that grew is halved again when a get leaves it less than a
+ * quarter full (so a burst of a million items, once drained, gives its
+ * 8 MB back), down to a floor: its initial capacity, or one 4 KiB page of
+ * slots if that is more, since halving a smaller buffer saves nothing
+ * worth a realloc.  Growing at full and halving at a quarter is the usual
+ * hysteresis: after either, the ring is half full, and at least a quarter
+ * of its capacity in puts or gets must happen before the next resize, so
+ * resizing stays amortized O(1) per item however the count oscillates.
+ * The get fast path pays nothing for it: it already compared count with 0,
+ * and now compares it with shrink_at instead (0 for a ring at its floor,
+ * such as every bounded queue of up to 1024 items), taking the slow path
+ * only for the get that must shrink the ring.
+ *
  * Waiting follows asyncio: put appends and wakes one waiting getter; get
  * removes and wakes one waiting putter.  A woken waiter re-checks in a
  * loop, so an item or a slot is never handed to a particular task, and a
@@ -44,6 +57,8 @@
 #define INITIAL_CAP 16u
 /* Largest item accepted (a sanity bound that keeps slot sizes sane). */
 #define ELEM_MAX ((size_t)1 << 30)
+/* A grown ring is never halved below this many bytes of slots. */
+#define SHRINK_FLOOR_BYTES 4096u
 
 struct ca_queue {
     /* hot: touched by every put/get */
@@ -51,6 +66,7 @@ struct ca_queue {
     size_t mask;  /* cap - 1 */
     size_t head;  /* first item (FIFO); 0 for LIFO and PRIORITY */
     size_t count; /* items stored */
+    size_t shrink_at; /* a get from count <= this shrinks the ring; 0: never */
     size_t limit; /* maxsize, SIZE_MAX when unbounded */
     size_t unfinished;
     ca__waitlist getters, putters;
@@ -64,6 +80,7 @@ struct ca_queue {
     size_t slot; /* bytes of a slot */
     size_t seq_off; /* PRIORITY: offset of the sequence number in a slot */
     size_t cap;
+    size_t min_cap; /* the ring is not halved below this */
     size_t maxsize;
     int (*cmp)(const void *a, const void *b);
     uint64_t seq;
@@ -88,6 +105,13 @@ static inline char *slot_at(const ca_queue *q, size_t i)
     return q->buf + i * q->slot;
 }
 
+static void set_cap(ca_queue *q, size_t cap)
+{
+    q->cap = cap;
+    q->mask = cap - 1;
+    q->shrink_at = cap > q->min_cap ? cap / 4 : 0;
+}
+
 /* Double the ring, keeping the items in order from head. */
 static __attribute__((noinline)) int grow(ca_queue *q)
 {
@@ -103,9 +127,45 @@ static __attribute__((noinline)) int grow(ca_queue *q)
         size_t wrapped = q->head + q->count - cap;
         memcpy(nb + cap * q->slot, nb, wrapped * q->slot);
     }
-    q->cap = 2 * cap;
-    q->mask = 2 * cap - 1;
+    set_cap(q, 2 * cap);
     return 0;
+}
+
+/*
+ * Make the ring cap slots (a power of two, >= count), keeping the items in
+ * order from head, and give the rest of the buffer back.  LIFO and PRIORITY
+ * keep their items in slots 0..count-1 (head 0), so they never move.  A
+ * FIFO ring's items are moved into the first cap slots: an unwrapped run
+ * that ends beyond them moves to the front, a wrapped one's tail part
+ * (head..old end) moves to the end of the new ring, leaving the wrapped
+ * part (from slot 0) where it is.
+ */
+static void resize_down(ca_queue *q, size_t cap)
+{
+    size_t old = q->cap, sz = q->slot;
+    char *b = q->buf;
+    if (q->head + q->count > cap) {
+        if (q->head + q->count <= old) {
+            memmove(b, b + q->head * sz, q->count * sz);
+            q->head = 0;
+        } else {
+            size_t tail = old - q->head;
+            memmove(b + (cap - tail) * sz, b + q->head * sz, tail * sz);
+            q->head = cap - tail;
+        }
+    }
+    /* Shrinking in place cannot fail; if realloc moves nothing, the items
+     * stay where they are in the larger block. */
+    char *nb = realloc(b, cap * sz);
+    if (nb)
+        q->buf = nb;
+    set_cap(q, cap);
+}
+
+/* A get left the ring less than a quarter full: halve it. */
+static __attribute__((noinline)) void shrink(ca_queue *q)
+{
+    resize_down(q, q->cap / 2);
 }
 
 static inline uint64_t slot_seq(const ca_queue *q, const char *s)
@@ -209,6 +269,8 @@ static inline void q_pop(ca_queue *q, void *out)
             memcpy(out, q->buf + i * q->slot, q->esz);
     }
     q->count--;
+    if (__builtin_expect(q->count < q->shrink_at, 0))
+        shrink(q);
     if (q->putters.head)
         ca__waitlist_wake_one(&q->putters, 0);
 }
@@ -305,8 +367,9 @@ int ca_queue_new(ca_queue **out, const ca_queue_opts *opts)
         free(q);
         return -ENOMEM;
     }
-    q->cap = cap;
-    q->mask = cap - 1;
+    size_t floor = pow2_ceil((SHRINK_FLOOR_BYTES + q->slot - 1) / q->slot);
+    q->min_cap = cap > floor ? cap : floor;
+    set_cap(q, cap);
     *out = q;
     return 0;
 }
@@ -424,9 +487,10 @@ int ca_queue_get(ca_queue *q, void *out)
     if (__builtin_expect(!q || !out, 0))
         return -EINVAL;
     ca_loop *l = ca__loop();
-    /* Fast path: a task taking a pointer from a non-empty FIFO ring. */
-    if (__builtin_expect(l && l->current && q->count != 0 && q->ptr &&
-                             q->kind == CA_QUEUE_FIFO,
+    /* Fast path: a task taking a pointer from a non-empty FIFO ring that
+     * this get does not shrink (count > shrink_at >= 0). */
+    if (__builtin_expect(l && l->current && q->count > q->shrink_at &&
+                             q->ptr && q->kind == CA_QUEUE_FIFO,
                          1)) {
         size_t i = q->head;
         *(void **)out = ((void **)(void *)q->buf)[i];
@@ -472,6 +536,8 @@ int ca_queue_shutdown(ca_queue *q, int immediate)
         size_t n = q->count;
         q->count = 0;
         q->head = 0;
+        if (q->cap > q->min_cap)
+            resize_down(q, q->min_cap); /* nothing more will be put */
         q->unfinished -= n < q->unfinished ? n : q->unfinished;
         if (q->unfinished == 0)
             ca__waitlist_wake_all(&q->joiners, 0);
