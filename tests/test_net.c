@@ -1037,7 +1037,7 @@ static void test_slow_client(void)
     ASSERT_EQ(ca_run(slow_client_main, NULL), 0);
 }
 
-/* ---- a server's memory over many connections ------------------------------ */
+/* ---- a server's memory over many connections --------------------------- */
 
 static uint64_t tasks_live(void)
 {
@@ -1121,8 +1121,7 @@ static int cancel_unstarted_main(void *a)
     (void)a;
     for (int how = 0; how < 2; how++) {
         ca_server *srv;
-        ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, mark_handler, NULL, NULL),
-                  0);
+        ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, mark_handler, NULL, NULL), 0);
         uint64_t live0 = tasks_live();
         never_ran = 1;
         /* We stay in the ready queue (yielding) while another task

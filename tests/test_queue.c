@@ -1318,7 +1318,7 @@ static void test_pipeline_bounded(void)
     ASSERT_EQ(ca_run(pipeline_main, NULL), 0);
 }
 
-/* ---- a grown ring shrinks again ------------------------------------------ */
+/* ---- a grown ring shrinks again --------------------------------------- */
 
 /* Bytes the allocator has handed out and not had back (ASan's own count
  * under ASan); 0 under valgrind, which does not keep mallinfo2. */
@@ -1371,8 +1371,8 @@ static int burst_main(void *a)
     for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
         const struct burst_case *c = &cases[k];
         double h0 = heap_in_use(), r0 = rss_mib();
-        ca_queue *q = mkq(c->kind, c->maxsize, c->esz,
-                          c->esz ? cmp_kv : cmp_ptr);
+        ca_queue *q =
+            mkq(c->kind, c->maxsize, c->esz, c->esz ? cmp_kv : cmp_ptr);
         double h1 = heap_in_use();
         double peak = 0;
         for (int round = 0; round < 2; round++) {
@@ -1387,8 +1387,7 @@ static int burst_main(void *a)
             for (int i = 0; i < n; i++) {
                 struct kv v;
                 void *p;
-                ASSERT_EQ(ca_queue_get(q, c->esz ? (void *)&v : (void *)&p),
-                          0);
+                ASSERT_EQ(ca_queue_get(q, c->esz ? (void *)&v : (void *)&p), 0);
                 int key = c->esz ? v.key : I(p);
                 ASSERT_EQ(key, c->kind == CA_QUEUE_FIFO ? n - 1 - i : i);
                 if (c->esz && c->kind != CA_QUEUE_LIFO)
@@ -1447,9 +1446,9 @@ static int resize_order_main(void *a)
     static int last_seq[KEYS];   /* PRIORITY: ties come out in put order */
     for (int kind = 0; kind < 3; kind++) {
         for (int value = 0; value < 2; value++) {
-            ca_queue *q = mkq((enum ca_queue_kind)kind, 0,
-                              value ? sizeof(struct kv) : 0,
-                              value ? cmp_kv : cmp_ptr);
+            ca_queue *q =
+                mkq((enum ca_queue_kind)kind, 0, value ? sizeof(struct kv) : 0,
+                    value ? cmp_kv : cmp_ptr);
             int next_put = 0, next_get = 0, count = 0, top = 0, seq = 0;
             memset(hist, 0, sizeof(hist));
             for (int k = 0; k < KEYS; k++)
@@ -1457,8 +1456,8 @@ static int resize_order_main(void *a)
             for (int round = 0; round < 60; round++) {
                 /* alternately up to a random height and down to a random
                  * low, in runs of random length */
-                int target = round % 2 == 0 ? (int)(rnd() % 6000)
-                                            : (int)(rnd() % 40);
+                int target =
+                    round % 2 == 0 ? (int)(rnd() % 6000) : (int)(rnd() % 40);
                 while (count != target) {
                     int up = count < target;
                     int run = 1 + (int)(rnd() % 300);
@@ -1473,8 +1472,8 @@ static int resize_order_main(void *a)
                             int r = rnd() % 2
                                         ? ca_queue_put_nowait(
                                               q, value ? (void *)&v : P(v.key))
-                                        : ca_queue_put(
-                                              q, value ? (void *)&v : P(v.key));
+                                        : ca_queue_put(q, value ? (void *)&v
+                                                                : P(v.key));
                             ASSERT_EQ(r, 0);
                             if (kind == CA_QUEUE_LIFO)
                                 stack[top++] = v.key;

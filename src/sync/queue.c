@@ -489,8 +489,8 @@ int ca_queue_get(ca_queue *q, void *out)
     ca_loop *l = ca__loop();
     /* Fast path: a task taking a pointer from a non-empty FIFO ring that
      * this get does not shrink (count > shrink_at >= 0). */
-    if (__builtin_expect(l && l->current && q->count > q->shrink_at &&
-                             q->ptr && q->kind == CA_QUEUE_FIFO,
+    if (__builtin_expect(l && l->current && q->count > q->shrink_at && q->ptr &&
+                             q->kind == CA_QUEUE_FIFO,
                          1)) {
         size_t i = q->head;
         *(void **)out = ((void **)(void *)q->buf)[i];

@@ -374,12 +374,12 @@ struct group_child {
 struct ca_group {
     struct group_child **kids; /* keeping group: every child */
     size_t n, cap;
-    struct group_child *live;  /* release_finished: unfinished children */
-    ca_task *failed;           /* release_finished: the first failed child */
+    struct group_child *live; /* release_finished: unfinished children */
+    ca_task *failed;          /* release_finished: the first failed child */
     size_t unfinished;
     int first_fail;
     int closing;
-    int release;               /* ca_group_opts.release_finished */
+    int release; /* ca_group_opts.release_finished */
     ca_task *waiter;
 };
 
