@@ -55,42 +55,46 @@ void ca_freeaddrinfo(ca_addrinfo *ai)
 
 #define MAX_SOCKS 8
 
+struct dns_chan;
+
 struct dns_sock {
     ca__fdwait w;
-    struct dns_query *q;
+    struct dns_chan *c;
     int fd;
     int events; /* CA_READ | CA_WRITE wanted, 0: slot free */
     int armed;
 };
 
-struct dns_query {
+/* A c-ares channel, its sockets and timer, and the lookup using it. */
+struct dns_chan {
     ares_channel ch;
     ca_loop *loop;
+    ca__timer timer;
+    /* the lookup */
     ca_task *task;
     int done;
     int status;
     struct ares_addrinfo *res;
-    ca__timer timer;
     struct dns_sock socks[MAX_SOCKS];
 };
 
-static void update_timer(struct dns_query *q);
+static void update_timer(struct dns_chan *c);
 
 static void sock_arm(struct dns_sock *s)
 {
     if (s->armed || !s->events)
         return;
-    if (ca__fd_register(s->q->loop, s->fd) < 0)
+    if (ca__fd_register(s->c->loop, s->fd) < 0)
         return;
     s->w = (ca__fdwait){.fd = s->fd, .events = s->events, .wake = s->w.wake};
     s->armed = 1;
-    ca__fd_add_waiter(s->q->loop, &s->w);
+    ca__fd_add_waiter(s->c->loop, &s->w);
 }
 
 static void sock_disarm(struct dns_sock *s)
 {
     if (s->armed)
-        ca__fd_remove_waiter(s->q->loop, &s->w);
+        ca__fd_remove_waiter(s->c->loop, &s->w);
     s->armed = 0;
 }
 
@@ -114,43 +118,43 @@ static int readable_now(int fd)
 
 static void drain(struct dns_sock *s, ares_socket_t fd)
 {
-    struct dns_query *q = s->q;
-    for (int i = 0; i < DRAIN_CALLS && !q->done; i++) {
+    struct dns_chan *c = s->c;
+    for (int i = 0; i < DRAIN_CALLS && !c->done; i++) {
         if (s->fd != fd || !(s->events & CA_READ) || !readable_now(fd))
             return;
-        ares_process_fd(q->ch, fd, ARES_SOCKET_BAD);
+        ares_process_fd(c->ch, fd, ARES_SOCKET_BAD);
     }
 }
 
 static void sock_wake(ca__fdwait *w, int result)
 {
     struct dns_sock *s = (struct dns_sock *)w;
-    struct dns_query *q = s->q;
+    struct dns_chan *c = s->c;
     s->armed = 0;
     ares_socket_t rfd = ARES_SOCKET_BAD, wfd = ARES_SOCKET_BAD;
     if (result < 0 || (result & (CA_READ | CA_ERROR | CA_HANGUP)))
         rfd = s->fd;
     if (result > 0 && (result & CA_WRITE))
         wfd = s->fd;
-    ares_process_fd(q->ch, rfd, wfd);
+    ares_process_fd(c->ch, rfd, wfd);
     if (rfd != ARES_SOCKET_BAD)
         drain(s, rfd);
     /* The callback may have changed what this slot wants (or freed it). */
     sock_arm(s);
-    update_timer(q);
+    update_timer(c);
 }
 
 /* c-ares tells which of its sockets it wants watched, and for what. */
 static void sock_state(void *data, ares_socket_t fd, int readable,
                        int writable)
 {
-    struct dns_query *q = data;
+    struct dns_chan *c = data;
     struct dns_sock *s = NULL, *free_slot = NULL;
     for (int i = 0; i < MAX_SOCKS; i++) {
-        if (q->socks[i].events && q->socks[i].fd == fd)
-            s = &q->socks[i];
-        else if (!q->socks[i].events && !free_slot)
-            free_slot = &q->socks[i];
+        if (c->socks[i].events && c->socks[i].fd == fd)
+            s = &c->socks[i];
+        else if (!c->socks[i].events && !free_slot)
+            free_slot = &c->socks[i];
     }
     int events = (readable ? CA_READ : 0) | (writable ? CA_WRITE : 0);
     if (!s) {
@@ -158,7 +162,7 @@ static void sock_state(void *data, ares_socket_t fd, int readable,
             return;
         s = free_slot;
         s->fd = fd;
-        s->q = q;
+        s->c = c;
         s->w.wake = sock_wake;
     }
     sock_disarm(s);
@@ -167,44 +171,44 @@ static void sock_state(void *data, ares_socket_t fd, int readable,
         sock_arm(s);
     } else {
         /* c-ares is about to close it: drop our registration first. */
-        ca__fd_forget(q->loop, fd);
+        ca__fd_forget(c->loop, fd);
     }
 }
 
 static void timer_fire(ca__timer *t)
 {
-    struct dns_query *q =
-        (struct dns_query *)((char *)t - offsetof(struct dns_query, timer));
-    ares_process_fd(q->ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
-    update_timer(q);
+    struct dns_chan *c =
+        (struct dns_chan *)((char *)t - offsetof(struct dns_chan, timer));
+    ares_process_fd(c->ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+    update_timer(c);
 }
 
-static void update_timer(struct dns_query *q)
+static void update_timer(struct dns_chan *c)
 {
-    if (q->done) {
-        ca__timer_cancel(q->loop, &q->timer);
+    if (c->done) {
+        ca__timer_cancel(c->loop, &c->timer);
         return;
     }
-    struct timeval tv, *tvp = ares_timeout(q->ch, NULL, &tv);
+    struct timeval tv, *tvp = ares_timeout(c->ch, NULL, &tv);
     if (!tvp) {
-        ca__timer_cancel(q->loop, &q->timer);
+        ca__timer_cancel(c->loop, &c->timer);
         return;
     }
     int64_t when = ca__clock_ns() + (int64_t)tvp->tv_sec * 1000000000 +
                    (int64_t)tvp->tv_usec * 1000;
-    ca__timer_arm(q->loop, &q->timer, when);
+    ca__timer_arm(c->loop, &c->timer, when);
 }
 
 static void on_result(void *arg, int status, int timeouts,
                       struct ares_addrinfo *res)
 {
     (void)timeouts;
-    struct dns_query *q = arg;
-    q->done = 1;
-    q->status = status;
-    q->res = res;
-    if (q->task)
-        ca__task_wake(q->task, 0);
+    struct dns_chan *c = arg;
+    c->done = 1;
+    c->status = status;
+    c->res = res;
+    if (c->task)
+        ca__task_wake(c->task, 0);
 }
 
 static int map_status(int st)
@@ -319,6 +323,52 @@ static void library_init(void)
     ares_init_status = ares_library_init(ARES_LIB_INIT_ALL);
 }
 
+/* A new channel with the loop's configuration: 0 and *out, or a negative
+ * errno. */
+static int chan_new(ca_loop *l, struct dns_chan **out)
+{
+    struct dns_chan *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->loop = l;
+    c->timer.slot = CA__TIMER_IDLE;
+    c->timer.fire = timer_fire;
+    struct ares_options o = {.flags = ARES_FLAG_NOCHECKRESP,
+                             .sock_state_cb = sock_state,
+                             .sock_state_cb_data = c};
+    int mask = ARES_OPT_FLAGS | ARES_OPT_SOCK_STATE_CB;
+    if (l->dns_timeout_ms > 0) {
+        o.timeout = l->dns_timeout_ms;
+        mask |= ARES_OPT_TIMEOUTMS;
+    }
+    if (l->dns_tries > 0) {
+        o.tries = l->dns_tries;
+        mask |= ARES_OPT_TRIES;
+    }
+    int st = ares_init_options(&c->ch, &o, mask);
+    if (st != ARES_SUCCESS) {
+        free(c);
+        return fd_shortage(map_status(st));
+    }
+    if (l->dns_servers &&
+        ares_set_servers_ports_csv(c->ch, l->dns_servers) != ARES_SUCCESS) {
+        ares_destroy(c->ch);
+        free(c);
+        return -EINVAL;
+    }
+    *out = c;
+    return 0;
+}
+
+static void chan_destroy(struct dns_chan *c)
+{
+    ca__timer_cancel(c->loop, &c->timer);
+    for (int i = 0; i < MAX_SOCKS; i++)
+        sock_disarm(&c->socks[i]);
+    ares_destroy(c->ch);
+    free(c);
+}
+
 int ca_getaddrinfo(const char *host, unsigned port, int family, int socktype,
                    ca_addrinfo **out)
 {
@@ -337,66 +387,34 @@ int ca_getaddrinfo(const char *host, unsigned port, int family, int socktype,
     pthread_once(&ares_once, library_init);
     if (ares_init_status != ARES_SUCCESS)
         return -CA_EDNS;
-    ca_loop *l = ca__loop();
-    struct dns_query *q = calloc(1, sizeof(*q));
-    if (!q)
-        return -ENOMEM;
-    q->loop = l;
-    q->timer.slot = CA__TIMER_IDLE;
-    q->timer.fire = timer_fire;
-    struct ares_options o = {.flags = ARES_FLAG_NOCHECKRESP,
-                             .sock_state_cb = sock_state,
-                             .sock_state_cb_data = q};
-    int mask = ARES_OPT_FLAGS | ARES_OPT_SOCK_STATE_CB;
-    if (l->dns_timeout_ms > 0) {
-        o.timeout = l->dns_timeout_ms;
-        mask |= ARES_OPT_TIMEOUTMS;
-    }
-    if (l->dns_tries > 0) {
-        o.tries = l->dns_tries;
-        mask |= ARES_OPT_TRIES;
-    }
-    int st = ares_init_options(&q->ch, &o, mask);
-    if (st != ARES_SUCCESS) {
-        free(q);
-        return fd_shortage(map_status(st));
-    }
-    if (l->dns_servers &&
-        ares_set_servers_ports_csv(q->ch, l->dns_servers) != ARES_SUCCESS) {
-        ares_destroy(q->ch);
-        free(q);
-        return -EINVAL;
-    }
+    struct dns_chan *c = NULL;
+    int r = chan_new(ca__loop(), &c);
+    if (r < 0)
+        return r;
     char svc[16];
     snprintf(svc, sizeof(svc), "%u", port);
     struct ares_addrinfo_hints hints = {.ai_family = family,
                                         .ai_socktype = socktype,
                                         .ai_flags = ARES_AI_NUMERICSERV};
     /* "localhost" is answered without asking anyone (RFC 6761). */
-    const char *name = host;
-    q->task = self;
-    ares_getaddrinfo(q->ch, name, svc, &hints, on_result, q);
-    update_timer(q);
-    int r = 0;
-    while (!q->done) {
+    c->task = self;
+    ares_getaddrinfo(c->ch, host, svc, &hints, on_result, c);
+    update_timer(c);
+    while (!c->done) {
         r = ca__task_park(self, INT64_MAX);
-        if (r < 0 && !q->done) {
-            ares_cancel(q->ch); /* runs on_result with ARES_ECANCELLED */
+        if (r < 0 && !c->done) {
+            ares_cancel(c->ch); /* runs on_result with ARES_ECANCELLED */
             break;
         }
     }
-    q->task = NULL;
-    if (r >= 0 || q->status != ARES_ECANCELLED)
-        r = fd_shortage(map_status(q->status));
+    c->task = NULL;
+    if (r >= 0 || c->status != ARES_ECANCELLED)
+        r = fd_shortage(map_status(c->status));
     if (r == 0)
-        r = convert(q->res, socktype, out);
-    if (q->res)
-        ares_freeaddrinfo(q->res);
-    ca__timer_cancel(l, &q->timer);
-    for (int i = 0; i < MAX_SOCKS; i++)
-        sock_disarm(&q->socks[i]);
-    ares_destroy(q->ch);
-    free(q);
+        r = convert(c->res, socktype, out);
+    if (c->res)
+        ares_freeaddrinfo(c->res);
+    chan_destroy(c);
     return r;
 }
 
