@@ -1,20 +1,36 @@
 /*
  * Asynchronous DNS: c-ares driven by the loop.
  *
- * Each lookup gets its own c-ares channel, so cancelling one lookup
- * (ares_cancel) cancels it in c-ares without touching the others, and
- * destroying the channel leaves nothing behind.  The channel's sockets are
- * watched with non-task fd waiters (sock_state_cb tells which it wants),
- * its timeouts with one loop timer (ares_timeout after every call); both
- * call ares_process_fd in the loop's context, and the completion callback
- * wakes the waiting task.  ARES_FLAG_NOCHECKRESP keeps a SERVFAIL from one
- * server from failing every other query on it (c-ares 1.18).
+ * A lookup has a c-ares channel to itself while it runs: ares_cancel
+ * cancels every query of a channel, so only then does cancelling one
+ * lookup cancel it in c-ares without touching the others.  The channel's
+ * sockets are watched with non-task fd waiters (sock_state_cb tells which
+ * it wants), its timeouts with one loop timer (ares_timeout after every
+ * call); both call ares_process_fd in the loop's context, and the
+ * completion callback wakes the waiting task.  ARES_FLAG_NOCHECKRESP keeps
+ * a SERVFAIL from one server from failing every other query on it (c-ares
+ * 1.18).
+ *
+ * Channels outlive lookups.  ares_init_options reads resolv.conf and
+ * nsswitch.conf and fills some 75 KB of tables, and ares_destroy frees
+ * them: 100,000 instructions, where the lookup of an /etc/hosts name
+ * itself takes 7,000.  So a finished lookup gives its channel back to the
+ * loop's pool (IDLE_MAX idle channels at most; c-ares has closed the
+ * channel's sockets by then, as it does once no query is left) and the
+ * next lookup takes it.  c-ares 1.18 has no ares_reinit and reads
+ * resolv.conf only at init (/etc/hosts at every lookup), so a channel
+ * serves lookups for CHAN_TTL_NS after its creation and is then destroyed:
+ * a change to resolv.conf reaches lookups that much later at most.
+ * ca_dns_configure retires every channel at once.  A loop timer destroys
+ * idle channels as they expire; the loop's exit hook destroys the rest.
  */
+#include "io/internal.h"
 #include "loop/loop.h"
 #include "net/addr.h"
 #include "task/task.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
@@ -22,6 +38,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+static void retire_channels(ca_loop *l);
 
 int ca_dns_configure(const ca_dns_opts *opts)
 {
@@ -37,6 +55,7 @@ int ca_dns_configure(const ca_dns_opts *opts)
     l->dns_servers = servers;
     l->dns_timeout_ms = opts ? opts->timeout_ms : 0;
     l->dns_tries = opts ? opts->tries : 0;
+    retire_channels(l);
     return 0;
 }
 
@@ -56,6 +75,7 @@ void ca_freeaddrinfo(ca_addrinfo *ai)
 #define MAX_SOCKS 8
 
 struct dns_chan;
+struct dns_pool;
 
 struct dns_sock {
     ca__fdwait w;
@@ -65,10 +85,21 @@ struct dns_sock {
     int armed;
 };
 
+/* Idle channels a loop keeps for later lookups (some 75 KB each). */
+#define IDLE_MAX 8
+/* How long a channel serves lookups after ares_init_options read
+ * resolv.conf: a change to it is seen by lookups this much later at most. */
+#define CHAN_TTL_NS (2 * (int64_t)1000000000)
+
 /* A c-ares channel, its sockets and timer, and the lookup using it. */
 struct dns_chan {
     ares_channel ch;
     ca_loop *loop;
+    struct dns_pool *pool; /* the loop's, which outlives it */
+    struct dns_chan *next; /* in the pool's idle list */
+    int64_t born;          /* ca__clock_ns() when it read resolv.conf */
+    uint64_t gen;          /* the pool's gen then */
+    int keep;              /* may be reused (see fd_free) */
     ca__timer timer;
     /* the lookup */
     ca_task *task;
@@ -323,6 +354,23 @@ static void library_init(void)
     ares_init_status = ares_library_init(ARES_LIB_INIT_ALL);
 }
 
+/*
+ * c-ares 1.18 reads resolv.conf with fopen at init, and when no descriptor
+ * is free it goes on with its defaults (one server, 127.0.0.1) and reports
+ * success.  Without a pool that cost one lookup, whose own socket failed
+ * the same way; a pooled channel would send the lookups of the next
+ * seconds to the wrong server.  So a channel is kept only if a descriptor
+ * was free just before its init: 1 if one is.
+ */
+static int fd_free(void)
+{
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno != EMFILE && errno != ENFILE;
+    close(fd);
+    return 1;
+}
+
 /* A new channel with the loop's configuration: 0 and *out, or a negative
  * errno. */
 static int chan_new(ca_loop *l, struct dns_chan **out)
@@ -331,6 +379,7 @@ static int chan_new(ca_loop *l, struct dns_chan **out)
     if (!c)
         return -ENOMEM;
     c->loop = l;
+    c->keep = fd_free();
     c->timer.slot = CA__TIMER_IDLE;
     c->timer.fire = timer_fire;
     struct ares_options o = {.flags = ARES_FLAG_NOCHECKRESP,
@@ -369,6 +418,137 @@ static void chan_destroy(struct dns_chan *c)
     free(c);
 }
 
+/*
+ * A loop's idle channels, newest first.  The pool hangs on the loop by its
+ * exit hook (which finds it, and frees it with the loop); channels in use
+ * belong to their lookups, which are all over by then.
+ */
+struct dns_pool {
+    ca__exit_hook hook; /* first: the hook is the pool */
+    ca_loop *loop;
+    struct dns_chan *idle;
+    int nidle;
+    uint64_t gen;   /* channels of an older gen are not reused */
+    ca__timer reap; /* when the oldest idle channel expires */
+};
+
+static void pool_exit(ca_loop *l, ca__exit_hook *h);
+
+static struct dns_pool *pool_find(ca_loop *l)
+{
+    return (struct dns_pool *)ca__loop_find_hook(l, pool_exit);
+}
+
+/* Destroy idle channels born at or before `before`, then arm the reaper
+ * for the oldest one left. */
+static void pool_reap(struct dns_pool *p, int64_t before)
+{
+    int64_t oldest = INT64_MAX;
+    for (struct dns_chan **pp = &p->idle; *pp;) {
+        struct dns_chan *c = *pp;
+        if (c->born <= before) {
+            *pp = c->next;
+            p->nidle--;
+            chan_destroy(c);
+            continue;
+        }
+        if (c->born < oldest)
+            oldest = c->born;
+        pp = &c->next;
+    }
+    if (oldest == INT64_MAX)
+        ca__timer_cancel(p->loop, &p->reap);
+    else if (ca__timer_arm(p->loop, &p->reap, oldest + CHAN_TTL_NS) < 0)
+        pool_reap(p, INT64_MAX); /* no timer: keep nothing idle */
+}
+
+static void reap_fire(ca__timer *t)
+{
+    struct dns_pool *p =
+        (struct dns_pool *)((char *)t - offsetof(struct dns_pool, reap));
+    pool_reap(p, ca__clock_ns() - CHAN_TTL_NS);
+}
+
+static void pool_exit(ca_loop *l, ca__exit_hook *h)
+{
+    (void)l;
+    struct dns_pool *p = (struct dns_pool *)h;
+    pool_reap(p, INT64_MAX);
+    free(p);
+}
+
+static void retire_channels(ca_loop *l)
+{
+    struct dns_pool *p = pool_find(l);
+    if (p) {
+        p->gen++;
+        pool_reap(p, INT64_MAX);
+    }
+}
+
+/* A channel for a lookup: an idle one of the loop's pool if one is young
+ * enough, else a new one.  0 and *out, or a negative errno. */
+static int chan_take(ca_loop *l, struct dns_chan **out)
+{
+    struct dns_pool *p = pool_find(l);
+    if (!p) {
+        if (!(p = calloc(1, sizeof(*p))))
+            return -ENOMEM;
+        p->loop = l;
+        p->reap.slot = CA__TIMER_IDLE;
+        p->reap.fire = reap_fire;
+        p->hook.fn = pool_exit;
+        ca__loop_at_exit(l, &p->hook);
+    }
+    int64_t now = ca__clock_ns();
+    struct dns_chan *c;
+    while ((c = p->idle) != NULL) {
+        p->idle = c->next;
+        p->nidle--;
+        if (now - c->born < CHAN_TTL_NS) {
+            c->done = 0;
+            c->status = 0;
+            c->res = NULL;
+            *out = c;
+            return 0;
+        }
+        chan_destroy(c);
+    }
+    int r = chan_new(l, &c);
+    if (r < 0)
+        return r;
+    c->pool = p;
+    c->born = now;
+    c->gen = p->gen;
+    *out = c;
+    return 0;
+}
+
+/* A lookup is over: keep its channel for the next one, unless it is too
+ * old, of an earlier configuration, made short of descriptors, still has
+ * a socket (c-ares closes them all once no query is left), or the pool is
+ * full. */
+static void chan_release(struct dns_chan *c)
+{
+    struct dns_pool *p = c->pool;
+    ca__timer_cancel(c->loop, &c->timer);
+    int busy = 0;
+    for (int i = 0; i < MAX_SOCKS; i++)
+        busy |= c->socks[i].events;
+    if (!c->keep || busy || c->gen != p->gen || p->nidle >= IDLE_MAX ||
+        ca__clock_ns() - c->born >= CHAN_TTL_NS) {
+        chan_destroy(c);
+        return;
+    }
+    c->next = p->idle;
+    p->idle = c;
+    p->nidle++;
+    int64_t expires = c->born + CHAN_TTL_NS;
+    if ((!ca__timer_armed(&p->reap) || expires < p->reap.when) &&
+        ca__timer_arm(p->loop, &p->reap, expires) < 0)
+        pool_reap(p, INT64_MAX);
+}
+
 int ca_getaddrinfo(const char *host, unsigned port, int family, int socktype,
                    ca_addrinfo **out)
 {
@@ -388,7 +568,7 @@ int ca_getaddrinfo(const char *host, unsigned port, int family, int socktype,
     if (ares_init_status != ARES_SUCCESS)
         return -CA_EDNS;
     struct dns_chan *c = NULL;
-    int r = chan_new(ca__loop(), &c);
+    int r = chan_take(ca__loop(), &c);
     if (r < 0)
         return r;
     char svc[16];
@@ -414,11 +594,17 @@ int ca_getaddrinfo(const char *host, unsigned port, int family, int socktype,
         r = convert(c->res, socktype, out);
     if (c->res)
         ares_freeaddrinfo(c->res);
-    chan_destroy(c);
+    c->res = NULL;
+    chan_release(c);
     return r;
 }
 
 #else /* !CAWAIT_HAVE_CARES */
+
+static void retire_channels(ca_loop *l)
+{
+    (void)l;
+}
 
 /* Without c-ares: numeric addresses and "localhost" only. */
 int ca_getaddrinfo(const char *host, unsigned port, int family, int socktype,
