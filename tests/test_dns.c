@@ -16,7 +16,9 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <sys/inotify.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,6 +32,8 @@ static double mono(void)
 
 static int dns_fd;
 static int queries_seen;
+/* Queries for slow.* names (never answered). */
+static int slow_seen;
 /* Queries for dual.cawait.test, by type. */
 static int dual_a_seen, dual_aaaa_seen;
 /* Queries for big.cawait.test: [0] over UDP, [1] over TCP. */
@@ -113,8 +117,12 @@ static int dns_answer(const unsigned char *q, int n, unsigned char *out,
     char name[256];
     int qtype;
     int end = parse_question(q, n, name, &qtype);
-    if (end < 0 || strncmp(name, "slow.", 5) == 0)
+    if (end < 0)
+        return -1;
+    if (strncmp(name, "slow.", 5) == 0) {
+        slow_seen++;
         return -1; /* never answer */
+    }
     if (strcmp(name, "dual.cawait.test") == 0) {
         dual_a_seen += qtype == T_A;
         dual_aaaa_seen += qtype == T_AAAA;
@@ -940,6 +948,382 @@ static void test_out_of_fds(void)
     ASSERT_EQ(ca_run(no_fds_main, NULL), 0);
 }
 
+/* ---- channels kept between lookups --------------------------------------- */
+
+/* The servers of start_dns, with another timeout and number of tries. */
+static void configure(int timeout_ms, int tries)
+{
+    char servers[64];
+    snprintf(servers, sizeof(servers), "127.0.0.1:%d", ca_sock_port(dns_fd));
+    ca_dns_opts o = {
+        .servers = servers, .timeout_ms = timeout_ms, .tries = tries};
+    ASSERT_EQ(ca_dns_configure(&o), 0);
+}
+
+/* An inotify watch for opens of /etc/resolv.conf (by any process). */
+static int resolv_watch = -1;
+
+/* 1 if /etc/resolv.conf was opened since the last call.  inotify merges
+ * an event with the unread one before it, so this tells whether, not how
+ * often. */
+static int resolv_opened(void)
+{
+    char buf[4096];
+    int any = 0;
+    while (read(resolv_watch, buf, sizeof(buf)) > 0)
+        any = 1;
+    return any;
+}
+
+static const struct mixed_name {
+    const char *name;
+    int family;
+    int result;
+    int addrs;
+} mixed[] = {
+    {"ok.cawait.test", AF_INET, 0, 1},
+    {"localhost", AF_INET, 0, 1}, /* /etc/hosts or RFC 6761 */
+    {"missing.cawait.test", AF_UNSPEC, -CA_ENOTFOUND, 0},
+    {"fail.cawait.test", AF_INET, -CA_EDNSFAIL, 0},
+    {"dual.cawait.test", AF_UNSPEC, 0, 2},
+    {"v6.cawait.test", AF_INET6, 0, 1},
+    {"big.cawait.test", AF_INET, 0, BIG_N}, /* over TCP */
+};
+#define NMIXED (sizeof(mixed) / sizeof(mixed[0]))
+
+/* Look mixed[i] up: 1 if the result is the expected one. */
+static int lookup_mixed(size_t i)
+{
+    const struct mixed_name *m = &mixed[i % NMIXED];
+    ca_addrinfo *ai = NULL;
+    int r = ca_getaddrinfo(m->name, 80, m->family, SOCK_STREAM, &ai);
+    int n = 0;
+    for (ca_addrinfo *p = ai; p; p = p->next)
+        n++;
+    ca_freeaddrinfo(ai);
+    if (r != m->result || n != m->addrs) {
+        fprintf(stderr, "%s: %d (%d addresses), want %d (%d)\n", m->name, r, n,
+                m->result, m->addrs);
+        return 0;
+    }
+    return 1;
+}
+
+/* Look mixed[i] up, which must succeed as expected: 1 if
+ * /etc/resolv.conf was opened meanwhile (a channel was made). */
+static int lookup_reads(size_t i)
+{
+    resolv_opened();
+    ASSERT(lookup_mixed(i));
+    return resolv_opened();
+}
+
+/*
+ * c-ares reads /etc/resolv.conf when a channel is made, and a loop keeps
+ * its channels between lookups: of many lookups in a row only the first
+ * reads the file (it used to be every one, 100,000 instructions each).  A
+ * new ca_dns_configure, a channel that has served for 2 s, and one made
+ * while no descriptor was free (c-ares then falls back to its defaults:
+ * one server, 127.0.0.1) are not reused: the next lookup reads the file
+ * again.  Other processes may open the file too, which can add reads but
+ * never hide one: hence the margin where few reads are expected.
+ */
+static int reuse_main(void *a)
+{
+    (void)a;
+    ca_task *srv = start_dns();
+    resolv_watch = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    ASSERT_GE(resolv_watch, 0);
+    if (inotify_add_watch(resolv_watch, "/etc/resolv.conf", IN_OPEN) < 0) {
+        close(resolv_watch);
+        stop_dns(srv);
+        SKIP("cannot watch /etc/resolv.conf");
+    }
+    ASSERT(lookup_reads(0)); /* the loop's first channel */
+    enum { N = 40 };
+    int reads = 0;
+    for (size_t i = 0; i < N; i++)
+        reads += lookup_reads(i);
+    ASSERT_LE(reads, N / 4);
+
+    /* a new configuration: a new channel, then that one is reused */
+    configure(100, 2);
+    ASSERT(lookup_reads(0));
+    reads = 0;
+    for (size_t i = 0; i < N; i++)
+        reads += lookup_reads(i);
+    ASSERT_LE(reads, N / 4);
+
+    /* after 2 s a channel is replaced (resolv.conf may have changed) */
+    ASSERT_EQ(ca_sleep(2.2), 0);
+    ASSERT(lookup_reads(1));
+
+    /* made short of descriptors: not kept */
+    configure(100, 2); /* no idle channel left: the next lookup makes one */
+    struct rlimit old;
+    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+    struct rlimit low = {(rlim_t)test_count_fds() + 64, old.rlim_max};
+    if (low.rlim_cur <= old.rlim_cur && setrlimit(RLIMIT_NOFILE, &low) == 0) {
+        int fill[128], n = 0;
+        while (n < 128 && (fill[n] = dup(dns_fd)) >= 0)
+            n++;
+        ca_addrinfo *ai = NULL;
+        int r = ca_getaddrinfo("ok.cawait.test", 80, AF_INET, 0, &ai);
+        while (n > 0)
+            close(fill[--n]);
+        ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+        ASSERT_EQ(r, -EMFILE);
+        ASSERT(ai == NULL);
+        ASSERT(lookup_reads(0));
+    }
+    close(resolv_watch);
+    stop_dns(srv);
+    return 0;
+}
+
+static void test_reuse_channels(void)
+{
+    ASSERT_EQ(ca_run(reuse_main, NULL), 0);
+}
+
+/* Rounds of many lookups at once (answers, errors, /etc/hosts, both
+ * families, an answer over TCP), on the channels the rounds before kept:
+ * every lookup gets its own result, and kept channels hold no socket. */
+struct mixed_run {
+    size_t first;
+    int bad;
+};
+
+static int mixed_task(void *a)
+{
+    struct mixed_run *m = a;
+    for (size_t j = 0; j < 5; j++)
+        m->bad += !lookup_mixed(m->first + j);
+    return 0;
+}
+
+/* The open descriptors once back to `want`, or after 2 s: the TCP server
+ * task closes its end of a connection some turns after c-ares closed its
+ * own (while an idle channel's socket would stay open). */
+static int fds_settle(int want)
+{
+    int n = test_count_fds();
+    for (int i = 0; i < 200 && n != want; i++) {
+        ASSERT_EQ(ca_sleep(0.01), 0);
+        n = test_count_fds();
+    }
+    return n;
+}
+
+static int rounds_main(void *a)
+{
+    (void)a;
+    ca_task *srv = start_dns();
+    configure(1000, 2); /* the TCP server answers one connection at a time */
+    int fds0 = test_count_fds();
+    enum { N = 24 };
+    for (int round = 0; round < 3; round++) {
+        struct mixed_run runs[N];
+        ca_task *ts[N];
+        for (int i = 0; i < N; i++) {
+            runs[i] = (struct mixed_run){(size_t)(i + round), 0};
+            ts[i] = ca_spawn(mixed_task, &runs[i]);
+            ASSERT(ts[i]);
+        }
+        ASSERT_EQ(ca_gather(ts, N, CA_GATHER_ALL), 0);
+        for (int i = 0; i < N; i++) {
+            ASSERT_EQ(runs[i].bad, 0);
+            ca_task_release(ts[i]);
+        }
+        ASSERT_EQ(fds_settle(fds0), fds0);
+    }
+    /* one at a time, on the channels kept */
+    for (size_t i = 0; i < 2 * NMIXED; i++)
+        ASSERT(lookup_mixed(i));
+    ASSERT_EQ(fds_settle(fds0), fds0);
+    stop_dns(srv);
+    return 0;
+}
+
+static void test_lookup_rounds(void)
+{
+    ASSERT_EQ(ca_run(rounds_main, NULL), 0);
+}
+
+/* ---- a cancelled lookup beside live ones --------------------------------- */
+
+struct looper {
+    int stop;
+    int ok;
+    int bad;
+};
+
+static int looper_task(void *a)
+{
+    struct looper *lp = a;
+    for (size_t i = 0; !lp->stop; i++) {
+        /* ok, localhost, missing, fail */
+        if (lookup_mixed(i % 4))
+            lp->ok++;
+        else
+            lp->bad++;
+    }
+    return 0;
+}
+
+static int deadline_lookup_task(void *a)
+{
+    struct lookup *l = a;
+    ASSERT_EQ(ca_deadline_push(1.0), 0);
+    ca_addrinfo *ai = NULL;
+    l->result = ca_getaddrinfo(l->name, 80, AF_INET, 0, &ai);
+    ca_freeaddrinfo(ai);
+    ca_deadline_pop();
+    return 0;
+}
+
+/*
+ * Lookups share the loop's channels one after another, never at once:
+ * cancelling a lookup cancels its queries in c-ares (ares_cancel cancels a
+ * whole channel), and must not end the lookups running beside it, one
+ * that waits for a server that never answers (ended by its deadline scope
+ * later, -ETIMEDOUT, not -ECANCELED) and others that keep getting answers.
+ * Neither of the two unanswered lookups sends a query once it has ended,
+ * and the channels they used serve later lookups.
+ */
+static int cancel_beside_main(void *a)
+{
+    (void)a;
+    ca_task *srv = start_dns();
+    configure(2000, 3); /* unanswered queries are sent again at 2 s, 6 s */
+    double t0 = mono();
+    int s0 = slow_seen;
+    struct lookup cancelled = {"slow.cawait.test", 1};
+    struct lookup timed = {"slow.cawait.test", 1};
+    struct looper lp[2] = {{0, 0, 0}, {0, 0, 0}};
+    ca_task *tc = ca_spawn(lookup_task, &cancelled);
+    ca_task *tt = ca_spawn(deadline_lookup_task, &timed);
+    ca_task *tl[2] = {ca_spawn(looper_task, &lp[0]),
+                      ca_spawn(looper_task, &lp[1])};
+    ASSERT(tc && tt && tl[0] && tl[1]);
+    /* both slow lookups have asked, both loopers have had answers */
+    for (int i = 0; i < 50 && (slow_seen - s0 < 2 || !lp[0].ok || !lp[1].ok);
+         i++)
+        ASSERT_EQ(ca_sleep(0.01), 0);
+    ASSERT_GE(slow_seen - s0, 2);
+    int ok0 = lp[0].ok + lp[1].ok;
+    ASSERT(lp[0].ok && lp[1].ok);
+
+    double t1 = mono();
+    ca_cancel(tc);
+    ASSERT_EQ(ca_join(tc), 0);
+    ASSERT_EQ(cancelled.result, -ECANCELED);
+    ASSERT_TIME_LT(mono() - t1, 0.2);
+    ASSERT(!ca_task_done(tt)); /* still waiting for its answer */
+
+    ASSERT_EQ(ca_join(tt), 0);
+    ASSERT_EQ(timed.result, -ETIMEDOUT);
+    ASSERT_GE(mono() - t0, 1.0);
+    ASSERT_GT(lp[0].ok + lp[1].ok, ok0); /* answers kept coming */
+
+    /* past the first retry (2 s): not one more query for slow.* */
+    ASSERT_EQ(ca_sleep(0.05), 0);
+    int s1 = slow_seen;
+    ASSERT_EQ(ca_sleep(2.3 - (mono() - t0)), 0);
+    ASSERT_EQ(slow_seen, s1);
+
+    for (int i = 0; i < 2; i++) {
+        lp[i].stop = 1;
+        ASSERT_EQ(ca_join(tl[i]), 0);
+        ASSERT_EQ(lp[i].bad, 0);
+        ca_task_release(tl[i]);
+    }
+    ca_task_release(tc);
+    ca_task_release(tt);
+    for (size_t i = 0; i < 2 * NMIXED; i++)
+        ASSERT(lookup_mixed(i));
+    stop_dns(srv);
+    return 0;
+}
+
+static void test_cancel_beside_live(void)
+{
+    ASSERT_EQ(ca_run(cancel_beside_main, NULL), 0);
+}
+
+/* ---- several loops, one per thread --------------------------------------- */
+
+struct loop_thread {
+    pthread_t th;
+    int port;
+    int bad;
+    int rc;
+};
+
+static int thread_loop_main(void *a)
+{
+    struct loop_thread *t = a;
+    char servers[64];
+    snprintf(servers, sizeof(servers), "127.0.0.1:%d", t->port);
+    ca_dns_opts o = {.servers = servers, .timeout_ms = 1000, .tries = 2};
+    ASSERT_EQ(ca_dns_configure(&o), 0);
+    for (size_t i = 0; i < 60; i++) {
+        if (i % 20 == 10) {
+            /* a cancelled lookup among them */
+            struct lookup l = {"slow.cawait.test", 1};
+            ca_task *lt = ca_spawn(lookup_task, &l);
+            ASSERT(lt);
+            ASSERT_EQ(ca_sleep(0.01), 0);
+            ca_cancel(lt);
+            ASSERT_EQ(ca_join(lt), 0);
+            ca_task_release(lt);
+            t->bad += l.result != -ECANCELED;
+        }
+        t->bad += !lookup_mixed(i % 4); /* ok, localhost, missing, fail */
+    }
+    return 0;
+}
+
+static void *loop_thread_fn(void *a)
+{
+    struct loop_thread *t = a;
+    t->rc = ca_run(thread_loop_main, t);
+    return NULL;
+}
+
+static int join_threads(void *a)
+{
+    struct loop_thread *ts = a;
+    for (int i = 0; i < 4; i++)
+        pthread_join(ts[i].th, NULL);
+    return 0;
+}
+
+/* Lookups in four loops at once, each in its own thread with its own
+ * channels, against the server of this thread's loop. */
+static int threads_main(void *a)
+{
+    (void)a;
+    ca_task *srv = start_dns();
+    struct loop_thread ts[4];
+    for (int i = 0; i < 4; i++) {
+        ts[i] = (struct loop_thread){.port = ca_sock_port(dns_fd), .rc = 1};
+        ASSERT_EQ(pthread_create(&ts[i].th, NULL, loop_thread_fn, &ts[i]), 0);
+    }
+    ASSERT_EQ(ca_to_thread(join_threads, ts), 0);
+    for (int i = 0; i < 4; i++) {
+        ASSERT_EQ(ts[i].rc, 0);
+        ASSERT_EQ(ts[i].bad, 0);
+    }
+    stop_dns(srv);
+    return 0;
+}
+
+static void test_loops_in_threads(void)
+{
+    ASSERT_EQ(ca_run(threads_main, NULL), 0);
+}
+
 static const struct test_case tests[] = {
     {"lookups", test_lookups, 20, 0},
     {"concurrent_and_servfail", test_concurrent_and_servfail, 20, 0},
@@ -953,6 +1337,10 @@ static const struct test_case tests[] = {
     {"tcp_answer", test_tcp_answer, 20, 0},
     {"out_of_fds", test_out_of_fds, 20, 0},
     {"connect_many_addresses", test_connect_many_addresses, 20, 0},
+    {"reuse_channels", test_reuse_channels, 20, 0},
+    {"lookup_rounds", test_lookup_rounds, 20, 0},
+    {"cancel_beside_live", test_cancel_beside_live, 20, 0},
+    {"loops_in_threads", test_loops_in_threads, 20, 0},
     {NULL, NULL, 0, 0},
 };
 
