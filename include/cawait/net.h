@@ -44,6 +44,12 @@ typedef struct ca_addrinfo {
  * c-ares too), -CA_ENORESOLVER (built without c-ares and not numeric),
  * -EMFILE/-ENFILE (no descriptor for the query's socket: each lookup in
  * flight holds one), -EINVAL, -ENOMEM, -EPERM.  Blocking.
+ *
+ * Lookups reuse the loop's c-ares channels, each serving one lookup at a
+ * time (up to 8 kept idle, some 75 KB each, holding no descriptor; freed
+ * when the loop closes).  /etc/hosts is read at every lookup, but
+ * /etc/resolv.conf only when a channel is made, and a channel serves for
+ * 2 s: a change to resolv.conf reaches lookups within 2 s.
  */
 CA_EXTERN int ca_getaddrinfo(const char *host, unsigned port, int family,
                              int socktype, ca_addrinfo **out);
@@ -57,8 +63,10 @@ typedef struct ca_dns_opts {
     int tries;      /* 0: c-ares' default (4) */
 } ca_dns_opts;
 
-/* Configure lookups made by this loop from now on (opts NULL: defaults).
- * Returns 0, -EINVAL, -ENOMEM, -CA_ENOLOOP. */
+/* Configure lookups made by this loop from now on (opts NULL: defaults);
+ * lookups under way finish with the configuration they started with.
+ * Drops the loop's idle c-ares channels, so the next lookup also rereads
+ * /etc/resolv.conf.  Returns 0, -EINVAL, -ENOMEM, -CA_ENOLOOP. */
 CA_EXTERN int ca_dns_configure(const ca_dns_opts *opts);
 
 /* ------------------------------------------------------------------------ */
