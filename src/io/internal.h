@@ -29,16 +29,4 @@ struct ca__spawn_job {
  * then nothing ran and the caller runs the job itself. */
 int ca__spawn_offload(ca__spawn_job *job);
 
-/* Find upper-layer per-loop state through its exit hook: the loop keeps
- * the hooks in a short list, and a hook's function identifies its owner. */
-static inline ca__exit_hook *ca__loop_find_hook(ca_loop *l,
-                                                void (*fn)(ca_loop *,
-                                                           ca__exit_hook *))
-{
-    ca__exit_hook *h = l ? l->exit_hooks : NULL;
-    while (h && h->fn != fn)
-        h = h->next;
-    return h;
-}
-
 #endif

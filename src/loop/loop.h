@@ -288,6 +288,17 @@ static inline void ca__loop_at_exit(ca_loop *l, ca__exit_hook *h)
     h->next = l->exit_hooks;
     l->exit_hooks = h;
 }
+/* Find upper-layer per-loop state through its exit hook: the loop keeps
+ * the hooks in a short list, and a hook's function identifies its owner. */
+static inline ca__exit_hook *ca__loop_find_hook(ca_loop *l,
+                                                void (*fn)(ca_loop *,
+                                                           ca__exit_hook *))
+{
+    ca__exit_hook *h = l ? l->exit_hooks : NULL;
+    while (h && h->fn != fn)
+        h = h->next;
+    return h;
+}
 /* Unlink a hook registered with ca__loop_at_exit (no-op if absent). */
 static inline void ca__loop_exit_hook_remove(ca_loop *l, ca__exit_hook *h)
 {

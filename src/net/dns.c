@@ -24,7 +24,6 @@
  * ca_dns_configure retires every channel at once.  A loop timer destroys
  * idle channels as they expire; the loop's exit hook destroys the rest.
  */
-#include "io/internal.h"
 #include "loop/loop.h"
 #include "net/addr.h"
 #include "task/task.h"
