@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/inotify.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -313,6 +314,29 @@ static int lookups_main(void *a)
         ASSERT_EQ(ntohl(sin->sin_addr.s_addr), 0x7f000001);
         ca_freeaddrinfo(ai);
     }
+    /* IPv6 literals too, unless only IPv4 is asked for */
+    static const char *const v6[] = {"::1", "0:0:0:0:0:0:0:1",
+                                     "::ffff:127.0.0.1"};
+    for (size_t i = 0; i < sizeof(v6) / sizeof(v6[0]); i++) {
+        for (int fam = AF_UNSPEC; fam <= AF_INET6; fam += AF_INET6) {
+            ASSERT_EQ(ca_getaddrinfo(v6[i], 82, fam, SOCK_DGRAM, &ai), 0);
+            ASSERT(ai && !ai->next && ai->family == AF_INET6);
+            ASSERT_EQ(ai->socktype, SOCK_DGRAM);
+            ASSERT_EQ(ai->protocol, IPPROTO_UDP);
+            ASSERT_EQ(ai->addrlen, (socklen_t)sizeof(struct sockaddr_in6));
+            struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ai->addr;
+            ASSERT_EQ(ntohs(s6->sin6_port), 82);
+            struct in6_addr want;
+            ASSERT_EQ(inet_pton(AF_INET6, v6[i], &want), 1);
+            ASSERT(memcmp(&s6->sin6_addr, &want, sizeof(want)) == 0);
+            ca_freeaddrinfo(ai);
+        }
+    }
+    /* a literal of the other family: not found, and not asked for */
+    ASSERT_EQ(ca_getaddrinfo("::1", 80, AF_INET, 0, &ai), -CA_ENOTFOUND);
+    ASSERT(ai == NULL);
+    ASSERT_EQ(ca_getaddrinfo("127.1", 80, AF_INET6, 0, &ai), -CA_ENOTFOUND);
+    ASSERT(ai == NULL);
     ASSERT_EQ(queries_seen, before);
     ASSERT_EQ(ca_getaddrinfo("127.0.0.1 x", 80, AF_INET, 0, &ai),
               -CA_ENOTFOUND);

@@ -35,8 +35,9 @@ typedef struct ca_addrinfo {
  * Resolve host (a name, a numeric address or "localhost") for `port`, like
  * getaddrinfo(3) but without blocking the loop: /etc/hosts first, then the
  * DNS servers.  An IPv4 address is taken in every form getaddrinfo(3)
- * takes ("127.0.0.1", "127.1", "0x7f.1", "2130706433") and answered
- * without asking anyone.  family: AF_UNSPEC, AF_INET or AF_INET6; socktype: 0,
+ * takes ("127.0.0.1", "127.1", "0x7f.1", "2130706433"), and an IPv6
+ * address without a scope ("::1"), are answered without asking anyone; one
+ * of the other family than `family` asks for is -CA_ENOTFOUND.  family: AF_UNSPEC, AF_INET or AF_INET6; socktype: 0,
  * SOCK_STREAM or SOCK_DGRAM.  Stores a list in *out (free it with
  * ca_freeaddrinfo) and returns 0, or -CA_ENOTFOUND (no such name / no
  * address of that family), -CA_EDNSFAIL (server failure), -ETIMEDOUT (no

@@ -29,6 +29,7 @@
 #include "task/task.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
@@ -319,27 +320,44 @@ static int convert(const struct ares_addrinfo *res, int socktype,
     return 0;
 }
 
-/* An IPv4 literal in any form getaddrinfo(3) accepts ("127.1" and
- * "0x7f.1" too, which c-ares would send to the DNS server as names): its
- * one address in *out (NULL if out of memory); 0 if host is not one. */
-static int numeric_ipv4(const char *host, unsigned port, int socktype,
-                        ca_addrinfo **out)
+/* An address literal: IPv4 in any form getaddrinfo(3) accepts ("127.1"
+ * and "0x7f.1" too, which c-ares would send to the DNS server as names),
+ * or IPv6 without a scope ("fe80::1%lo" goes to c-ares).  Returns 0 if
+ * host is not one; 1 with its one address in *out (NULL if out of
+ * memory), answered without a channel; -1 if it is a literal of the other
+ * family than the one asked for (getaddrinfo's EAI_ADDRFAMILY; c-ares
+ * would send it to the DNS server as a name). */
+static int numeric_literal(const char *host, unsigned port, int family,
+                           int socktype, ca_addrinfo **out)
 {
-    struct in_addr a;
-    if (!ca__ipv4_literal(host, &a))
+    struct in_addr a4;
+    struct in6_addr a6;
+    int v4 = ca__ipv4_literal(host, &a4);
+    if (!v4 && inet_pton(AF_INET6, host, &a6) != 1)
         return 0;
+    if (family == (v4 ? AF_INET6 : AF_INET))
+        return -1;
     ca_addrinfo *ai = calloc(1, sizeof(*ai));
     if (ai) {
-        struct sockaddr_in *sin = (struct sockaddr_in *)&ai->addr;
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons((uint16_t)port);
-        sin->sin_addr = a;
-        ai->family = AF_INET;
+        if (v4) {
+            struct sockaddr_in *sin = (struct sockaddr_in *)&ai->addr;
+            sin->sin_family = AF_INET;
+            sin->sin_port = htons((uint16_t)port);
+            sin->sin_addr = a4;
+            ai->family = AF_INET;
+            ai->addrlen = sizeof(*sin);
+        } else {
+            struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ai->addr;
+            sin6->sin6_family = AF_INET6;
+            sin6->sin6_port = htons((uint16_t)port);
+            sin6->sin6_addr = a6;
+            ai->family = AF_INET6;
+            ai->addrlen = sizeof(*sin6);
+        }
         ai->socktype = socktype;
         ai->protocol = socktype == SOCK_STREAM  ? IPPROTO_TCP
                        : socktype == SOCK_DGRAM ? IPPROTO_UDP
                                                 : 0;
-        ai->addrlen = sizeof(*sin);
     }
     *out = ai;
     return 1;
@@ -561,8 +579,9 @@ int ca_getaddrinfo(const char *host, unsigned port, int family, int socktype,
     ca_task *self = ca__task_self("ca_getaddrinfo");
     if (!self)
         return -EPERM;
-    if (family != AF_INET6 && numeric_ipv4(host, port, socktype, out))
-        return *out ? 0 : -ENOMEM;
+    int lit = numeric_literal(host, port, family, socktype, out);
+    if (lit)
+        return lit < 0 ? -CA_ENOTFOUND : *out ? 0 : -ENOMEM;
     pthread_once(&ares_once, library_init);
     if (ares_init_status != ARES_SUCCESS)
         return -CA_EDNS;
