@@ -37,6 +37,12 @@ static double mono(void)
 /* The test server                                                          */
 /* ------------------------------------------------------------------------ */
 
+/* Byte i of the bodies that /verify checks. */
+static unsigned char up_byte(size_t i)
+{
+    return (unsigned char)(i * 7 + i / 4099);
+}
+
 static int conns_accepted; /* connections the server has seen */
 static int conns_now, conns_max;
 static int server_write_failed;
@@ -51,6 +57,8 @@ struct req {
     size_t body_len;
     int close;
     int via_proxy; /* the request line carried an absolute URL */
+    int chunked;   /* the body came chunked */
+    long clen;     /* its Content-Length header, or -1 */
 };
 
 static long qparam(const struct req *q, const char *name, long dflt)
@@ -135,6 +143,8 @@ static int read_request(ca_stream *s, struct req *q)
         else if (strcasecmp(line, "Connection") == 0)
             q->close = strcasecmp(v, "close") == 0;
     }
+    q->chunked = chunked;
+    q->clen = clen;
     if (clen > 0) {
         q->body = malloc((size_t)clen + 1);
         if (ca_stream_readexactly(s, q->body, (size_t)clen) < 0)
@@ -212,6 +222,24 @@ static int serve_one(ca_stream *s, struct req *q, int conn_id)
                  q->method, q->hdr_test, q->query);
         return send_response(s, 200, extra, q->body ? q->body : "",
                              q->body_len);
+    }
+    if (strcmp(q->path, "/verify") == 0) {
+        /* the body must be up_byte(0), up_byte(1), ...: its length and
+         * framing, or where it went wrong */
+        char b[128];
+        size_t bad = 0;
+        while (bad < q->body_len && (unsigned char)q->body[bad] == up_byte(bad))
+            bad++;
+        int n;
+        if (q->chunked && q->clen >= 0)
+            n = snprintf(b, sizeof(b),
+                         "both Transfer-Encoding and Content-Length");
+        else if (bad < q->body_len)
+            n = snprintf(b, sizeof(b), "%zu bad at %zu", q->body_len, bad);
+        else
+            n = snprintf(b, sizeof(b), "%zu ok %s", q->body_len,
+                         q->chunked ? "chunked" : "length");
+        return send_response(s, 200, NULL, b, (size_t)n);
     }
     if (strcmp(q->path, "/stream") == 0) {
         /* chunked: n chunks of size bytes, delay_ms apart */
@@ -1041,6 +1069,145 @@ static void test_bodies_headers_cookies(void)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Generator bodies                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* What plan_gen yields: `total` bytes of up_byte() in chunks whose sizes
+ * cycle through sizes[] (0: an empty chunk), the last one cut short. */
+struct up_plan {
+    size_t total;
+    const size_t *sizes;
+    size_t nsizes;
+    size_t fail_at; /* fail with -EIO once this many bytes went out; 0: never */
+    double pause;   /* seconds between chunks */
+    size_t yielded; /* bytes handed to the request so far */
+};
+
+static int plan_gen(ca_gen *g, void *arg)
+{
+    struct up_plan *p = arg;
+    size_t most = 1;
+    for (size_t i = 0; i < p->nsizes; i++)
+        if (p->sizes[i] > most)
+            most = p->sizes[i];
+    /* One buffer for every chunk, scribbled over once the request asks for
+     * the next one: a chunk is only valid until then. */
+    unsigned char *buf = malloc(most);
+    ASSERT(buf != NULL);
+    int rc = 0;
+    for (size_t k = 0, off = 0; off < p->total || p->sizes[k % p->nsizes] == 0;
+         k++) {
+        size_t n = p->sizes[k % p->nsizes];
+        if (n > p->total - off)
+            n = p->total - off;
+        for (size_t i = 0; i < n; i++)
+            buf[i] = up_byte(off + i);
+        ca_http_chunk c = {buf, n};
+        p->yielded = off + n;
+        rc = ca_gen_yield(g, &c, NULL);
+        memset(buf, 0xee, n);
+        if (rc < 0)
+            break;
+        off += n;
+        if (p->fail_at && off >= p->fail_at) {
+            rc = -EIO;
+            break;
+        }
+        if (p->pause > 0 && (rc = ca_sleep(p->pause)) < 0)
+            break;
+        if (off == p->total && n == 0)
+            break; /* a plan of empty chunks only */
+    }
+    free(buf);
+    return rc;
+}
+
+/* Upload p to /verify with `method`, chunked or with a Content-Length
+ * header of `declared` bytes (-1: none); returns the request's result and
+ * the server's verdict in verdict. */
+static int upload_plan(ca_http_session *s, const char *method,
+                       struct up_plan *p, long declared, char *verdict,
+                       size_t cap)
+{
+    ca_gen *g;
+    ASSERT_EQ(ca_gen_new(&g, plan_gen, p), 0);
+    char clh[64];
+    snprintf(clh, sizeof(clh), "Content-Length: %ld", declared);
+    const char *h[] = {clh, NULL};
+    ca_http_request_opts o = {.body_gen = g,
+                              .headers = declared >= 0 ? h : NULL};
+    ca_http_response *r;
+    int rc = ca_http_request(s, method, "/verify", &o, &r);
+    verdict[0] = '\0';
+    if (rc == 0) {
+        snprintf(verdict, cap, "%s", ca_http_response_body(r, NULL));
+        ca_http_response_free(r);
+    }
+    ASSERT_EQ(ca_gen_close(g), 0);
+    return rc;
+}
+
+static int gen_length_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+    char v[128], want[128];
+    static const size_t sz[] = {1000, 24};
+    struct up_plan p = {.total = 100000, .sizes = sz, .nsizes = 2};
+
+    /* A Content-Length header: the body goes out with that length, not
+     * chunked as well (curl sent both headers, a request no server may
+     * accept). */
+    ASSERT_EQ(upload_plan(s, "POST", &p, 100000, v, sizeof(v)), 0);
+    ASSERT_STREQ(v, "100000 ok length");
+    ASSERT_EQ(upload_plan(s, "PUT", &p, 100000, v, sizeof(v)), 0);
+    ASSERT_STREQ(v, "100000 ok length");
+    ASSERT_EQ(upload_plan(s, "POST", &p, -1, v, sizeof(v)), 0);
+    ASSERT_STREQ(v, "100000 ok chunked");
+    /* an empty body */
+    p.total = 0;
+    ASSERT_EQ(upload_plan(s, "POST", &p, 0, v, sizeof(v)), 0);
+    ASSERT_STREQ(v, "0 ok length");
+    ASSERT_EQ(upload_plan(s, "PUT", &p, -1, v, sizeof(v)), 0);
+    ASSERT_STREQ(v, "0 ok chunked");
+
+    /* more or fewer bytes than declared: -EMSGSIZE, with our words, and the
+     * connection is not left with half a request on it */
+    p.total = 100000;
+    ASSERT_EQ(upload_plan(s, "POST", &p, 99999, v, sizeof(v)), -EMSGSIZE);
+    ASSERT(strstr(ca_http_last_error(), "more bytes than its Content-Length") !=
+           NULL);
+    ASSERT_EQ(upload_plan(s, "POST", &p, 100001, v, sizeof(v)), -EMSGSIZE);
+    ASSERT(strstr(ca_http_last_error(),
+                  "fewer bytes than its Content-Length") != NULL);
+    p.total = 5000;
+    ASSERT_EQ(upload_plan(s, "PUT", &p, 5000, v, sizeof(v)), 0);
+    snprintf(want, sizeof(want), "%d ok length", 5000);
+    ASSERT_STREQ(v, want);
+
+    /* a Content-Length that is not a number */
+    ca_gen *g;
+    ASSERT_EQ(ca_gen_new(&g, plan_gen, &p), 0);
+    const char *bad[] = {"Content-Length: 12x", NULL};
+    ca_http_request_opts o = {.body_gen = g, .headers = bad};
+    ca_http_response *r;
+    ASSERT_EQ(ca_http_request(s, "POST", "/verify", &o, &r), -EINVAL);
+    ASSERT_EQ(ca_gen_close(g), 0);
+
+    ca_http_session_free(s);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_upload_gen_length(void)
+{
+    ASSERT_EQ(ca_run(gen_length_main, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Idle connections kept                                                    */
 /* ------------------------------------------------------------------------ */
 
@@ -1847,6 +2014,7 @@ static const struct test_case tests[] = {
     {"redirects_and_errors", test_redirects_and_errors, 30, 0},
     {"bodies_headers_cookies", test_bodies_headers_cookies, 30, 0},
     {"upload_pipe", test_upload_pipe, 30, 0},
+    {"upload_gen_length", test_upload_gen_length, 30, 0},
     {"pool_hosts", test_pool_hosts, 30, 0},
     {"dns_names", test_dns_names, 30, 0},
     {"dns_bounds", test_dns_bounds, 30, 0},

@@ -22,7 +22,8 @@
  * verification), -CA_ETLS (other TLS failures), -ETIMEDOUT (any timeout or
  * a deadline scope), -CA_EREDIRECTS (too many redirects), -EMSGSIZE (body
  * larger than the limit, or response headers over curl's limits: a line
- * of 100 KiB, 300 KiB in all),
+ * of 100 KiB, 300 KiB in all, or a generator body longer or shorter than
+ * its Content-Length header),
  * -CA_EHTTP (another transfer failure: malformed
  * response, connection closed early, ...; ca_http_response_error or
  * ca_http_last_error say curl's words), -CA_ENOHTTP (built without
@@ -90,9 +91,10 @@ typedef struct ca_http_request_opts {
      * keeps and closes it; a pipe or socket is read, chunked, as it
      * turns readable, without blocking the loop), or a generator task
      * yielding ca_http_chunk pointers (sent chunked unless a
-     * Content-Length header is given; the caller keeps it and closes it
-     * with ca_gen_close after the request; a generator that fails makes
-     * the request fail with its error). */
+     * Content-Length header is given: then it must yield exactly that
+     * many bytes, or the request fails with -EMSGSIZE; the caller keeps
+     * it and closes it with ca_gen_close after the request; a generator
+     * that fails makes the request fail with its error). */
     const void *body;
     size_t body_len;
     int body_fd;

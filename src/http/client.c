@@ -121,6 +121,9 @@ struct ca_http_response {
     ca_http_chunk *chunk;
     size_t chunk_off;
     int gen_done, up_wait, up_paused;
+    /* A generator body's Content-Length (-1: none, sent chunked), and the
+     * bytes the generator has yielded so far. */
+    curl_off_t up_size, up_taken;
     /* idle timeout */
     ca__timer idle;
     int64_t idle_ns;
@@ -1236,6 +1239,32 @@ static int pre_resolve(ca_http_response *r, const ca_http_request_opts *o)
     return 0;
 }
 
+/* The value of a "Content-Length: n" header in list: 1 with *out = n, 0 if
+ * there is none (or it is "Content-Length:", which tells curl to send none),
+ * -EINVAL if n is not a decimal number. */
+static int declared_length(const struct curl_slist *list, curl_off_t *out)
+{
+    static const char name[] = "Content-Length:";
+    for (; list; list = list->next) {
+        if (strncasecmp(list->data, name, sizeof(name) - 1) != 0)
+            continue;
+        const char *p = list->data + sizeof(name) - 1;
+        p += strspn(p, " \t");
+        if (!*p)
+            return 0;
+        const char *digits = p;
+        curl_off_t n = 0;
+        for (; *p >= '0' && *p <= '9'; p++)
+            n = n * 10 + (*p - '0');
+        /* 18 digits: anything longer is not a body we can send */
+        if (p == digits || p - digits > 18 || p[strspn(p, " \t")])
+            return -EINVAL;
+        *out = n;
+        return 1;
+    }
+    return 0;
+}
+
 /* The request body, and the method exactly as asked: curl's body options
  * imply POST (bytes, or a stream with CURLOPT_POST) or PUT (a stream with
  * CURLOPT_UPLOAD), so any other method with a body goes out through
@@ -1267,7 +1296,14 @@ static int setup_body(ca_http_response *r, const char *method,
             /* Files and block devices never make a read wait. */
             r->fd_polled = !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode);
         } else {
+            /* With a Content-Length header of the caller's, curl would
+             * send it and chunk the body as well (an unknown size means
+             * chunked to curl): give curl the size instead. */
+            int d = declared_length(r->req_headers, &size);
+            if (d < 0)
+                return d;
             r->gen = o->body_gen;
+            r->up_size = size;
         }
         curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
         curl_easy_setopt(e, CURLOPT_READDATA, r);
@@ -1401,6 +1437,18 @@ static int setup(ca_http_response *r, const char *method, const char *url,
     return setup_body(r, method, o);
 }
 
+/* A generator that yields more or fewer bytes than its Content-Length:
+ * curl would send the surplus as the start of the next request on the
+ * connection, or leave the server waiting for the rest. */
+static int size_mismatch(ca_http_response *r, const char *what)
+{
+    r->chunk = NULL;
+    snprintf(r->ownerr, sizeof(r->ownerr),
+             "body generator yielded %s bytes than its Content-Length of %lld",
+             what, (long long)r->up_size);
+    return -EMSGSIZE;
+}
+
 /* Feed the upload from the generator: runs in the requesting task. */
 static int feed(ca_http_response *r)
 {
@@ -1412,7 +1460,14 @@ static int feed(ca_http_response *r)
         r->chunk_off = 0;
         if (r->chunk && r->chunk->len == 0)
             r->chunk = NULL;
+        if (r->chunk && r->up_size >= 0 &&
+            r->chunk->len > (uint64_t)(r->up_size - r->up_taken))
+            return size_mismatch(r, "more");
+        if (r->chunk)
+            r->up_taken += (curl_off_t)r->chunk->len;
     } else if (g == 0) {
+        if (r->up_size >= 0 && r->up_taken < r->up_size)
+            return size_mismatch(r, "fewer");
         r->gen_done = 1; /* the generator returned: end of body */
     } else {
         return g;
