@@ -1073,7 +1073,9 @@ static void test_bodies_headers_cookies(void)
 /* ------------------------------------------------------------------------ */
 
 /* What plan_gen yields: `total` bytes of up_byte() in chunks whose sizes
- * cycle through sizes[] (0: an empty chunk), the last one cut short. */
+ * cycle through sizes[] (0: an empty chunk, UP_NULL: a NULL pointer), the
+ * last one cut short. */
+#define UP_NULL ((size_t)-1)
 struct up_plan {
     size_t total;
     const size_t *sizes;
@@ -1088,23 +1090,26 @@ static int plan_gen(ca_gen *g, void *arg)
     struct up_plan *p = arg;
     size_t most = 1;
     for (size_t i = 0; i < p->nsizes; i++)
-        if (p->sizes[i] > most)
+        if (p->sizes[i] != UP_NULL && p->sizes[i] > most)
             most = p->sizes[i];
     /* One buffer for every chunk, scribbled over once the request asks for
      * the next one: a chunk is only valid until then. */
     unsigned char *buf = malloc(most);
     ASSERT(buf != NULL);
     int rc = 0;
-    for (size_t k = 0, off = 0; off < p->total || p->sizes[k % p->nsizes] == 0;
+    for (size_t k = 0, off = 0;
+         off < p->total || p->sizes[k % p->nsizes] == 0 ||
+         p->sizes[k % p->nsizes] == UP_NULL;
          k++) {
         size_t n = p->sizes[k % p->nsizes];
-        if (n > p->total - off)
-            n = p->total - off;
+        if (n == UP_NULL || n > p->total - off)
+            n = n == UP_NULL ? 0 : p->total - off;
         for (size_t i = 0; i < n; i++)
             buf[i] = up_byte(off + i);
         ca_http_chunk c = {buf, n};
         p->yielded = off + n;
-        rc = ca_gen_yield(g, &c, NULL);
+        rc = ca_gen_yield(g, p->sizes[k % p->nsizes] == UP_NULL ? NULL : &c,
+                          NULL);
         memset(buf, 0xee, n);
         if (rc < 0)
             break;
@@ -1200,6 +1205,66 @@ static int gen_length_main(void *a)
     ca_http_session_free(s);
     ca_server_close(srv, 1.0);
     return 0;
+}
+
+/* Chunk boundaries do not matter: every plan arrives byte for byte,
+ * chunked and with a Content-Length.  curl asks the read callback for up
+ * to 64 KiB (65,524 bytes when it frames chunks itself). */
+static int gen_chunks_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+    static const size_t empty_and_small[] = {0, 1, 0, 1024, 7, UP_NULL};
+    static const size_t one[] = {1};
+    static const size_t kib[] = {1024};
+    static const size_t chunked_read[] = {65523, 65524, 65525};
+    static const size_t read_size[] = {65535, 65536, 65537, 1};
+    static const size_t huge[] = {131073, 3, 300000};
+    static const size_t mixed[] = {4096, 1, 0, 60000, 5000, 2};
+    static const size_t nothing[] = {0};
+    static const size_t nulls[] = {UP_NULL};
+    const struct {
+        const size_t *sizes;
+        size_t n, total;
+    } plans[] = {
+        {empty_and_small, 6, 100000},
+        {one, 1, 3000},
+        {kib, 1, 1000000 + 17}, /* a last, partial chunk */
+        {chunked_read, 3, 400000},
+        {read_size, 4, 400000},
+        {huge, 3, 1000001},
+        {mixed, 6, 300000},
+        {nothing, 1, 0},
+        {nulls, 1, 0},
+    };
+    for (size_t i = 0; i < sizeof(plans) / sizeof(plans[0]); i++)
+        for (int with_len = 0; with_len < 2; with_len++) {
+            struct up_plan p = {.total = plans[i].total,
+                                .sizes = plans[i].sizes,
+                                .nsizes = plans[i].n};
+            char v[128], want[128];
+            int rc = upload_plan(s, i % 2 ? "PUT" : "POST", &p,
+                                 with_len ? (long)p.total : -1, v, sizeof(v));
+            if (rc != 0 || p.yielded != p.total)
+                fprintf(stderr, "plan %zu, %s: %s, %zu of %zu bytes yielded\n",
+                        i, with_len ? "length" : "chunked", ca_err_name(rc),
+                        p.yielded, p.total);
+            ASSERT_EQ(rc, 0);
+            snprintf(want, sizeof(want), "%zu ok %s", p.total,
+                     with_len ? "length" : "chunked");
+            ASSERT_STREQ(v, want);
+        }
+    ca_http_session_free(s);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_upload_gen_chunks(void)
+{
+    ASSERT_EQ(ca_run(gen_chunks_main, NULL), 0);
 }
 
 static void test_upload_gen_length(void)
@@ -2015,6 +2080,7 @@ static const struct test_case tests[] = {
     {"bodies_headers_cookies", test_bodies_headers_cookies, 30, 0},
     {"upload_pipe", test_upload_pipe, 30, 0},
     {"upload_gen_length", test_upload_gen_length, 30, 0},
+    {"upload_gen_chunks", test_upload_gen_chunks, 60, 0},
     {"pool_hosts", test_pool_hosts, 30, 0},
     {"dns_names", test_dns_names, 30, 0},
     {"dns_bounds", test_dns_bounds, 30, 0},
