@@ -58,8 +58,12 @@ struct req {
     int close;
     int via_proxy; /* the request line carried an absolute URL */
     int chunked;   /* the body came chunked */
+    size_t nchunks; /* in so many chunks */
     long clen;     /* its Content-Length header, or -1 */
 };
+
+/* Body bytes the server has read, all requests together. */
+static size_t server_body_seen;
 
 static long qparam(const struct req *q, const char *name, long dflt)
 {
@@ -145,6 +149,8 @@ static int read_request(ca_stream *s, struct req *q)
     }
     q->chunked = chunked;
     q->clen = clen;
+    if (strcmp(q->path, "/stall") == 0)
+        return 1; /* the body stays unread */
     if (clen > 0) {
         q->body = malloc((size_t)clen + 1);
         if (ca_stream_readexactly(s, q->body, (size_t)clen) < 0)
@@ -164,6 +170,8 @@ static int read_request(ca_stream *s, struct req *q)
             if (ca_stream_readexactly(s, q->body + q->body_len, len) < 0)
                 return -EPROTO;
             q->body_len += len;
+            q->nchunks++;
+            server_body_seen += len;
             ca_stream_readline(s, line, sizeof(line)); /* chunk's CRLF */
         }
     }
@@ -226,7 +234,7 @@ static int serve_one(ca_stream *s, struct req *q, int conn_id)
     if (strcmp(q->path, "/verify") == 0) {
         /* the body must be up_byte(0), up_byte(1), ...: its length and
          * framing, or where it went wrong */
-        char b[128];
+        char b[128], h[64];
         size_t bad = 0;
         while (bad < q->body_len && (unsigned char)q->body[bad] == up_byte(bad))
             bad++;
@@ -239,7 +247,13 @@ static int serve_one(ca_stream *s, struct req *q, int conn_id)
         else
             n = snprintf(b, sizeof(b), "%zu ok %s", q->body_len,
                          q->chunked ? "chunked" : "length");
-        return send_response(s, 200, NULL, b, (size_t)n);
+        snprintf(h, sizeof(h), "X-Chunks: %zu\r\n", q->nchunks);
+        return send_response(s, 200, h, b, (size_t)n);
+    }
+    if (strcmp(q->path, "/stall") == 0) {
+        /* reads nothing of the body, then drops the connection */
+        ca_sleep((double)qparam(q, "ms", 300) / 1000.0);
+        return -1;
     }
     if (strcmp(q->path, "/stream") == 0) {
         /* chunked: n chunks of size bytes, delay_ms apart */
@@ -1127,6 +1141,9 @@ static int plan_gen(ca_gen *g, void *arg)
     return rc;
 }
 
+/* HTTP chunks of the last body that upload_plan sent chunked. */
+static size_t verify_chunks;
+
 /* Upload p to /verify with `method`, chunked or with a Content-Length
  * header of `declared` bytes (-1: none); returns the request's result and
  * the server's verdict in verdict. */
@@ -1146,9 +1163,12 @@ static int upload_plan(ca_http_session *s, const char *method,
     verdict[0] = '\0';
     if (rc == 0) {
         snprintf(verdict, cap, "%s", ca_http_response_body(r, NULL));
+        const char *n = ca_http_response_header(r, "X-Chunks");
+        verify_chunks = n ? strtoul(n, NULL, 10) : 0;
         ca_http_response_free(r);
     }
-    ASSERT_EQ(ca_gen_close(g), 0);
+    /* a generator that failed tells its status again */
+    ASSERT_EQ(ca_gen_close(g), rc == -EIO && p->fail_at ? -EIO : 0);
     return rc;
 }
 
@@ -1265,6 +1285,227 @@ static int gen_chunks_main(void *a)
 static void test_upload_gen_chunks(void)
 {
     ASSERT_EQ(ca_run(gen_chunks_main, NULL), 0);
+}
+
+/* Small chunks go out together: 4 MiB in 1 KiB chunks took one send(2)
+ * and one HTTP chunk each. */
+static int gen_batch_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+    static const size_t kib[] = {1024};
+    struct up_plan p = {.total = 4u << 20, .sizes = kib, .nsizes = 1};
+    char v[128];
+    double t0 = mono();
+    ASSERT_EQ(upload_plan(s, "POST", &p, -1, v, sizeof(v)), 0);
+    double dt = mono() - t0;
+    ASSERT_STREQ(v, "4194304 ok chunked");
+    /* 4,096 before; about 128 (32 KiB each) now.  A slow generator (under
+     * valgrind) sends what it has every 0.2 ms: fewer still than 4,096. */
+    fprintf(stderr, "4 MiB in 1 KiB chunks: %.3f s, %zu HTTP chunks\n", dt,
+            verify_chunks);
+    ASSERT_LT(verify_chunks, test_is_instrumented() ? 2048 : 4096 / 16);
+    ca_http_session_free(s);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_upload_gen_batch(void)
+{
+    ASSERT_EQ(ca_run(gen_batch_main, NULL), 0);
+}
+
+/* Yields 100 bytes, waits until the server has read them, 20 times: a
+ * chunk is not held back waiting for more. */
+static int lockstep_gen(ca_gen *g, void *arg)
+{
+    double *worst = arg;
+    char buf[100];
+    for (int i = 0; i < 20; i++) {
+        for (size_t k = 0; k < sizeof(buf); k++)
+            buf[k] = (char)up_byte((size_t)i * sizeof(buf) + k);
+        size_t seen = server_body_seen;
+        ca_http_chunk c = {buf, sizeof(buf)};
+        int r = ca_gen_yield(g, &c, NULL);
+        if (r < 0)
+            return r;
+        double t0 = mono();
+        while (server_body_seen < seen + sizeof(buf)) {
+            if (mono() - t0 > 5.0)
+                return -ETIMEDOUT;
+            ca_sleep(0.0005);
+        }
+        if (mono() - t0 > *worst)
+            *worst = mono() - t0;
+    }
+    return 0;
+}
+
+static int gen_lockstep_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+    double worst = 0;
+    ca_gen *g;
+    ASSERT_EQ(ca_gen_new(&g, lockstep_gen, &worst), 0);
+    ca_http_request_opts o = {.body_gen = g};
+    ca_http_response *r;
+    ASSERT_EQ(ca_http_request(s, "POST", "/verify", &o, &r), 0);
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "2000 ok chunked");
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_gen_close(g), 0);
+    fprintf(stderr, "slowest chunk to reach the server: %.1f ms\n",
+            worst * 1e3);
+    ASSERT_TIME_LT(worst, test_is_instrumented() ? 0.5 : 0.05);
+    ca_http_session_free(s);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_upload_gen_lockstep(void)
+{
+    ASSERT_EQ(ca_run(gen_lockstep_main, NULL), 0);
+}
+
+/* The largest amount the kernel may hold for one loopback connection:
+ * the sender's and the receiver's largest buffers. */
+static long socket_buffers(void)
+{
+    long total = 0;
+    const char *f[] = {"/proc/sys/net/ipv4/tcp_wmem",
+                       "/proc/sys/net/ipv4/tcp_rmem"};
+    for (int i = 0; i < 2; i++) {
+        long lo, def, hi = 8L << 20;
+        FILE *fp = fopen(f[i], "r");
+        if (fp) {
+            if (fscanf(fp, "%ld %ld %ld", &lo, &def, &hi) != 3)
+                hi = 8L << 20;
+            fclose(fp);
+        }
+        total += hi;
+    }
+    return total;
+}
+
+struct gen_req {
+    ca_http_session *s;
+    const char *path;
+    struct up_plan *p;
+    long declared;
+};
+
+static int gen_req_task(void *arg)
+{
+    struct gen_req *q = arg;
+    ca_gen *g;
+    ASSERT_EQ(ca_gen_new(&g, plan_gen, q->p), 0);
+    char clh[64];
+    snprintf(clh, sizeof(clh), "Content-Length: %ld", q->declared);
+    const char *h[] = {clh, NULL};
+    ca_http_request_opts o = {.body_gen = g,
+                              .headers = q->declared >= 0 ? h : NULL};
+    ca_http_response *r = NULL;
+    int rc = ca_http_request(q->s, "POST", q->path, &o, &r);
+    ASSERT(rc < 0 ? r == NULL : r != NULL);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_gen_close(g), 0);
+    return rc;
+}
+
+/* Back pressure, errors and cancellation while a generator body runs. */
+static int gen_limits_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+    static const size_t kib[] = {1024};
+    static const size_t big[] = {300000};
+
+    /* A server that reads nothing for 0.3 s: the generator, which could
+     * make gigabytes meanwhile, runs no further ahead than what the
+     * kernel holds, the upload buffer and curl's. */
+    struct up_plan p = {.total = (size_t)1 << 40, .sizes = kib, .nsizes = 1};
+    struct gen_req q = {s, "/stall?ms=300", &p, -1};
+    ASSERT_LT(gen_req_task(&q), 0);
+    long most = socket_buffers() + (1L << 20);
+    fprintf(stderr, "stalled server: %zu bytes yielded (bound %ld)\n",
+            p.yielded, most);
+    ASSERT_LT((long)p.yielded, most);
+
+    /* The generator fails after 300 KiB, or in a large chunk: the request
+     * fails with its error, chunked or not, and the session goes on. */
+    char v[128];
+    for (int with_len = 0; with_len < 2; with_len++) {
+        p = (struct up_plan){
+            .total = 1000000, .sizes = kib, .nsizes = 1, .fail_at = 300 * 1024};
+        ASSERT_EQ(
+            upload_plan(s, "POST", &p, with_len ? 1000000 : -1, v, sizeof(v)),
+            -EIO);
+        p = (struct up_plan){
+            .total = 1000000, .sizes = big, .nsizes = 1, .fail_at = 600000};
+        ASSERT_EQ(
+            upload_plan(s, "PUT", &p, with_len ? 1000000 : -1, v, sizeof(v)),
+            -EIO);
+    }
+    p = (struct up_plan){.total = 100000, .sizes = kib, .nsizes = 1};
+    ASSERT_EQ(upload_plan(s, "POST", &p, -1, v, sizeof(v)), 0);
+    ASSERT_STREQ(v, "100000 ok chunked");
+
+    /* Cancelled while the generator sleeps, while the server stalls, and
+     * while a few bytes wait to be sent: -ECANCELED at once, the generator
+     * closes, nothing is left behind (the sanitizer builds check). */
+    struct up_plan plans[] = {
+        {.total = 1000000, .sizes = kib, .nsizes = 1, .pause = 0.05},
+        {.total = (size_t)1 << 40, .sizes = kib, .nsizes = 1},
+        {.total = 1000000, .sizes = kib, .nsizes = 1, .pause = 0.00005},
+    };
+    const char *paths[] = {"/verify", "/stall?ms=2000", "/verify"};
+    for (int i = 0; i < 3; i++) {
+        q = (struct gen_req){s, paths[i], &plans[i], -1};
+        ca_task *t = ca_spawn(gen_req_task, &q);
+        ca_sleep(0.1);
+        double t0 = mono();
+        ca_cancel(t);
+        ASSERT_EQ(ca_join(t), -ECANCELED);
+        ASSERT_TIME_LT(mono() - t0, test_is_instrumented() ? 2.0 : 0.5);
+        ca_task_release(t);
+    }
+    p = (struct up_plan){.total = 100000, .sizes = kib, .nsizes = 1};
+    ASSERT_EQ(upload_plan(s, "POST", &p, 100000, v, sizeof(v)), 0);
+    ASSERT_STREQ(v, "100000 ok length");
+
+    /* stream mode: the upload goes on while the caller waits for the
+     * headers */
+    ca_gen *g;
+    p = (struct up_plan){.total = 2000000, .sizes = kib, .nsizes = 1};
+    ASSERT_EQ(ca_gen_new(&g, plan_gen, &p), 0);
+    ca_http_request_opts o = {.body_gen = g, .stream = 1};
+    ca_http_response *r;
+    ASSERT_EQ(ca_http_request(s, "POST", "/verify", &o, &r), 0);
+    char buf[64];
+    ssize_t n = ca_http_response_read(r, buf, sizeof(buf) - 1);
+    ASSERT_GT(n, 0);
+    buf[n] = '\0';
+    ASSERT_STREQ(buf, "2000000 ok chunked");
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_gen_close(g), 0);
+
+    ca_http_session_free(s);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_upload_gen_limits(void)
+{
+    ASSERT_EQ(ca_run(gen_limits_main, NULL), 0);
 }
 
 static void test_upload_gen_length(void)
@@ -2081,6 +2322,9 @@ static const struct test_case tests[] = {
     {"upload_pipe", test_upload_pipe, 30, 0},
     {"upload_gen_length", test_upload_gen_length, 30, 0},
     {"upload_gen_chunks", test_upload_gen_chunks, 60, 0},
+    {"upload_gen_batch", test_upload_gen_batch, 60, 0},
+    {"upload_gen_lockstep", test_upload_gen_lockstep, 30, 0},
+    {"upload_gen_limits", test_upload_gen_limits, 60, 0},
     {"pool_hosts", test_pool_hosts, 30, 0},
     {"dns_names", test_dns_names, 30, 0},
     {"dns_bounds", test_dns_bounds, 30, 0},

@@ -73,7 +73,28 @@ typedef struct ca_http_session_opts {
 } ca_http_session_opts;
 
 /* A chunk of a request body produced by a generator (body_gen): the
- * generator yields ca_http_chunk pointers, valid until its next yield. */
+ * generator yields ca_http_chunk pointers, valid until its next yield.
+ * Empty chunks and NULL pointers are skipped; len bytes at NULL data fail
+ * the request with -EINVAL.
+ *
+ * How generator bodies are buffered.  The generator runs in the task that
+ * makes the request, while that task waits: in ca_http_request, and for a
+ * stream-mode request whose upload outlasts the response headers, in
+ * ca_http_response_read.  It runs ahead of the transfer: each chunk is
+ * copied into a buffer of 64 KiB per request, and the generator is asked
+ * for the next chunk at once while there is room, so a ca_gen_yield
+ * returning does not mean the chunk was sent.  curl takes up to 64 KiB of
+ * buffered bytes at a time whatever the chunk sizes (chunk boundaries do
+ * not survive on the wire, chunked or not), and less than 32 KiB waits up
+ * to 0.2 ms for more before it goes out (so 1 KiB chunks do not cost a
+ * send(2) each).
+ * A chunk larger than the room left is not copied: curl reads it where the
+ * generator keeps it, and the generator is not resumed until what is left
+ * of it fits.  So memory stays at 64 KiB plus one chunk however fast the
+ * generator is, and the generator runs at most that far ahead of what
+ * curl has taken (then waits at its ca_gen_yield: back pressure).  Bytes
+ * buffered when the request fails or is cancelled are dropped; the
+ * generator stays where it is until the caller's ca_gen_close. */
 typedef struct ca_http_chunk {
     const void *data;
     size_t len;

@@ -117,10 +117,15 @@ struct ca_http_response {
     int fd_forget;    /* we registered body_fd with the loop: forget it */
     int fd_armed;     /* fdw waits for body_fd to turn readable */
     ca__fdwait fdw;
+    /* a generator body (see "Generator bodies"): [up_off, up_len) of
+     * up_buf buffered, then what is left of a held chunk */
     ca_gen *gen;
-    ca_http_chunk *chunk;
+    char *up_buf;
+    size_t up_off, up_len;
+    const ca_http_chunk *chunk;
     size_t chunk_off;
-    int gen_done, up_wait, up_paused;
+    int gen_done, up_paused, up_flush;
+    ca__timer up_timer; /* sends what is buffered after UPLOAD_WAIT_NS */
     /* A generator body's Content-Length (-1: none, sent chunked), and the
      * bytes the generator has yielded so far. */
     curl_off_t up_size, up_taken;
@@ -171,6 +176,8 @@ static void detach(ca_http_response *r)
     }
     ca__timer_cancel(r->s->loop, &r->idle);
     body_fd_unwatch(r);
+    if (r->gen)
+        ca__timer_cancel(r->s->loop, &r->up_timer);
 }
 
 static void finish(ca_http_response *r, CURLcode result)
@@ -859,6 +866,158 @@ static size_t read_body_fd(ca_http_response *r, char *buf, size_t cap)
     }
 }
 
+/*
+ * Generator bodies.  The generator can only be asked for chunks by a task
+ * (ca_gen_next), so the requesting task runs it, ahead of curl: while the
+ * upload buffer has room, the task takes the next chunk and copies it in (a
+ * chunk is only valid until the generator is asked for the next one), and
+ * curl's read callback takes as many buffered bytes as curl asks for (up to
+ * 64 KiB), whatever the chunk sizes.  A chunk larger than the room left is
+ * held where the generator keeps it: curl reads it from there, and the
+ * generator is not asked for more until what is left of it fits.  Memory
+ * stays at UPLOAD_BUF plus the generator's own chunk however fast the
+ * generator is.
+ *
+ * Each chunk costs the task two switches through the ready queue, and curl
+ * runs at every loop turn while its socket is writable: handed whatever is
+ * buffered at each call, it would send one small chunk per turn.  So the
+ * read callback hands curl nothing (it pauses the upload) while less than
+ * UPLOAD_MIN is buffered, and the upload resumes once UPLOAD_MIN is, the
+ * generator has ended, or UPLOAD_WAIT_NS after the first byte that waits
+ * (a slow generator's chunks go out that much later, not once the buffer
+ * fills).  One pause per chunk (before) cost a loop turn, a send(2) and two
+ * epoll_ctl(2) per chunk.
+ */
+#define UPLOAD_BUF (64u * 1024u)
+#define UPLOAD_MIN (UPLOAD_BUF / 2)
+#define UPLOAD_WAIT_NS 200000
+
+static size_t up_buffered(const ca_http_response *r)
+{
+    return r->up_len - r->up_off;
+}
+
+/* Bytes curl could have now: buffered, and what is left of the held chunk. */
+static size_t up_ready(const ca_http_response *r)
+{
+    return up_buffered(r) + (r->chunk ? r->chunk->len - r->chunk_off : 0);
+}
+
+/* 1 if the requesting task has work for the upload: copy the held chunk in
+ * (it fits now) or ask the generator for the next one (there is room). */
+static int feed_wanted(const ca_http_response *r)
+{
+    if (!r->gen || r->done || r->gen_done)
+        return 0;
+    size_t room = UPLOAD_BUF - up_buffered(r);
+    if (r->chunk)
+        return r->chunk->len - r->chunk_off <= room;
+    return room > 0;
+}
+
+static void up_resume(ca_http_response *r)
+{
+    r->up_paused = 0;
+    ca__timer_cancel(r->s->loop, &r->up_timer);
+    /* The receiving side stays as it was (stream mode back pressure). */
+    curl_easy_pause(r->easy, r->paused ? CURLPAUSE_RECV : CURLPAUSE_CONT);
+}
+
+/* Bytes have waited UPLOAD_WAIT_NS while the upload is paused: curl takes
+ * them, however few. */
+static void up_timer_fire(ca__timer *t)
+{
+    ca_http_response *r =
+        (ca_http_response *)((char *)t - offsetof(ca_http_response, up_timer));
+    if (r->up_paused && !r->done) {
+        r->up_flush = 1;
+        up_resume(r);
+    }
+}
+
+/* Bytes wait: curl takes them UPLOAD_WAIT_NS from now at the latest.
+ * Returns 0, or -ENOMEM if the timer cannot be armed. */
+static int up_wait_arm(ca_http_response *r)
+{
+    if (ca__timer_armed(&r->up_timer))
+        return 0;
+    return ca__timer_arm(r->s->loop, &r->up_timer,
+                         ca__clock_ns() + UPLOAD_WAIT_NS);
+}
+
+/* The task added bytes or ended the body: resume a paused upload if there
+ * is enough, or by the timer. */
+static void up_kick(ca_http_response *r)
+{
+    if (!r->up_paused || r->done)
+        return;
+    size_t n = up_ready(r);
+    if (n >= UPLOAD_MIN || r->gen_done) {
+        up_resume(r);
+    } else if (n && up_wait_arm(r) < 0) {
+        r->up_flush = 1;
+        up_resume(r);
+    }
+}
+
+/* Copy n bytes, no more than the room left, to the end of the buffer. */
+static int up_append(ca_http_response *r, const void *p, size_t n)
+{
+    if (!r->up_buf) {
+        r->up_buf = malloc(UPLOAD_BUF);
+        if (!r->up_buf)
+            return -ENOMEM;
+    }
+    if (r->up_off == r->up_len) {
+        r->up_off = r->up_len = 0;
+    } else if (UPLOAD_BUF - r->up_len < n) {
+        memmove(r->up_buf, r->up_buf + r->up_off, up_buffered(r));
+        r->up_len -= r->up_off;
+        r->up_off = 0;
+    }
+    memcpy(r->up_buf + r->up_len, p, n);
+    r->up_len += n;
+    return 0;
+}
+
+/* curl asks for up to cap bytes of a generator body: the buffered bytes,
+ * then the held chunk's. */
+static size_t read_gen(ca_http_response *r, char *buf, size_t cap)
+{
+    size_t have = up_ready(r);
+    if (have == 0 && r->gen_done)
+        return 0;
+    if (have == 0 || (have < UPLOAD_MIN && !r->gen_done && !r->up_flush &&
+                      up_wait_arm(r) == 0)) {
+        /* up_kick or the timer resumes the upload */
+        r->up_paused = 1;
+        if (feed_wanted(r))
+            wake(r);
+        return CURL_READFUNC_PAUSE;
+    }
+    r->up_flush = 0;
+    size_t n = up_buffered(r);
+    if (n > cap)
+        n = cap;
+    if (n) {
+        memcpy(buf, r->up_buf + r->up_off, n);
+        r->up_off += n;
+    }
+    if (r->chunk && n < cap) {
+        size_t k = r->chunk->len - r->chunk_off;
+        if (k > cap - n)
+            k = cap - n;
+        memcpy(buf + n, (const char *)r->chunk->data + r->chunk_off, k);
+        r->chunk_off += k;
+        n += k;
+        if (r->chunk_off == r->chunk->len)
+            r->chunk = NULL;
+    }
+    if (feed_wanted(r))
+        wake(r); /* room again: the task refills it */
+    return n;
+}
+
 /* Upload data: bytes from a file, or chunks from a generator. */
 static size_t on_read(char *buf, size_t size, size_t n, void *ud)
 {
@@ -866,23 +1025,7 @@ static size_t on_read(char *buf, size_t size, size_t n, void *ud)
     size_t cap = size * n;
     if (r->body_fd > 0)
         return read_body_fd(r, buf, cap);
-    if (r->chunk) {
-        size_t k = r->chunk->len - r->chunk_off;
-        if (k > cap)
-            k = cap;
-        memcpy(buf, (const char *)r->chunk->data + r->chunk_off, k);
-        r->chunk_off += k;
-        if (r->chunk_off == r->chunk->len)
-            r->chunk = NULL;
-        return k;
-    }
-    if (r->gen_done)
-        return 0;
-    /* The generator runs in the requesting task: ask it for more. */
-    r->up_wait = 1;
-    r->up_paused = 1;
-    wake(r);
-    return CURL_READFUNC_PAUSE;
+    return read_gen(r, buf, cap);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1304,6 +1447,8 @@ static int setup_body(ca_http_response *r, const char *method,
                 return d;
             r->gen = o->body_gen;
             r->up_size = size;
+            r->up_timer =
+                (ca__timer){.slot = CA__TIMER_IDLE, .fire = up_timer_fire};
         }
         curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
         curl_easy_setopt(e, CURLOPT_READDATA, r);
@@ -1449,33 +1594,50 @@ static int size_mismatch(ca_http_response *r, const char *what)
     return -EMSGSIZE;
 }
 
-/* Feed the upload from the generator: runs in the requesting task. */
+/* One step of a generator upload (feed_wanted says there is one): copy
+ * the held chunk in, or ask the generator for the next chunk and copy it in
+ * if it fits.  Runs in the requesting task, blocked while the generator
+ * works; curl may meanwhile take what is buffered.  Returns 0, or the error
+ * that fails the request: the generator's, -EMSGSIZE (not its
+ * Content-Length), -EINVAL (a chunk of len bytes at NULL), -ENOMEM, or
+ * -ECANCELED/-ETIMEDOUT for the task itself. */
 static int feed(ca_http_response *r)
 {
-    void *v = NULL;
-    r->up_wait = 0;
-    int g = ca_gen_next(r->gen, &v);
-    if (g > 0 || (g == 0 && v)) {
-        r->chunk = v;
-        r->chunk_off = 0;
-        if (r->chunk && r->chunk->len == 0)
-            r->chunk = NULL;
-        if (r->chunk && r->up_size >= 0 &&
-            r->chunk->len > (uint64_t)(r->up_size - r->up_taken))
-            return size_mismatch(r, "more");
-        if (r->chunk)
-            r->up_taken += (curl_off_t)r->chunk->len;
-    } else if (g == 0) {
-        if (r->up_size >= 0 && r->up_taken < r->up_size)
-            return size_mismatch(r, "fewer");
-        r->gen_done = 1; /* the generator returned: end of body */
-    } else {
-        return g;
+    if (!r->chunk) {
+        void *v = NULL;
+        int g = ca_gen_next(r->gen, &v);
+        if (g < 0)
+            return g;
+        if (g == 0) {
+            if (r->up_size >= 0 && r->up_taken < r->up_size)
+                return size_mismatch(r, "fewer");
+            r->gen_done = 1; /* the generator returned: end of body */
+        } else if (v && ((const ca_http_chunk *)v)->len) {
+            const ca_http_chunk *c = v;
+            if (!c->data) {
+                snprintf(r->ownerr, sizeof(r->ownerr),
+                         "body generator yielded %zu bytes at NULL", c->len);
+                return -EINVAL;
+            }
+            if (r->up_size >= 0 &&
+                c->len > (uint64_t)(r->up_size - r->up_taken))
+                return size_mismatch(r, "more");
+            r->up_taken += (curl_off_t)c->len;
+            r->chunk = c;
+            r->chunk_off = 0;
+        }
+        if (r->done)
+            return 0; /* the transfer ended while the generator ran */
     }
-    if (r->up_paused && !r->done) {
-        r->up_paused = 0;
-        curl_easy_pause(r->easy, CURLPAUSE_CONT);
+    if (r->chunk &&
+        r->chunk->len - r->chunk_off <= UPLOAD_BUF - up_buffered(r)) {
+        int rc = up_append(r, (const char *)r->chunk->data + r->chunk_off,
+                           r->chunk->len - r->chunk_off);
+        if (rc < 0)
+            return rc;
+        r->chunk = NULL;
     }
+    up_kick(r);
     return 0;
 }
 
@@ -1493,24 +1655,27 @@ static int ready(const ca_http_response *r, enum wait_for what)
     }
 }
 
-/* Park the calling task until `what`, feeding the upload generator when
- * curl asks for data.  Returns 0 or -ECANCELED/-ETIMEDOUT (deadline). */
+/* Park the calling task until `what`, running the upload generator ahead
+ * of curl meanwhile (feed).  Returns 0 or -ECANCELED/-ETIMEDOUT
+ * (deadline). */
 static int wait_until(ca_http_response *r, enum wait_for what)
 {
     ca_task *self = ca__task_self("ca_http_request");
     if (!self)
         return -EPERM;
     for (;;) {
-        if (r->up_wait && !r->done) {
+        if (ready(r, what))
+            return 0;
+        if (feed_wanted(r)) {
             int g = feed(r);
             if (g < 0) {
-                r->err = g;
-                finish(r, CURLE_ABORTED_BY_CALLBACK);
+                if (!r->err)
+                    r->err = g;
+                if (!r->done)
+                    finish(r, CURLE_ABORTED_BY_CALLBACK);
             }
             continue;
         }
-        if (ready(r, what))
-            return 0;
         r->task = self;
         int w = ca__task_park(self, INT64_MAX);
         r->task = NULL;
@@ -1533,6 +1698,7 @@ static void response_free(ca_http_response *r)
     headers_clear(r);
     free(r->hdrs);
     free(r->body);
+    free(r->up_buf);
     free(r->url);
     free(r->host);
     curl_slist_free_all(r->req_headers);
