@@ -1303,11 +1303,14 @@ static int gen_batch_main(void *a)
     ASSERT_EQ(upload_plan(s, "POST", &p, -1, v, sizeof(v)), 0);
     double dt = mono() - t0;
     ASSERT_STREQ(v, "4194304 ok chunked");
-    /* 4,096 before; about 128 (32 KiB each) now.  A slow generator (under
-     * valgrind) sends what it has every 0.2 ms: fewer still than 4,096. */
+    /* 4,096 before; 70-130 now (32-64 KiB each).  What waits goes out
+     * after 0.2 ms, so a generator slowed down by valgrind, or a loaded
+     * machine, sends smaller chunks: the bound leaves room for that, and
+     * instrumented builds do not check it. */
     fprintf(stderr, "4 MiB in 1 KiB chunks: %.3f s, %zu HTTP chunks\n", dt,
             verify_chunks);
-    ASSERT_LT(verify_chunks, test_is_instrumented() ? 2048 : 4096 / 16);
+    if (!test_is_instrumented())
+        ASSERT_LT(verify_chunks, 4096 / 4);
     ca_http_session_free(s);
     ca_server_close(srv, 1.0);
     return 0;
@@ -1338,7 +1341,7 @@ static int lockstep_gen(ca_gen *g, void *arg)
                 return -ETIMEDOUT;
             ca_sleep(0.0005);
         }
-        if (mono() - t0 > *worst)
+        if (i > 0 && mono() - t0 > *worst) /* the first waits to connect */
             *worst = mono() - t0;
     }
     return 0;
@@ -1362,7 +1365,7 @@ static int gen_lockstep_main(void *a)
     ASSERT_EQ(ca_gen_close(g), 0);
     fprintf(stderr, "slowest chunk to reach the server: %.1f ms\n",
             worst * 1e3);
-    ASSERT_TIME_LT(worst, test_is_instrumented() ? 0.5 : 0.05);
+    ASSERT_TIME_LT(worst, test_is_instrumented() ? 2.0 : 0.1);
     ca_http_session_free(s);
     ca_server_close(srv, 1.0);
     return 0;
@@ -2204,6 +2207,27 @@ static int h2_main(void *a)
     ca_task_release(sampler);
     ASSERT_EQ(h2_conns_max, 1);
     ASSERT_EQ(conns_to_port(h2_port), 1);
+    /* generator bodies over HTTP/2 (nghttpd reads and drops them): 2 MiB
+     * of 1 KiB chunks, and chunks slow enough for the upload to pause and
+     * resume on its timer */
+    static const size_t kib[] = {1024};
+    struct up_plan plans[] = {
+        {.total = 2u << 20, .sizes = kib, .nsizes = 1},
+        {.total = 20 * 1024, .sizes = kib, .nsizes = 1, .pause = 0.002},
+    };
+    for (int i = 0; i < 2; i++) {
+        ca_gen *g;
+        ASSERT_EQ(ca_gen_new(&g, plan_gen, &plans[i]), 0);
+        ca_http_request_opts o = {.body_gen = g};
+        double t0 = mono();
+        ASSERT_EQ(ca_http_request(shared, "POST", "/file.txt", &o, &r), 0);
+        fprintf(stderr, "h2 upload %d: %.3f s\n", i, mono() - t0);
+        ASSERT_EQ(ca_http_response_version(r), 2);
+        ASSERT_EQ(ca_http_response_status(r), 200);
+        ca_http_response_free(r);
+        ASSERT_EQ(ca_gen_close(g), 0);
+        ASSERT_EQ(plans[i].yielded, plans[i].total);
+    }
     ca_http_session_free(shared);
     /* freeing the session closes it */
     ASSERT_EQ(conns_to_port(h2_port), 0);
