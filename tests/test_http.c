@@ -1599,6 +1599,38 @@ static int upload_pipe_main(void *a)
     ca_task_release(w);
     close(p[0]);
 
+    /* A Content-Length header: the pipe's bytes go out with that length,
+     * not chunked as well; a pipe that ends short of it fails the request
+     * with -EMSGSIZE, and bytes beyond it stay in the pipe. */
+    for (int extra = -1; extra <= 1; extra++) {
+        enum { LEN = 5000 };
+        unsigned char data[LEN + 1];
+        for (size_t i = 0; i < sizeof(data); i++)
+            data[i] = up_byte(i);
+        ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
+        size_t put = (size_t)(LEN + extra);
+        ASSERT_EQ(write(p[1], data, put), (ssize_t)put);
+        close(p[1]);
+        char cl[64];
+        snprintf(cl, sizeof(cl), "Content-Length: %d", LEN);
+        const char *h[] = {cl, NULL};
+        o = (ca_http_request_opts){.body_fd = p[0], .headers = h,
+                                   .timeout = 5};
+        int rc = ca_http_request(s, "PUT", "/verify", &o, &r);
+        if (extra < 0) {
+            ASSERT_EQ(rc, -EMSGSIZE);
+            ASSERT(strstr(ca_http_last_error(),
+                          "short of its Content-Length of 5000") != NULL);
+        } else {
+            ASSERT_EQ(rc, 0);
+            ASSERT_STREQ(ca_http_response_body(r, NULL), "5000 ok length");
+            ca_http_response_free(r);
+            char rest[8];
+            ASSERT_EQ(read(p[0], rest, sizeof(rest)), (ssize_t)extra);
+        }
+        close(p[0]);
+    }
+
     /* A writer that never writes: the request's timeout still counts. */
     ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
     o = (ca_http_request_opts){.body_fd = p[0], .timeout = 0.2};

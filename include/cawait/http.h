@@ -110,7 +110,10 @@ typedef struct ca_http_request_opts {
      * alive until the request returns), a file (body_fd >= 1 read from
      * its current offset to its end; body_fd 0 means none; the caller
      * keeps and closes it; a pipe or socket is read, chunked, as it
-     * turns readable, without blocking the loop), or a generator task
+     * turns readable, without blocking the loop; with a Content-Length
+     * header, exactly that many bytes are read and sent, not chunked, and
+     * an fd that ends short of it fails the request with -EMSGSIZE), or a
+     * generator task
      * yielding ca_http_chunk pointers (sent chunked unless a
      * Content-Length header is given: then it must yield exactly that
      * many bytes, or the request fails with -EMSGSIZE; the caller keeps

@@ -853,10 +853,27 @@ static size_t read_body_fd(ca_http_response *r, char *buf, size_t cap)
         if (n == 0)
             return body_fd_pause(r);
     }
+    /* With a Content-Length, no byte beyond it (curl would send it). */
+    if (r->up_size >= 0 && (curl_off_t)cap > r->up_size - r->up_taken)
+        cap = (size_t)(r->up_size - r->up_taken);
     for (;;) {
-        ssize_t k = read(r->body_fd, buf, cap);
-        if (k >= 0)
+        ssize_t k = cap ? read(r->body_fd, buf, cap) : 0;
+        if (k > 0) {
+            r->up_taken += k;
             return (size_t)k;
+        }
+        if (k == 0) {
+            if (r->up_size >= 0 && r->up_taken < r->up_size) {
+                snprintf(r->ownerr, sizeof(r->ownerr),
+                         "body fd ended %lld bytes short of its "
+                         "Content-Length of %lld",
+                         (long long)(r->up_size - r->up_taken),
+                         (long long)r->up_size);
+                r->err = -EMSGSIZE;
+                return CURL_READFUNC_ABORT;
+            }
+            return 0;
+        }
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return body_fd_pause(r); /* another reader was first */
         if (errno != EINTR) {
@@ -1428,25 +1445,26 @@ static int setup_body(ca_http_response *r, const char *method,
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, o->body);
     } else if (o->body_fd > 0 || o->body_gen) {
         curl_off_t size = -1; /* chunked */
+        /* With a Content-Length header of the caller's, curl would send it
+         * and chunk the body as well (an unknown size means chunked to
+         * curl), or send a file's own size beside it: give curl the
+         * declared size instead, and send exactly that many bytes. */
+        int d = declared_length(r->req_headers, &size);
+        if (d < 0)
+            return d;
+        r->up_size = size;
         if (o->body_fd > 0) {
             struct stat st;
             off_t pos = lseek(o->body_fd, 0, SEEK_CUR);
             if (fstat(o->body_fd, &st) < 0)
                 return -errno;
-            if (S_ISREG(st.st_mode) && pos >= 0)
+            if (!d && S_ISREG(st.st_mode) && pos >= 0)
                 size = (curl_off_t)(st.st_size - pos);
             r->body_fd = o->body_fd;
             /* Files and block devices never make a read wait. */
             r->fd_polled = !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode);
         } else {
-            /* With a Content-Length header of the caller's, curl would
-             * send it and chunk the body as well (an unknown size means
-             * chunked to curl): give curl the size instead. */
-            int d = declared_length(r->req_headers, &size);
-            if (d < 0)
-                return d;
             r->gen = o->body_gen;
-            r->up_size = size;
             r->up_timer =
                 (ca__timer){.slot = CA__TIMER_IDLE, .fire = up_timer_fire};
         }
