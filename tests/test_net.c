@@ -1508,6 +1508,273 @@ static void test_readexactly_direct(void)
     ASSERT_EQ(ca_run(exact_direct_main, NULL), 0);
 }
 
+/* ---- closing while the peer still sends ---------------------------------- */
+
+/*
+ * A peer that reads slowly and answers every read with a line: it is still
+ * talking when the other side closes.  Linux answers data that arrives at
+ * a closed socket (or sits unread in it at close) with RST, and a reset
+ * drops what the closing side's send queue still holds: the sink got 4.3
+ * to 4.6 MB of the 8 MiB, then what looked like a clean end of stream (its
+ * own write had taken the ECONNRESET).
+ */
+struct chatty {
+    size_t got;
+    int status; /* the last read: 0 at a clean end */
+    int done;
+};
+
+static int chatty_sink(ca_stream *s, void *arg)
+{
+    struct chatty *c = arg;
+    char buf[16384];
+    for (;;) {
+        ssize_t n = ca_stream_read(s, buf, sizeof(buf));
+        if (n <= 0) {
+            c->status = (int)n;
+            c->done = 1;
+            return 0;
+        }
+        c->got += (size_t)n;
+        (void)ca_stream_write(s, "tick\n", 5); /* still talking */
+        ca_sleep(0.001);                       /* and slow to read */
+    }
+}
+
+enum { CHATTY_CHUNK = 65536, CHATTY_TOTAL = 8 << 20 };
+
+/* Write CHATTY_TOTAL bytes to c and close it at once. */
+static void write_all_close(ca_stream *c)
+{
+    char *buf = calloc(1, CHATTY_CHUNK);
+    ASSERT(buf != NULL);
+    for (size_t sent = 0; sent < CHATTY_TOTAL; sent += CHATTY_CHUNK) {
+        ASSERT_EQ(ca_stream_write(c, buf, CHATTY_CHUNK), 0);
+        ASSERT_EQ(ca_stream_drain(c), 0);
+    }
+    free(buf);
+    ASSERT_EQ(ca_stream_close(c), 0);
+}
+
+static int close_chatty_main(void *a)
+{
+    (void)a;
+    struct chatty st = {.status = 1};
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, chatty_sink, &st, NULL), 0);
+    ca_stream *c;
+    ASSERT_EQ(ca_open_connection(&c, "127.0.0.1", (unsigned)ca_server_port(srv),
+                                 NULL),
+              0);
+    write_all_close(c);
+    for (int i = 0; i < 2000 && !st.done; i++)
+        ca_sleep(0.01);
+    ASSERT_EQ(st.got, (size_t)CHATTY_TOTAL);
+    ASSERT_EQ(st.status, 0);
+    ASSERT_EQ(ca_server_close(srv, 2.0), 0);
+    return 0;
+}
+
+static void test_close_while_peer_sends(void)
+{
+    ASSERT_EQ(ca_run(close_chatty_main, NULL), 0);
+}
+
+/*
+ * The server's side of it: a handler answers early (a "413" before the
+ * whole upload) and returns while the client is still sending.  Closing
+ * with the upload unread reset the connection: the client's writes failed
+ * with ECONNRESET (Linux still let it read the answer that had arrived).
+ */
+static int early_reply_handler(ca_stream *s, void *arg)
+{
+    (void)arg;
+    char head[16];
+    int r = ca_stream_readexactly(s, head, sizeof(head));
+    if (r < 0)
+        return r;
+    r = ca_stream_write(s, "413 too large\n", 14);
+    return r ? r : ca_stream_drain(s);
+}
+
+static int early_reply_main(void *a)
+{
+    (void)a;
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, early_reply_handler, NULL, NULL),
+              0);
+    ca_stream *c;
+    ASSERT_EQ(ca_open_connection(&c, "127.0.0.1", (unsigned)ca_server_port(srv),
+                                 NULL),
+              0);
+    char *buf = calloc(1, CHATTY_CHUNK);
+    ASSERT(buf != NULL);
+    int wr = ca_stream_write(c, buf, 16);
+    for (size_t sent = 0; wr == 0 && sent < CHATTY_TOTAL;
+         sent += CHATTY_CHUNK) {
+        wr = ca_stream_write(c, buf, CHATTY_CHUNK);
+        if (wr == 0)
+            wr = ca_stream_drain(c);
+    }
+    free(buf);
+    int eof = wr == 0 ? ca_stream_write_eof(c) : wr;
+    char line[64], rest[64];
+    ssize_t got = ca_stream_readline(c, line, sizeof(line));
+    ssize_t end = got > 0 ? ca_stream_read(c, rest, sizeof(rest)) : got;
+    ca_stream_close(c);
+    ASSERT_EQ(wr, 0);
+    ASSERT_EQ(eof, 0);
+    ASSERT_EQ(got, 14);
+    ASSERT_STREQ(line, "413 too large\n");
+    ASSERT_EQ(end, 0);
+    ASSERT_EQ(ca_server_close(srv, 2.0), 0);
+    return 0;
+}
+
+static void test_server_closes_while_client_sends(void)
+{
+    ASSERT_EQ(ca_run(early_reply_main, NULL), 0);
+}
+
+/*
+ * A peer that floods us after our close: the loop drops 32 MiB for the
+ * closed stream (in bounded bites, letting other work run), the peer's
+ * writes all succeed and it still gets our data and end of stream.
+ */
+struct late_flood {
+    int write_result;
+    size_t got;
+    int status;
+    int done;
+};
+
+static int late_flood_handler(ca_stream *s, void *arg)
+{
+    struct late_flood *f = arg;
+    char *buf = calloc(1, CHATTY_CHUNK);
+    ASSERT(buf != NULL);
+    for (size_t sent = 0; sent < (32u << 20) && f->write_result == 0;
+         sent += CHATTY_CHUNK) {
+        f->write_result = ca_stream_write(s, buf, CHATTY_CHUNK);
+        if (f->write_result == 0)
+            f->write_result = ca_stream_drain(s);
+    }
+    ssize_t n;
+    while ((n = ca_stream_read(s, buf, CHATTY_CHUNK)) > 0)
+        f->got += (size_t)n;
+    f->status = (int)n;
+    f->done = 1;
+    free(buf);
+    return 0;
+}
+
+static int late_flood_main(void *a)
+{
+    (void)a;
+    struct late_flood f = {0};
+    ca_server *srv;
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, late_flood_handler, &f, NULL), 0);
+    ca_stream *c;
+    ASSERT_EQ(ca_open_connection(&c, "127.0.0.1", (unsigned)ca_server_port(srv),
+                                 NULL),
+              0);
+    static char msg[100000];
+    ASSERT_EQ(ca_stream_write(c, msg, sizeof(msg)), 0);
+    ASSERT_EQ(ca_stream_close(c), 0);
+    for (int i = 0; i < 2000 && !f.done; i++)
+        ca_sleep(0.01);
+    ASSERT_EQ(f.write_result, 0);
+    ASSERT_EQ(f.got, sizeof(msg));
+    ASSERT_EQ(f.status, 0);
+    ASSERT_EQ(ca_server_close(srv, 2.0), 0);
+    return 0;
+}
+
+static void test_close_then_peer_floods(void)
+{
+    ASSERT_EQ(ca_run(late_flood_main, NULL), 0);
+}
+
+/*
+ * Unix stream sockets: closing with unread input made the peer read
+ * ECONNRESET after our data instead of the end of the stream.
+ */
+static int unix_unread_main(void *a)
+{
+    (void)a;
+    int sv[2];
+    ASSERT_EQ(
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv),
+        0);
+    ca_stream *s;
+    ASSERT_EQ(ca_stream_open(&s, sv[0], NULL), 0);
+    ASSERT_EQ(ca_write(sv[1], "unread", 6), 6);
+    enum { N = 50000 };
+    static char big[N];
+    ASSERT_EQ(ca_stream_write(s, big, N), 0);
+    ASSERT_EQ(ca_stream_close(s), 0);
+    size_t got = 0;
+    ssize_t n;
+    while ((n = ca_read(sv[1], big, N)) > 0)
+        got += (size_t)n;
+    ASSERT_EQ(got, (size_t)N);
+    ASSERT_EQ(n, 0);
+    ca_close(sv[1]);
+    return 0;
+}
+
+static void test_unix_close_unread(void)
+{
+    ASSERT_EQ(ca_run(unix_unread_main, NULL), 0);
+}
+
+/*
+ * The lingering is the loop's, never the caller's, and it is bounded: a
+ * peer that neither reads nor closes gets our data and our end at once;
+ * ca_stream_close returns at once; the loop keeps the socket for the idle
+ * limit (2 s) and ca_run waits for it, then no descriptor is left.
+ */
+static double linger_close_s;
+static int linger_peer = -1;
+
+static int linger_idle_main(void *a)
+{
+    (void)a;
+    int lfd = ca_tcp_listen("127.0.0.1", 0, NULL);
+    ASSERT_GE(lfd, 0);
+    int cfd = ca_tcp_connect("127.0.0.1", (unsigned)ca_sock_port(lfd));
+    ASSERT_GE(cfd, 0);
+    int afd = ca_accept(lfd, NULL, NULL);
+    ASSERT_GE(afd, 0);
+    ca_close(lfd);
+    ca_stream *s;
+    ASSERT_EQ(ca_stream_open(&s, afd, NULL), 0);
+    ASSERT_EQ(ca_write(cfd, "unread", 6), 6);
+    ASSERT_EQ(ca_stream_write(s, "hello", 5), 0);
+    double t0 = mono();
+    ASSERT_EQ(ca_stream_close(s), 0);
+    linger_close_s = mono() - t0;
+    char buf[16];
+    ASSERT_EQ(ca_read(cfd, buf, sizeof(buf)), 5);
+    ASSERT(memcmp(buf, "hello", 5) == 0);
+    ASSERT_EQ(ca_read(cfd, buf, sizeof(buf)), 0); /* our FIN, at once */
+    linger_peer = cfd; /* stays open after main returns */
+    return 0;
+}
+
+static void test_linger_bounded(void)
+{
+    int fds = test_count_fds();
+    double t0 = mono();
+    ASSERT_EQ(ca_run(linger_idle_main, NULL), 0);
+    double run_s = mono() - t0;
+    ASSERT_LT(linger_close_s, 0.1);
+    ASSERT_GE(run_s, 1.5);                /* the loop waited for the socket */
+    ASSERT_TIME_LT(run_s, 4.0);           /* for the idle limit, not more */
+    ASSERT_EQ(test_count_fds(), fds + 1); /* only the peer's end is left */
+    close(linger_peer);
+}
+
 static const struct test_case tests[] = {
     {"readexactly_direct", test_readexactly_direct, 20, 0},
     {"echo_and_stream_reads", test_echo_and_stream_reads, 20, 0},
@@ -1529,7 +1796,14 @@ static const struct test_case tests[] = {
     {"server_releases_connections", test_server_releases_connections, 30, 0},
     {"server_cancel_unstarted", test_server_cancel_unstarted, 10, 0},
     {"dgram_full_receiver", test_dgram_full_receiver, 10, 0},
-    {"datagrams_fd_passing_sendfile", test_datagrams_fd_passing_sendfile, 10, 0},
+    {"datagrams_fd_passing_sendfile", test_datagrams_fd_passing_sendfile, 10,
+     0},
+    {"close_while_peer_sends", test_close_while_peer_sends, 30, 0},
+    {"server_closes_while_client_sends", test_server_closes_while_client_sends,
+     30, 0},
+    {"close_then_peer_floods", test_close_then_peer_floods, 20, 0},
+    {"unix_close_unread", test_unix_close_unread, 10, 0},
+    {"linger_bounded", test_linger_bounded, 20, 0},
     {"10k_connections", test_10k_connections, 120, 1},
     {NULL, NULL, 0, 0},
 };

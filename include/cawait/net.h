@@ -236,9 +236,34 @@ CA_EXTERN int ca_stream_fd(const ca_stream *s);
 /* The peer's address (getpeername).  Returns 0 or a negative errno. */
 CA_EXTERN int ca_stream_peer(const ca_stream *s, struct sockaddr *addr,
                              socklen_t *len);
-/* Try to flush what is buffered (within a deadline scope if one is open:
- * a peer that never reads must not hold us), close the fd and free s.
- * Returns 0 or the first error.  NULL is ignored.  Blocking. */
+/*
+ * Close the stream and free s.  First, in a task, what is buffered is
+ * flushed (within a deadline scope if one is open: a peer that never reads
+ * must not hold us); outside a task, what the kernel takes at once.  A TLS
+ * stream then sends close_notify.
+ *
+ * A socket stream that has not failed is then closed gracefully, with a
+ * lingering close (as nginx and Apache do): its sending side is shut down,
+ * so the peer reads all our data and then its end of stream, and whatever
+ * the peer still sends is read and dropped until it closes its side too;
+ * only then is the fd closed.  Closing at once would make the kernel answer
+ * input we never read, or that arrives later (TLS session tickets, a reply
+ * we no longer want, an answer to an upload we stopped reading), with a
+ * reset that throws away the data we sent and the peer has not received
+ * yet.  The lingering is bounded: it ends once the peer has acknowledged
+ * all our data and sent nothing for 2 s (looked at every 2 s), and 10 s
+ * after the close at the latest; a loop lingers on at most 4,096 sockets
+ * (the next ones close at once).  The loop does it, not the caller:
+ * ca_stream_close returns once the flush is done, and ca_run waits for the
+ * sockets still lingering before it returns (at most those 10 s).  The
+ * shutdown reaches every descriptor of the socket (one dup'd or inherited
+ * by a child too).  A stream whose reads or writes failed, or whose flush
+ * failed or was cut short (deadline, cancellation: unsent data dropped), is
+ * closed at once, and so are pipes and other fds.
+ *
+ * Returns 0 or the first error (the flush's, or close(2)'s).  NULL is
+ * ignored.  Blocking (the flush only).
+ */
 CA_EXTERN int ca_stream_close(ca_stream *s);
 
 /* ------------------------------------------------------------------------ */
@@ -283,7 +308,9 @@ CA_EXTERN int ca_server_close_clients(ca_server *srv);
 CA_EXTERN int ca_server_abort_clients(ca_server *srv);
 /* Graceful shutdown: stop accepting, let handlers finish for up to `grace`
  * seconds, then cancel the rest and wait for them, close everything and
- * free srv.  Returns 0 or -EINVAL.  Blocking (not a cancellation point). */
+ * free srv.  Connections closed gracefully may still linger in the loop
+ * afterwards (see ca_stream_close; ca_run waits for them).  Returns 0 or
+ * -EINVAL.  Blocking (not a cancellation point). */
 CA_EXTERN int ca_server_close(ca_server *srv, double grace);
 
 /* ------------------------------------------------------------------------ */

@@ -224,6 +224,11 @@ struct ca_loop {
     /* upper layers' per-loop state */
     ca__exit_hook *exit_hooks; /* see ca__loop_at_exit */
     void *exec_default;      /* default thread pool (src/exec/) */
+    /* Sockets that ca_stream_close handed to the loop: it reads and drops
+     * their input until the peer's end or a time limit, then closes them
+     * (lingering close, src/net/stream.c).  ca_run waits for them. */
+    void *lingering;
+    size_t nlingering;
 
     /* DNS configuration (src/net/dns.c) */
     char *dns_servers;       /* "ip[:port],...", NULL: /etc/resolv.conf */

@@ -26,8 +26,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -805,6 +808,235 @@ void ca__stream_pop(ca_stream *s, ca__layer *l)
     s->rdrained = 0;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Lingering close                                                          */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * close(2) on a TCP socket that has unread input, or that receives data
+ * afterwards, makes Linux answer with RST and throw away its send queue:
+ * the peer loses the tail of what we wrote (and may read ECONNRESET, or an
+ * end of stream that looks clean, instead).  The peer need not misbehave:
+ * TLS 1.3 session tickets, a reply to a request we no longer read, an
+ * "early" error answer to an upload we did not read.  So a graceful close
+ * is a lingering close, as in nginx and Apache: shut down our sending side
+ * (the FIN follows our data), then read and drop whatever arrives until the
+ * peer's end of stream, then close(2).  Bounded: it ends LINGER_IDLE_NS
+ * after the last input once the peer has acknowledged all we sent, and
+ * LINGER_MAX_NS after the close in any case; LINGER_MAX_FDS sockets per
+ * loop at most.
+ *
+ * The waiting is the loop's, not the closing task's: ca_stream_close hands
+ * the fd to a lingerer (a non-task fd waiter and a timer, like the flush
+ * waiter) and returns.  ca_run waits for the lingerers before it tears the
+ * loop down, and an exit hook closes any left, so no fd outlives the loop.
+ * The same holds for Unix stream sockets, where unread input at close made
+ * the peer read ECONNRESET after our data instead of its end.
+ */
+#define LINGER_IDLE_NS (2 * 1000000000LL)
+#define LINGER_MAX_NS (10 * 1000000000LL)
+#define LINGER_MAX_FDS 4096
+/* Reads per wake-up before the lingerer lets the loop run (a peer that
+ * sends as fast as we drop must not hold the loop). */
+#define LINGER_READS 64
+/* Bytes per read.  TCP drops them without copying (MSG_TRUNC); the buffer
+ * is still real, for other sockets and for the sanitizers, which take a
+ * read as written to it. */
+#define LINGER_READ (64u * 1024u)
+
+struct lingerer {
+    ca__fdwait waiter; /* input, or the peer's end */
+    ca__timer timer;   /* idle and total limits */
+    ca_handle more;    /* drain on after LINGER_READS reads */
+    struct lingerer *prev, *next;
+    int fd;
+    int tcp;
+    int waiting;      /* waiter linked */
+    int more_pending; /* `more` scheduled */
+    int64_t alive;    /* loop time of the last sign of life */
+    int64_t end;      /* the total limit */
+};
+
+struct linger_set {
+    ca__exit_hook hook; /* closes what is left when the loop ends */
+    struct lingerer *head;
+    char scratch[LINGER_READ]; /* where dropped input goes */
+};
+
+enum { DRAIN_EMPTY, DRAIN_MORE, DRAIN_END };
+
+/* Read and drop what fd holds: DRAIN_END at the peer's end of stream or on
+ * an error (nothing more will come), DRAIN_EMPTY once the socket is empty
+ * for now, DRAIN_MORE if it still held data after LINGER_READS reads. */
+static int drain(struct linger_set *set, int fd, int tcp)
+{
+    for (int i = 0; i < LINGER_READS; i++) {
+        ssize_t n = recv(fd, set->scratch, LINGER_READ, tcp ? MSG_TRUNC : 0);
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return DRAIN_EMPTY;
+        return DRAIN_END;
+    }
+    return DRAIN_MORE;
+}
+
+/* Bytes we sent that the peer has not acknowledged yet (our FIN counts as
+ * one), or -1. */
+static int send_queue(int fd)
+{
+    int v;
+    return ioctl(fd, SIOCOUTQ, &v) == 0 ? v : -1;
+}
+
+static void linger_end(ca_loop *l, struct lingerer *g)
+{
+    struct linger_set *set = l->lingering;
+    if (g->waiting)
+        ca__fd_remove_waiter(l, &g->waiter);
+    ca__timer_cancel(l, &g->timer);
+    if (g->more_pending)
+        ca_handle_cancel(g->more);
+    if (g->prev)
+        g->prev->next = g->next;
+    else
+        set->head = g->next;
+    if (g->next)
+        g->next->prev = g->prev;
+    l->nlingering--;
+    ca_close(g->fd);
+    free(g);
+}
+
+static void linger_wake(ca__fdwait *w, int result);
+static void linger_more(void *arg);
+
+/* After a drain that returned d: wait for more input (DRAIN_EMPTY), drain
+ * on at the next turn (DRAIN_MORE), or end the linger (DRAIN_END). */
+static void linger_next(ca_loop *l, struct lingerer *g, int d)
+{
+    if (d == DRAIN_MORE && ca_call_soon(linger_more, g, &g->more) == 0) {
+        g->more_pending = 1;
+        return;
+    }
+    if (d != DRAIN_EMPTY) {
+        linger_end(l, g);
+        return;
+    }
+    ca__fd_take_ready(l, g->fd, CA_READ); /* drained: the cached edge too */
+    g->waiter =
+        (ca__fdwait){.fd = g->fd, .events = CA_READ, .wake = linger_wake};
+    ca__fd_add_waiter(l, &g->waiter);
+    g->waiting = 1;
+}
+
+static void linger_drain(ca_loop *l, struct lingerer *g)
+{
+    g->alive = l->now;
+    linger_next(l, g, drain(l->lingering, g->fd, g->tcp));
+}
+
+static void linger_wake(ca__fdwait *w, int result)
+{
+    struct lingerer *g =
+        (struct lingerer *)((char *)w - offsetof(struct lingerer, waiter));
+    ca_loop *l = ca__loop();
+    g->waiting = 0;
+    if (result < 0)
+        linger_end(l, g); /* forgotten: the fd is going away */
+    else
+        linger_drain(l, g);
+}
+
+static void linger_more(void *arg)
+{
+    struct lingerer *g = arg;
+    g->more_pending = 0;
+    linger_drain(ca__loop(), g);
+}
+
+/* LINGER_IDLE_NS after the last sign of life: end the linger at the total
+ * limit, or when nothing arrived since and the peer's kernel has taken all
+ * we sent.  While our bytes are still on their way, a reset would destroy
+ * them: a peer that stalls for a while (busy, or swapped out) keeps the
+ * socket up to the total limit.  May run on a task's stack (timers fire at
+ * switches): no reads here. */
+static void linger_timer(ca__timer *t)
+{
+    struct lingerer *g =
+        (struct lingerer *)((char *)t - offsetof(struct lingerer, timer));
+    ca_loop *l = ca__loop();
+    if (send_queue(g->fd) > 0)
+        g->alive = l->now;
+    int64_t next = g->alive + LINGER_IDLE_NS;
+    if (next > g->end)
+        next = g->end;
+    if (next <= l->now || ca__timer_arm(l, &g->timer, next) < 0)
+        linger_end(l, g);
+}
+
+static void linger_exit(ca_loop *l, ca__exit_hook *h)
+{
+    struct linger_set *set = (struct linger_set *)h;
+    while (set->head)
+        linger_end(l, set->head);
+    l->lingering = NULL;
+    free(set);
+}
+
+/*
+ * Close a connected stream socket gracefully: half close, drop the input
+ * that is already there, and if the peer has not ended its side yet, leave
+ * the rest to a lingerer.  Returns what close(2) returned, or 0 when the
+ * loop took the fd.  Never blocks.
+ */
+static int linger_close(int fd)
+{
+    ca_loop *l = ca__loop();
+    if (!l || l->nlingering >= LINGER_MAX_FDS || shutdown(fd, SHUT_WR) < 0)
+        return ca_close(fd); /* not connected (any more): nothing to save */
+    struct linger_set *set = l->lingering;
+    if (!set) {
+        set = malloc(sizeof(*set));
+        if (!set)
+            return ca_close(fd);
+        set->hook.fn = linger_exit;
+        set->head = NULL;
+        ca__loop_at_exit(l, &set->hook);
+        l->lingering = set;
+    }
+    int proto = 0;
+    socklen_t pl = sizeof(proto);
+    int tcp = getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &pl) == 0 &&
+              proto == IPPROTO_TCP;
+    int d = drain(set, fd, tcp);
+    if (d == DRAIN_END)
+        return ca_close(fd);
+    struct lingerer *g = calloc(1, sizeof(*g));
+    if (!g || ca__fd_register(l, fd) < 0) {
+        free(g);
+        return ca_close(fd);
+    }
+    g->fd = fd;
+    g->tcp = tcp;
+    g->alive = l->now;
+    g->end = l->now + LINGER_MAX_NS;
+    g->timer = (ca__timer){.slot = CA__TIMER_IDLE, .fire = linger_timer};
+    g->next = set->head;
+    if (set->head)
+        set->head->prev = g;
+    set->head = g;
+    l->nlingering++;
+    if (ca__timer_arm(l, &g->timer, l->now + LINGER_IDLE_NS) < 0) {
+        linger_end(l, g);
+        return 0;
+    }
+    linger_next(l, g, d);
+    return 0;
+}
+
 int ca_stream_close(ca_stream *s)
 {
     if (!s)
@@ -821,12 +1053,16 @@ int ca_stream_close(ca_stream *s)
     disarm_flush(s);
     /* Upper layers say goodbye (TLS close_notify) only when everything
      * before it went out: a close_notify after lost data would lie. */
+    int graceful = r == 0 && !s->rerr;
     while (s->top != &s->base) {
         ca__layer *l = s->top;
         s->top = l->lower;
-        l->ops->destroy(l, r == 0 && !s->rerr);
+        l->ops->destroy(l, graceful);
     }
-    int c = ca_close(s->fd);
+    /* A failed stream is dropped at once (a reset is what it deserves); a
+     * good one lingers (see linger_close). */
+    int c =
+        graceful && s->is_stream_socket ? linger_close(s->fd) : ca_close(s->fd);
     free(s->rbuf);
     free(s->wbuf);
     free(s);

@@ -1191,10 +1191,12 @@ int ca_run_ex(ca_fn main, void *arg, const ca_run_opts *opts)
             ca__loop_run_once(l);
         r = m->status;
         m->retrieved = 1;
-        /* asyncio.run: cancel what is left and wait for it. */
+        /* asyncio.run: cancel what is left and wait for it, and for the
+         * sockets the loop is still closing (lingering closes end at the
+         * peer's end of stream or within their time limit). */
         l->stopping = 1;
         cancel_all(l);
-        while (l->unfinished > 0)
+        while (l->unfinished > 0 || l->nlingering > 0)
             ca__loop_run_once(l);
         rs.main = NULL;
         ca_task_release(m);
