@@ -26,6 +26,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/time.h>
 
 static double mono(void)
@@ -944,6 +945,200 @@ static void test_write_then_close(void)
     ASSERT_EQ(ca_run(write_close_main, NULL), 0);
 }
 
+/*
+ * Bytes that arrive after the client's close(2) started: a server that
+ * reads slowly and answers every read.  close_notify is out and the fd is
+ * closed; the next answer reaches a closed socket, Linux replies RST and
+ * drops what the client's send queue still holds.
+ */
+struct chatty {
+    size_t got;
+    int status; /* the last read: 0 at a clean end (close_notify) */
+    int done;
+};
+
+static int chatty_sink(ca_stream *s, void *arg)
+{
+    struct chatty *c = arg;
+    char buf[16384];
+    for (;;) {
+        ssize_t n = ca_stream_read(s, buf, sizeof(buf));
+        if (n <= 0) {
+            c->status = (int)n;
+            c->done = 1;
+            return 0;
+        }
+        c->got += (size_t)n;
+        (void)ca_stream_write(s, "tick\n", 5); /* still talking */
+        ca_sleep(0.001);                       /* and slow to read */
+    }
+}
+
+enum { CHATTY_CHUNK = 65536, CHATTY_TOTAL = 8 << 20 };
+
+static void write_all(ca_stream *c)
+{
+    char *buf = calloc(1, CHATTY_CHUNK);
+    ASSERT(buf != NULL);
+    for (size_t sent = 0; sent < CHATTY_TOTAL; sent += CHATTY_CHUNK) {
+        ASSERT_EQ(ca_stream_write(c, buf, CHATTY_CHUNK), 0);
+        ASSERT_EQ(ca_stream_drain(c), 0);
+    }
+    free(buf);
+}
+
+static int chatty_main(void *a)
+{
+    (void)a;
+    struct chatty st = {.status = 1};
+    ca_tls_ctx *sc = server_ctx(p_srv, p_srv_key, NULL);
+    ca_server *srv;
+    ca_server_opts so = {.tls = sc};
+    ASSERT_EQ(ca_serve(&srv, "127.0.0.1", 0, chatty_sink, &st, &so), 0);
+    ca_tls_ctx_free(sc);
+    ca_tls_ctx *cc = client_ctx(NULL);
+    ca_stream *c;
+    ASSERT_EQ(ca_open_tls_connection(&c, "127.0.0.1",
+                                     (unsigned)ca_server_port(srv), cc, NULL),
+              0);
+    write_all(c);
+    ASSERT_EQ(ca_stream_close(c), 0);
+    for (int i = 0; i < 2000 && !st.done; i++)
+        ca_sleep(0.01);
+    ASSERT_EQ(st.got, (size_t)CHATTY_TOTAL);
+    ASSERT_EQ(st.status, 0);
+    ca_tls_ctx_free(cc);
+    ASSERT_EQ(ca_server_close(srv, 2.0), 0);
+    return 0;
+}
+
+static void test_close_while_peer_sends(void)
+{
+    make_certs();
+    ASSERT_EQ(ca_run(chatty_main, NULL), 0);
+}
+
+/*
+ * A session ticket that arrives after the client closed: an OpenSSL server
+ * (in a thread) sends none at the handshake, reads slowly, and sends one
+ * (SSL_new_session_ticket) once the client's ca_stream_close has returned.
+ * It must still read every byte and the client's close_notify.
+ */
+struct late_ticket {
+    SSL_CTX *ctx;
+    int lfd;
+    int port;
+    int closed_pipe[2]; /* the client writes a byte after its close */
+    pthread_t th;
+    size_t got;
+    int ssl_error; /* SSL_get_error of the last read: ZERO_RETURN is clean */
+    int sys_errno;
+    int ticket_sent;
+    atomic_int done;
+};
+
+static void *late_ticket_server(void *arg)
+{
+    struct late_ticket *lt = arg;
+    struct timeval tv = {10, 0};
+    int fd = accept4(lt->lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0)
+        goto out;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    SSL *ssl = SSL_new(lt->ctx);
+    if (ssl && SSL_set_fd(ssl, fd) == 1 && SSL_accept(ssl) == 1) {
+        char buf[16384];
+        for (;;) {
+            if (!lt->ticket_sent) {
+                char b;
+                if (read(lt->closed_pipe[0], &b, 1) == 1) {
+                    /* the client has closed: now the ticket */
+                    if (SSL_new_session_ticket(ssl) == 1 &&
+                        SSL_do_handshake(ssl) == 1)
+                        lt->ticket_sent = 1;
+                    else
+                        lt->ticket_sent = -1;
+                }
+            }
+            size_t n;
+            errno = 0;
+            if (!SSL_read_ex(ssl, buf, sizeof(buf), &n)) {
+                lt->ssl_error = SSL_get_error(ssl, 0);
+                lt->sys_errno = errno;
+                break;
+            }
+            lt->got += n;
+            usleep(1000); /* slow to read */
+        }
+        if (lt->ssl_error == SSL_ERROR_ZERO_RETURN)
+            SSL_shutdown(ssl);
+    }
+    SSL_free(ssl);
+    close(fd);
+out:
+    ERR_clear_error();
+    OPENSSL_thread_stop();
+    atomic_store(&lt->done, 1);
+    return NULL;
+}
+
+static int late_ticket_main(void *a)
+{
+    struct late_ticket *lt = a;
+    ca_tls_ctx *cc = client_ctx(NULL);
+    ca_stream *c;
+    ASSERT_EQ(
+        ca_open_tls_connection(&c, "127.0.0.1", (unsigned)lt->port, cc, NULL),
+        0);
+    ASSERT_STREQ(ca_stream_tls_version(c), "TLSv1.3");
+    write_all(c);
+    ASSERT_EQ(ca_stream_close(c), 0);
+    ASSERT_EQ(write(lt->closed_pipe[1], "x", 1), 1);
+    for (int i = 0; i < 2000 && !atomic_load(&lt->done); i++)
+        ca_sleep(0.01);
+    ca_tls_ctx_free(cc);
+    return 0;
+}
+
+static void test_late_session_ticket(void)
+{
+    make_certs();
+    struct late_ticket lt = {.lfd = -1};
+    lt.ctx = SSL_CTX_new(TLS_server_method());
+    ASSERT(lt.ctx != NULL);
+    ASSERT_EQ(SSL_CTX_use_certificate_chain_file(lt.ctx, p_srv), 1);
+    ASSERT_EQ(SSL_CTX_use_PrivateKey_file(lt.ctx, p_srv_key, SSL_FILETYPE_PEM),
+              1);
+    ASSERT_EQ(SSL_CTX_set_num_tickets(lt.ctx, 0), 1); /* none at first */
+    ASSERT_EQ(pipe2(lt.closed_pipe, O_CLOEXEC | O_NONBLOCK), 0);
+    lt.lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(lt.lfd, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(0x7f000001)};
+    socklen_t sl = sizeof(sa);
+    ASSERT_EQ(bind(lt.lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ASSERT_EQ(listen(lt.lfd, 8), 0);
+    ASSERT_EQ(getsockname(lt.lfd, (struct sockaddr *)&sa, &sl), 0);
+    lt.port = ntohs(sa.sin_port);
+    struct timeval tv = {10, 0};
+    setsockopt(lt.lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ASSERT_EQ(pthread_create(&lt.th, NULL, late_ticket_server, &lt), 0);
+    int rc = ca_run(late_ticket_main, &lt);
+    ASSERT_EQ(pthread_join(lt.th, NULL), 0);
+    close(lt.lfd);
+    close(lt.closed_pipe[0]);
+    close(lt.closed_pipe[1]);
+    SSL_CTX_free(lt.ctx);
+    if (lt.got != (size_t)CHATTY_TOTAL || lt.ssl_error != SSL_ERROR_ZERO_RETURN)
+        fprintf(stderr, "server read %zu bytes, then SSL error %d (%s)\n",
+                lt.got, lt.ssl_error, strerror(lt.sys_errno));
+    ASSERT_EQ(rc, 0);
+    ASSERT_EQ(lt.ticket_sent, 1);
+    ASSERT_EQ(lt.got, (size_t)CHATTY_TOTAL);
+    ASSERT_EQ(lt.ssl_error, SSL_ERROR_ZERO_RETURN);
+}
+
 /* Cancelling a handshake in progress frees everything. */
 static int cancel_hs_task(void *arg)
 {
@@ -1513,12 +1708,13 @@ static const struct test_case tests[] = {
     {"truncated_records", test_truncated_records, 30, 0},
     {"cancel_handshake", test_cancel_handshake, 30, 0},
     {"write_then_close", test_write_then_close, 30, 0},
+    {"close_while_peer_sends", test_close_while_peer_sends, 30, 0},
+    {"late_session_ticket", test_late_session_ticket, 30, 0},
     {"openssl_s_server", test_openssl_s_server, 60, 0},
     {"openssl_s_client", test_openssl_s_client, 60, 0},
     {"renegotiation_refused", test_renegotiation_refused, 60, 0},
     {"sni", test_sni, 30, 0},
-    {"renegotiation_refused_client", test_renegotiation_refused_client, 30,
-     0},
+    {"renegotiation_refused_client", test_renegotiation_refused_client, 30, 0},
 #endif
     {"without_openssl", test_without_openssl, 10, 0},
     {NULL, NULL, 0, 0},

@@ -327,11 +327,12 @@ CA_EXTERN int ca_server_close(ca_server *srv, double grace);
  * Clients verify the peer's certificate chain against the system CA store
  * and its name against the host name by default.  Renegotiation is refused
  * (TLS 1.2; TLS 1.3 has none), TLS 1.2 is the minimum version, closing a
- * stream drops unread input (session tickets: unread bytes would turn the
- * close into a reset that loses our unsent data) and sends close_notify,
- * and a peer that closes without close_notify
- * makes reads fail with -CA_ETLS (a truncation attack is not an end of
- * stream).
+ * stream sends close_notify and then closes the socket by lingering (see
+ * ca_stream_close: session tickets and anything else the peer sends, before
+ * or after our close, are read and dropped instead of turning the close
+ * into a reset that loses the end of our data), and a peer that closes
+ * without close_notify makes reads fail with -CA_ETLS (a truncation attack
+ * is not an end of stream).
  *
  * Errors: -CA_ECERTUNTRUSTED (unknown issuer, self-signed), -CA_ECERTEXPIRED
  * (expired or not yet valid), -CA_ECERTHOST (name mismatch), -CA_ECERT

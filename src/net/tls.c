@@ -309,33 +309,14 @@ static void tls_free(struct tls_layer *t)
     free(t);
 }
 
-/* Read and drop what the peer has sent and we never read, without
- * waiting.  TLS 1.3 servers send session tickets after the handshake: a
- * client that only writes leaves them unread in the socket, and close(2)
- * on a socket with unread bytes resets the connection (RST) and throws
- * away what our send queue still holds, so the peer lost the tail of
- * everything we wrote.  Unread application data goes too, as in
- * asyncio's close.  Bounded, for a peer that never stops sending. */
-static void discard_input(struct tls_layer *t)
-{
-    char buf[4096];
-    size_t got;
-    for (int i = 0; i < 1024; i++) {
-        ERR_clear_error();
-        if (!SSL_read_ex(t->ssl, buf, sizeof(buf), &got))
-            break;
-    }
-    ERR_clear_error();
-    t->want = 0;
-    t->lower_err = 0;
-}
-
+/* Input the peer sent and we never read (TLS 1.3 session tickets, after
+ * the handshake, to a client that only writes) is not our business here:
+ * the stream's lingering close drops it below us, along with whatever
+ * arrives after close_notify, so that none of it resets the connection
+ * (see linger_close in stream.c). */
 static void tls_destroy(ca__layer *l, int graceful)
 {
     struct tls_layer *t = (struct tls_layer *)l;
-    if (graceful && SSL_is_init_finished(t->ssl) &&
-        !(SSL_get_shutdown(t->ssl) & SSL_RECEIVED_SHUTDOWN))
-        discard_input(t);
     if (graceful && SSL_is_init_finished(t->ssl) &&
         !(SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))
         send_close_notify(t);
