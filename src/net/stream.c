@@ -27,7 +27,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/sockios.h>
-#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -839,9 +838,9 @@ void ca__stream_pop(ca_stream *s, ca__layer *l)
 /* Reads per wake-up before the lingerer lets the loop run (a peer that
  * sends as fast as we drop must not hold the loop). */
 #define LINGER_READS 64
-/* Bytes per read.  TCP drops them without copying (MSG_TRUNC); the buffer
- * is still real, for other sockets and for the sanitizers, which take a
- * read as written to it. */
+/* Bytes per read.  With MSG_TRUNC, TCP drops them without copying; other
+ * stream sockets ignore the flag and copy into a real buffer, which the
+ * sanitizers also want (they take a read as written to it). */
 #define LINGER_READ (64u * 1024u)
 
 struct lingerer {
@@ -850,7 +849,6 @@ struct lingerer {
     ca_handle more;    /* drain on after LINGER_READS reads */
     struct lingerer *prev, *next;
     int fd;
-    int tcp;
     int waiting;      /* waiter linked */
     int more_pending; /* `more` scheduled */
     int64_t alive;    /* loop time of the last sign of life */
@@ -868,10 +866,10 @@ enum { DRAIN_EMPTY, DRAIN_MORE, DRAIN_END };
 /* Read and drop what fd holds: DRAIN_END at the peer's end of stream or on
  * an error (nothing more will come), DRAIN_EMPTY once the socket is empty
  * for now, DRAIN_MORE if it still held data after LINGER_READS reads. */
-static int drain(struct linger_set *set, int fd, int tcp)
+static int drain(struct linger_set *set, int fd)
 {
     for (int i = 0; i < LINGER_READS; i++) {
-        ssize_t n = recv(fd, set->scratch, LINGER_READ, tcp ? MSG_TRUNC : 0);
+        ssize_t n = recv(fd, set->scratch, LINGER_READ, MSG_TRUNC);
         if (n > 0)
             continue;
         if (n < 0 && errno == EINTR)
@@ -935,7 +933,7 @@ static void linger_next(ca_loop *l, struct lingerer *g, int d)
 static void linger_drain(ca_loop *l, struct lingerer *g)
 {
     g->alive = l->now;
-    linger_next(l, g, drain(l->lingering, g->fd, g->tcp));
+    linger_next(l, g, drain(l->lingering, g->fd));
 }
 
 static void linger_wake(ca__fdwait *w, int result)
@@ -1007,11 +1005,7 @@ static int linger_close(int fd)
         ca__loop_at_exit(l, &set->hook);
         l->lingering = set;
     }
-    int proto = 0;
-    socklen_t pl = sizeof(proto);
-    int tcp = getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &pl) == 0 &&
-              proto == IPPROTO_TCP;
-    int d = drain(set, fd, tcp);
+    int d = drain(set, fd);
     if (d == DRAIN_END)
         return ca_close(fd);
     struct lingerer *g = calloc(1, sizeof(*g));
@@ -1020,7 +1014,6 @@ static int linger_close(int fd)
         return ca_close(fd);
     }
     g->fd = fd;
-    g->tcp = tcp;
     g->alive = l->now;
     g->end = l->now + LINGER_MAX_NS;
     g->timer = (ca__timer){.slot = CA__TIMER_IDLE, .fire = linger_timer};
