@@ -1732,10 +1732,13 @@ static void test_unix_close_unread(void)
  * The lingering is the loop's, never the caller's, and it is bounded: a
  * peer that neither reads nor closes gets our data and our end at once;
  * ca_stream_close returns at once; the loop keeps the socket for the idle
- * limit (2 s) and ca_run waits for it, then no descriptor is left.
+ * limit (2 s) and ca_run waits for it, then no descriptor is left.  The
+ * same for a Unix peer that reads nothing of our 100,000 bytes: unlike
+ * unacknowledged TCP data, its unread bytes are safe in its queue and no
+ * reason to wait longer (it was kept the full 10 s).
  */
 static double linger_close_s;
-static int linger_peer = -1;
+static int linger_peer = -1, linger_unix_peer = -1;
 
 static int linger_idle_main(void *a)
 {
@@ -1759,6 +1762,15 @@ static int linger_idle_main(void *a)
     ASSERT(memcmp(buf, "hello", 5) == 0);
     ASSERT_EQ(ca_read(cfd, buf, sizeof(buf)), 0); /* our FIN, at once */
     linger_peer = cfd; /* stays open after main returns */
+
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    ASSERT_EQ(ca_stream_open(&s, sv[0], NULL), 0);
+    ASSERT_EQ(write(sv[1], "unread", 6), 6);
+    static char big[100000];
+    ASSERT_EQ(ca_stream_write(s, big, sizeof(big)), 0);
+    ASSERT_EQ(ca_stream_close(s), 0);
+    linger_unix_peer = sv[1];
     return 0;
 }
 
@@ -1771,8 +1783,9 @@ static void test_linger_bounded(void)
     ASSERT_LT(linger_close_s, 0.1);
     ASSERT_GE(run_s, 1.5);                /* the loop waited for the socket */
     ASSERT_TIME_LT(run_s, 4.0);           /* for the idle limit, not more */
-    ASSERT_EQ(test_count_fds(), fds + 1); /* only the peer's end is left */
+    ASSERT_EQ(test_count_fds(), fds + 2); /* only the peers' ends are left */
     close(linger_peer);
+    close(linger_unix_peer);
 }
 
 static const struct test_case tests[] = {

@@ -251,9 +251,9 @@ CA_EXTERN int ca_stream_peer(const ca_stream *s, struct sockaddr *addr,
  * we no longer want, an answer to an upload we stopped reading), with a
  * reset that throws away the data we sent and the peer has not received
  * yet.  The lingering is bounded: it ends once the peer has acknowledged
- * all our data and sent nothing for 2 s (looked at every 2 s), and 10 s
- * after the close at the latest; a loop lingers on at most 4,096 sockets
- * (the next ones close at once).  The loop does it, not the caller:
+ * all our data (TCP; a Unix peer holds it already) and sent nothing for
+ * 2 s (looked at every 2 s), and 10 s after the close at the latest; a
+ * loop lingers on at most 4,096 sockets (the next ones close at once).  The loop does it, not the caller:
  * ca_stream_close returns once the flush is done, and ca_run waits for the
  * sockets still lingering before it returns (at most those 10 s).  The
  * shutdown reaches every descriptor of the socket (one dup'd or inherited

@@ -881,12 +881,19 @@ static int drain(struct linger_set *set, int fd)
     return DRAIN_MORE;
 }
 
-/* Bytes we sent that the peer has not acknowledged yet (our FIN counts as
- * one), or -1. */
+/* Bytes we sent that a TCP peer has not acknowledged yet (our FIN counts
+ * as one), or 0.  A Unix peer's unread bytes are not counted: they are in
+ * its queue already, and no reset can take them back. */
 static int send_queue(int fd)
 {
-    int v;
-    return ioctl(fd, SIOCOUTQ, &v) == 0 ? v : -1;
+    int v, domain;
+    socklen_t dl = sizeof(domain);
+    if (ioctl(fd, SIOCOUTQ, &v) < 0 || v <= 0)
+        return 0;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) < 0 ||
+        domain == AF_UNIX)
+        return 0;
+    return v;
 }
 
 static void linger_end(ca_loop *l, struct lingerer *g)
