@@ -4,11 +4,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sys/socket.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1788,6 +1789,70 @@ static void test_linger_bounded(void)
     close(linger_unix_peer);
 }
 
+/*
+ * A peer that never stops sending (a thread writing 1 KiB every 10 ms and
+ * never reading): the lingering ends at the total limit, 10 s after the
+ * close, then the peer's writes fail; ca_run returned no later.
+ */
+struct trickler {
+    int fd;
+    int err; /* errno of the write that failed */
+};
+
+static void *trickle_forever(void *arg)
+{
+    struct trickler *t = arg;
+    char buf[1024] = {0};
+    for (int i = 0; i < 3000; i++) { /* 30 s at most */
+        if (send(t->fd, buf, sizeof(buf), MSG_NOSIGNAL) < 0) {
+            t->err = errno;
+            break;
+        }
+        usleep(10000);
+    }
+    return NULL;
+}
+
+struct linger_limit {
+    struct trickler t;
+    pthread_t th;
+};
+
+static int linger_limit_main(void *a)
+{
+    struct linger_limit *ll = a;
+    int lfd = ca_tcp_listen("127.0.0.1", 0, NULL);
+    ASSERT_GE(lfd, 0);
+    ll->t.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(ll->t.fd, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)ca_sock_port(lfd)),
+                             .sin_addr.s_addr = htonl(0x7f000001)};
+    ASSERT_EQ(connect(ll->t.fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    int afd = ca_accept(lfd, NULL, NULL);
+    ASSERT_GE(afd, 0);
+    ca_close(lfd);
+    ASSERT_EQ(pthread_create(&ll->th, NULL, trickle_forever, &ll->t), 0);
+    ca_stream *s;
+    ASSERT_EQ(ca_stream_open(&s, afd, NULL), 0);
+    ASSERT_EQ(ca_stream_write(s, "bye", 3), 0);
+    ASSERT_EQ(ca_stream_close(s), 0);
+    return 0;
+}
+
+static void test_linger_limit(void)
+{
+    struct linger_limit ll = {.t.fd = -1};
+    double t0 = mono();
+    ASSERT_EQ(ca_run(linger_limit_main, &ll), 0);
+    double run_s = mono() - t0;
+    ASSERT_EQ(pthread_join(ll.th, NULL), 0);
+    close(ll.t.fd);
+    ASSERT_GE(run_s, 9.5);       /* the loop dropped input for 10 s */
+    ASSERT_TIME_LT(run_s, 12.0); /* and no more */
+    ASSERT(ll.t.err == ECONNRESET || ll.t.err == EPIPE);
+}
+
 static const struct test_case tests[] = {
     {"readexactly_direct", test_readexactly_direct, 20, 0},
     {"echo_and_stream_reads", test_echo_and_stream_reads, 20, 0},
@@ -1817,6 +1882,7 @@ static const struct test_case tests[] = {
     {"close_then_peer_floods", test_close_then_peer_floods, 20, 0},
     {"unix_close_unread", test_unix_close_unread, 10, 0},
     {"linger_bounded", test_linger_bounded, 20, 0},
+    {"linger_limit", test_linger_limit, 40, 0},
     {"10k_connections", test_10k_connections, 120, 1},
     {NULL, NULL, 0, 0},
 };
