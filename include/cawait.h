@@ -136,8 +136,9 @@ typedef struct ca_run_opts {
 /*
  * asyncio.run: create a loop on this thread, run main(arg) as a task named
  * "main" until it returns, then cancel every task still alive and wait for
- * them and for the sockets still closing (ca_stream_close lingers: at most
- * 10 s, usually until the peer closes too), collect everything, destroy the
+ * them and for the sockets still closing (ca_stream_close lingers; ca_run
+ * waits only until each peer has acknowledged all we sent: about a round
+ * trip, at most 10 s), collect everything, destroy the
  * loop and return main's status.
  * Returns -EBUSY if a loop already runs on this thread, -EINVAL if main is
  * NULL, or another negative errno if the loop cannot be created.

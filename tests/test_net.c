@@ -1731,38 +1731,75 @@ static void test_unix_close_unread(void)
 
 /*
  * The lingering is the loop's, never the caller's, and it is bounded: a
- * peer that neither reads nor closes gets our data and our end at once;
- * ca_stream_close returns at once; the loop keeps the socket for the idle
- * limit (2 s) and ca_run waits for it, then no descriptor is left.  The
- * same for a Unix peer that reads nothing of our 100,000 bytes: unlike
- * unacknowledged TCP data, its unread bytes are safe in its queue and no
- * reason to wait longer (it was kept the full 10 s).
+ * peer that neither reads nor closes gets our data and our end at once, and
+ * ca_stream_close returns at once.  While the program runs, the loop keeps
+ * the socket for the idle limit (2 s) and then closes it; once ca_run is
+ * reaping, a socket whose data the peer's kernel has taken closes at once
+ * (our end and our bytes are safe there: no wait for the peer's end).  A
+ * Unix peer's unread bytes are as safe: no reason to wait for it either
+ * (it was kept the full 10 s).
  */
 static double linger_close_s;
-static int linger_peer = -1, linger_unix_peer = -1;
+static int linger_peer = -1, linger_unix_peer = -1, linger_idle_peer = -1;
+
+/* A connected TCP pair on loopback: *a (accepted) and *c (connected). */
+static void tcp_pair(int *a, int *c)
+{
+    int lfd = ca_tcp_listen("127.0.0.1", 0, NULL);
+    ASSERT_GE(lfd, 0);
+    *c = ca_tcp_connect("127.0.0.1", (unsigned)ca_sock_port(lfd));
+    ASSERT_GE(*c, 0);
+    *a = ca_accept(lfd, NULL, NULL);
+    ASSERT_GE(*a, 0);
+    ca_close(lfd);
+}
 
 static int linger_idle_main(void *a)
 {
     (void)a;
-    int lfd = ca_tcp_listen("127.0.0.1", 0, NULL);
-    ASSERT_GE(lfd, 0);
-    int cfd = ca_tcp_connect("127.0.0.1", (unsigned)ca_sock_port(lfd));
-    ASSERT_GE(cfd, 0);
-    int afd = ca_accept(lfd, NULL, NULL);
-    ASSERT_GE(afd, 0);
-    ca_close(lfd);
+    /* while the program runs: kept for the idle limit after the last
+     * input, then closed (the lingering socket is one of our fds) */
+    int afd, cfd;
+    tcp_pair(&afd, &cfd);
+    int open_fds = test_count_fds();
     ca_stream *s;
     ASSERT_EQ(ca_stream_open(&s, afd, NULL), 0);
     ASSERT_EQ(ca_write(cfd, "unread", 6), 6);
-    ASSERT_EQ(ca_stream_write(s, "hello", 5), 0);
+    ASSERT_EQ(ca_stream_close(s), 0);
+    char buf[16];
+    ASSERT_EQ(ca_read(cfd, buf, sizeof(buf)), 0); /* our FIN, at once */
     double t0 = mono();
+    ASSERT_EQ(ca_sleep(1.0), 0);
+    ASSERT_EQ(test_count_fds(), open_fds); /* still lingering */
+    ASSERT_EQ(send(cfd, "x", 1, MSG_NOSIGNAL), 1);
+    /* the input restarts the idle clock: closed about 2 s after it */
+    while (test_count_fds() == open_fds && mono() - t0 < 6.0)
+        ASSERT_EQ(ca_sleep(0.05), 0);
+    ASSERT_EQ(test_count_fds(), open_fds - 1);
+    ASSERT_GE(mono() - t0, 2.5);
+    ASSERT_TIME_LT(mono() - t0, 5.0);
+    close(cfd);
+
+    /* then one left lingering for ca_run */
+    tcp_pair(&afd, &cfd);
+    ASSERT_EQ(ca_stream_open(&s, afd, NULL), 0);
+    ASSERT_EQ(ca_write(cfd, "unread", 6), 6);
+    ASSERT_EQ(ca_stream_write(s, "hello", 5), 0);
+    t0 = mono();
     ASSERT_EQ(ca_stream_close(s), 0);
     linger_close_s = mono() - t0;
-    char buf[16];
     ASSERT_EQ(ca_read(cfd, buf, sizeof(buf)), 5);
     ASSERT(memcmp(buf, "hello", 5) == 0);
     ASSERT_EQ(ca_read(cfd, buf, sizeof(buf)), 0); /* our FIN, at once */
     linger_peer = cfd; /* stays open after main returns */
+
+    /* and one whose peer has not read our bytes yet */
+    tcp_pair(&afd, &cfd);
+    ASSERT_EQ(ca_stream_open(&s, afd, NULL), 0);
+    ASSERT_EQ(ca_write(cfd, "unread", 6), 6);
+    ASSERT_EQ(ca_stream_write(s, "later", 5), 0);
+    ASSERT_EQ(ca_stream_close(s), 0);
+    linger_idle_peer = cfd;
 
     int sv[2];
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
@@ -1778,25 +1815,65 @@ static int linger_idle_main(void *a)
 static void test_linger_bounded(void)
 {
     int fds = test_count_fds();
-    double t0 = mono();
     ASSERT_EQ(ca_run(linger_idle_main, NULL), 0);
-    double run_s = mono() - t0;
     ASSERT_LT(linger_close_s, 0.1);
-    ASSERT_GE(run_s, 1.5);                /* the loop waited for the socket */
-    ASSERT_TIME_LT(run_s, 4.0);           /* for the idle limit, not more */
-    ASSERT_EQ(test_count_fds(), fds + 2); /* only the peers' ends are left */
+    ASSERT_EQ(test_count_fds(), fds + 3); /* only the peers' ends are left */
+    /* the peer that had not read: our bytes are there, then our end (or
+     * the reset that followed it) */
+    char buf[16];
+    ASSERT_EQ(recv(linger_idle_peer, buf, sizeof(buf), 0), 5);
+    ASSERT(memcmp(buf, "later", 5) == 0);
+    ssize_t n = recv(linger_idle_peer, buf, sizeof(buf), 0);
+    ASSERT(n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE)));
+    size_t got = 0;
+    static char big[100000];
+    while ((n = read(linger_unix_peer, big, sizeof(big))) > 0)
+        got += (size_t)n;
+    ASSERT_EQ(got, sizeof(big));
     close(linger_peer);
+    close(linger_idle_peer);
     close(linger_unix_peer);
+}
+
+/* ca_run does not wait for a peer's end: with three sockets lingering on
+ * peers that neither read nor close, it returns at once. */
+static int linger_exit_main(void *a)
+{
+    int *peers = a;
+    for (int i = 0; i < 3; i++) {
+        int afd;
+        tcp_pair(&afd, &peers[i]);
+        ca_stream *s;
+        ASSERT_EQ(ca_stream_open(&s, afd, NULL), 0);
+        ASSERT_EQ(ca_write(peers[i], "unread", 6), 6);
+        ASSERT_EQ(ca_stream_write(s, "bye", 3), 0);
+        ASSERT_EQ(ca_stream_close(s), 0);
+    }
+    return 0;
+}
+
+static void test_linger_exit(void)
+{
+    int peers[3];
+    double t0 = mono();
+    ASSERT_EQ(ca_run(linger_exit_main, peers), 0);
+    ASSERT_TIME_LT(mono() - t0, 1.0);
+    for (int i = 0; i < 3; i++) {
+        char buf[8];
+        ASSERT_EQ(recv(peers[i], buf, sizeof(buf), 0), 3);
+        ASSERT(memcmp(buf, "bye", 3) == 0);
+        close(peers[i]);
+    }
 }
 
 /*
  * A peer that never stops sending (a thread writing 1 KiB every 10 ms and
  * never reading): the lingering ends at the total limit, 10 s after the
- * close, then the peer's writes fail; ca_run returned no later.
+ * close, then the peer's writes fail.
  */
 struct trickler {
     int fd;
-    int err; /* errno of the write that failed */
+    _Atomic int err; /* errno of the write that failed */
 };
 
 static void *trickle_forever(void *arg)
@@ -1816,6 +1893,7 @@ static void *trickle_forever(void *arg)
 struct linger_limit {
     struct trickler t;
     pthread_t th;
+    double gone_s; /* from the close until the peer's write failed */
 };
 
 static int linger_limit_main(void *a)
@@ -1836,21 +1914,25 @@ static int linger_limit_main(void *a)
     ca_stream *s;
     ASSERT_EQ(ca_stream_open(&s, afd, NULL), 0);
     ASSERT_EQ(ca_stream_write(s, "bye", 3), 0);
+    double t0 = mono();
     ASSERT_EQ(ca_stream_close(s), 0);
+    while (!ll->t.err && mono() - t0 < 15.0)
+        ASSERT_EQ(ca_sleep(0.05), 0);
+    ll->gone_s = mono() - t0;
     return 0;
 }
 
 static void test_linger_limit(void)
 {
     struct linger_limit ll = {.t.fd = -1};
-    double t0 = mono();
+    int fds = test_count_fds();
     ASSERT_EQ(ca_run(linger_limit_main, &ll), 0);
-    double run_s = mono() - t0;
     ASSERT_EQ(pthread_join(ll.th, NULL), 0);
     close(ll.t.fd);
-    ASSERT_GE(run_s, 9.5);       /* the loop dropped input for 10 s */
-    ASSERT_TIME_LT(run_s, 12.0); /* and no more */
+    ASSERT_GE(ll.gone_s, 9.5);       /* the loop dropped input for 10 s */
+    ASSERT_TIME_LT(ll.gone_s, 12.0); /* and no more */
     ASSERT(ll.t.err == ECONNRESET || ll.t.err == EPIPE);
+    ASSERT_EQ(test_count_fds(), fds);
 }
 
 static const struct test_case tests[] = {
@@ -1882,6 +1964,7 @@ static const struct test_case tests[] = {
     {"close_then_peer_floods", test_close_then_peer_floods, 20, 0},
     {"unix_close_unread", test_unix_close_unread, 10, 0},
     {"linger_bounded", test_linger_bounded, 20, 0},
+    {"linger_exit", test_linger_exit, 20, 0},
     {"linger_limit", test_linger_limit, 40, 0},
     {"10k_connections", test_10k_connections, 120, 1},
     {NULL, NULL, 0, 0},

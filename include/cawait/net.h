@@ -253,9 +253,13 @@ CA_EXTERN int ca_stream_peer(const ca_stream *s, struct sockaddr *addr,
  * yet.  The lingering is bounded: it ends once the peer has acknowledged
  * all our data (TCP; a Unix peer holds it already) and sent nothing for
  * 2 s (looked at every 2 s), and 10 s after the close at the latest; a
- * loop lingers on at most 4,096 sockets (the next ones close at once).  The loop does it, not the caller:
- * ca_stream_close returns once the flush is done, and ca_run waits for the
- * sockets still lingering before it returns (at most those 10 s).  The
+ * loop lingers on at most 4,096 sockets (the next ones close at once).  The
+ * loop does it, not the caller: ca_stream_close returns once the flush is
+ * done.  Once ca_run is reaping, a lingering socket no longer waits for the
+ * peer's end: it closes as soon as the peer has acknowledged all our data
+ * (our bytes and our end are then safe in the peer's kernel), so ca_run
+ * returns about a round trip later, and waits longer only for a peer that
+ * has not taken our data yet (up to those 10 s).  The
  * shutdown reaches every descriptor of the socket (one dup'd or inherited
  * by a child too).  A stream whose reads or writes failed, or whose flush
  * failed or was cut short (deadline, cancellation: unsent data dropped), is
@@ -309,7 +313,8 @@ CA_EXTERN int ca_server_abort_clients(ca_server *srv);
 /* Graceful shutdown: stop accepting, let handlers finish for up to `grace`
  * seconds, then cancel the rest and wait for them, close everything and
  * free srv.  Connections closed gracefully may still linger in the loop
- * afterwards (see ca_stream_close; ca_run waits for them).  Returns 0 or
+ * afterwards (see ca_stream_close; ca_run waits until the peers have
+ * acknowledged what we sent).  Returns 0 or
  * -EINVAL.  Blocking (not a cancellation point). */
 CA_EXTERN int ca_server_close(ca_server *srv, double grace);
 

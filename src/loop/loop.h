@@ -229,6 +229,9 @@ struct ca_loop {
      * (lingering close, src/net/stream.c).  ca_run waits for them. */
     void *lingering;
     size_t nlingering;
+    /* Set with `lingering`: ca_run calls it when it starts reaping, so that
+     * sockets whose data the peer has taken close without waiting. */
+    void (*linger_stop)(ca_loop *l);
 
     /* DNS configuration (src/net/dns.c) */
     char *dns_servers;       /* "ip[:port],...", NULL: /etc/resolv.conf */

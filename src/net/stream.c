@@ -833,6 +833,9 @@ void ca__stream_pop(ca_stream *s, ca__layer *l)
  * the peer read ECONNRESET after our data instead of its end.
  */
 #define LINGER_IDLE_NS (2 * 1000000000LL)
+/* Once ca_run is reaping, how often a lingering socket whose data is still
+ * unacknowledged checks again (it closes as soon as the peer has it all). */
+#define LINGER_STOP_POLL_NS (10 * 1000000LL)
 #define LINGER_MAX_NS (10 * 1000000000LL)
 #define LINGER_MAX_FDS 4096
 /* Reads per wake-up before the lingerer lets the loop run (a peer that
@@ -973,7 +976,18 @@ static void linger_timer(ca__timer *t)
     struct lingerer *g =
         (struct lingerer *)((char *)t - offsetof(struct lingerer, timer));
     ca_loop *l = ca__loop();
-    if (send_queue(g->fd) > 0)
+    int queued = send_queue(g->fd);
+    if (l->stopping) {
+        /* ca_run is reaping: the peer's end of stream is no longer worth
+         * waiting for, only our unacknowledged bytes are (a reset would
+         * destroy them; what the peer's kernel has taken stays readable
+         * there). */
+        if (!queued || l->now >= g->end ||
+            ca__timer_arm(l, &g->timer, l->now + LINGER_STOP_POLL_NS) < 0)
+            linger_end(l, g);
+        return;
+    }
+    if (queued > 0)
         g->alive = l->now;
     int64_t next = g->alive + LINGER_IDLE_NS;
     if (next > g->end)
@@ -988,7 +1002,19 @@ static void linger_exit(ca_loop *l, ca__exit_hook *h)
     while (set->head)
         linger_end(l, set->head);
     l->lingering = NULL;
+    l->linger_stop = NULL;
     free(set);
+}
+
+/* ca_run starts reaping: every lingering socket is checked now (and then
+ * every LINGER_STOP_POLL_NS) and closed once the peer has all we sent. */
+static void linger_stop(ca_loop *l)
+{
+    struct linger_set *set = l->lingering;
+    for (struct lingerer *g = set ? set->head : NULL, *next; g; g = next) {
+        next = g->next;
+        linger_timer(&g->timer);
+    }
 }
 
 /*
@@ -1011,6 +1037,7 @@ static int linger_close(int fd)
         set->head = NULL;
         ca__loop_at_exit(l, &set->hook);
         l->lingering = set;
+        l->linger_stop = linger_stop;
     }
     int d = drain(set, fd);
     if (d == DRAIN_END)
@@ -1029,7 +1056,8 @@ static int linger_close(int fd)
         set->head->prev = g;
     set->head = g;
     l->nlingering++;
-    if (ca__timer_arm(l, &g->timer, l->now + LINGER_IDLE_NS) < 0) {
+    int64_t first = l->now + (l->stopping ? 0 : LINGER_IDLE_NS);
+    if (ca__timer_arm(l, &g->timer, first) < 0) {
         linger_end(l, g);
         return 0;
     }

@@ -1196,6 +1196,8 @@ int ca_run_ex(ca_fn main, void *arg, const ca_run_opts *opts)
          * peer's end of stream or within their time limit). */
         l->stopping = 1;
         cancel_all(l);
+        if (l->linger_stop)
+            l->linger_stop(l);
         while (l->unfinished > 0 || l->nlingering > 0)
             ca__loop_run_once(l);
         rs.main = NULL;
