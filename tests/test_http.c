@@ -251,8 +251,13 @@ static int serve_one(ca_stream *s, struct req *q, int conn_id)
         return send_response(s, 200, h, b, (size_t)n);
     }
     if (strcmp(q->path, "/stall") == 0) {
-        /* reads nothing of the body, then drops the connection */
+        /* reads nothing of the body, then drops the connection: a reset,
+         * as ca_server_abort_clients does (a graceful close would linger,
+         * reading and dropping the rest of the upload for up to 10 s) */
         ca_sleep((double)qparam(q, "ms", 300) / 1000.0);
+        struct linger lg = {1, 0};
+        setsockopt(ca_stream_fd(s), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        shutdown(ca_stream_fd(s), SHUT_RDWR);
         return -1;
     }
     if (strcmp(q->path, "/stream") == 0) {
