@@ -223,6 +223,14 @@ run seed003_primes "seed 003, process pool: CPU-bound primes in worker processes
 expect_order "Process 1 completed: 1229 primes" "Process 2 completed: 1754 primes"
 done_example
 
+run seed004_io_vs_cpu "seed 004, block 1: an I/O-bound request, CPU-bound formatting, a disk write"
+expect_order "formatted 5 headers into 146 bytes" "wrote headers.txt (146 bytes)" \
+  "--- headers.txt ---" "Content-Type: text/html; charset=utf-8" \
+  "Server: cawait-seed004" "Cache-Control: private, no-cache, no-store" \
+  "Connection: keep-alive" "Content-Length: 32" "-------------------"
+expect_time "request " 0.10
+done_example
+
 run seed001_wait_for "seed 001, timeout control: asyncio.wait_for"
 expect_order "operation timed out!" "done"
 expect_time "timeout " 0.20
