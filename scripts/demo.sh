@@ -231,6 +231,15 @@ expect_order "formatted 5 headers into 146 bytes" "wrote headers.txt (146 bytes)
 expect_time "request " 0.10
 done_example
 
+run seed004_threads_processes "seed 004, blocks 2-4: the process, a second thread, a child process"
+expect_order "this process runs 1 thread(s)" \
+  "the thread running now is the main thread (task 'main')" \
+  "this process runs 2 thread(s)" \
+  "the thread running now is the main thread (task 'main')" \
+  "the child exited with status 0"
+expect_order "Hello cawait-pool thread"
+done_example
+
 run seed001_wait_for "seed 001, timeout control: asyncio.wait_for"
 expect_order "operation timed out!" "done"
 expect_time "timeout " 0.20
