@@ -296,6 +296,17 @@ expect_time "sequential " 0.60
 expect_time "concurrent " 0.20
 done_example
 
+run seed004_fetch_urls "seed 004, block 5: three URLs answering after 1, 2 and 3 s, sequential vs gather"
+expect_order "start fetch: /delay/1" "done fetch: /delay/1 (200)" \
+  "start fetch: /delay/2" "done fetch: /delay/2 (200)" \
+  "start fetch: /delay/3" "done fetch: /delay/3 (200)" "got 3 responses" \
+  "start fetch: /delay/1" "start fetch: /delay/2" "start fetch: /delay/3" \
+  "done fetch: /delay/1 (200)" "done fetch: /delay/2 (200)" \
+  "done fetch: /delay/3 (200)" "got 3 responses"
+expect_time "sequential " 0.60
+expect_time "concurrent " 0.30
+done_example
+
 run seed001_api_challenge "seed 001, challenge 2: three APIs, timeouts, retries with backoff, partial failure"
 expect_order "rates: attempt 1 ok" \
   "news: attempt 1 failed (ETIMEDOUT), retrying in 0.10 s" \
