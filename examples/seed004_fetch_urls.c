@@ -1,6 +1,6 @@
 /*
- * Seed 004, "并发获取多个 URL" (fetching several URLs concurrently), block 5:
- * three URLs that answer after 1, 2 and 3 s, fetched with gather.
+ * Seed 004, "基本使用示例" (a basic example), block 5: three URLs that
+ * answer after 1, 2 and 3 s, fetched concurrently with gather.
  *
  *     async def fetch_url(url):
  *         async with aiohttp.ClientSession() as session:

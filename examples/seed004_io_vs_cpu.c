@@ -1,6 +1,6 @@
 /*
- * Seed 004, "I/O 密集型与 CPU 密集型" (I/O-bound and CPU-bound), block 1: one
- * short program whose steps are of both kinds.
+ * Seed 004, "什么是 IO 密集型和 CPU 密集型" (what I/O-bound and CPU-bound
+ * mean), block 1: one short program whose steps are of both kinds.
  *
  *     import httpx
  *
@@ -8,9 +8,11 @@
  *
  *     items = res.headers.items()
  *
- *     headers = [f"{key}: {val}" for key, val in items]  # CPU-bound (response processing)
+ *     # CPU-bound (processing the response)
+ *     headers = [f"{key}: {val}" for key, val in items]
  *
- *     formatted_headers = "\n".join(headers)  # CPU-bound (string concatenation)
+ *     # CPU-bound (joining strings)
+ *     formatted_headers = "\n".join(headers)
  *
  *     with open("headers.txt", "w", encoding="utf-8") as f:
  *         f.write(formatted_headers)  # I/O-bound (disk write)
@@ -106,9 +108,9 @@ static int make_tmpdir(char *buf, size_t cap, const char *name)
     return mkdtemp(buf) ? 0 : -1;
 }
 
-static char dir[48];   /* the temporary directory */
-static char path[96];  /* dir/headers.txt */
-static int failed;     /* 1 once a check failed */
+static char dir[48];  /* the temporary directory */
+static char path[96]; /* dir/headers.txt */
+static int failed;    /* 1 once a check failed */
 
 static int fail(const char *what)
 {

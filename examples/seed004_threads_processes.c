@@ -1,6 +1,7 @@
 /*
- * Seed 004, "进程和线程" (processes and threads), blocks 2-4: a process, the
- * threads inside it, and a second process.
+ * Seed 004, "了解进程、线程、多线程和多处理" (processes, threads,
+ * multithreading and multiprocessing), blocks 2-4: a process, the threads
+ * inside it, and a second process.
  *
  * Block 2, the process and its one thread:
  *
@@ -197,8 +198,7 @@ static void hello_from_process(void)
 
 /* fork: hello_from_process as a job in a forked worker, which sends its pid
  * back as the job's output. */
-static int hello_job(const void *in, size_t in_len, void **out,
-                     size_t *out_len)
+static int hello_job(const void *in, size_t in_len, void **out, size_t *out_len)
 {
     (void)in;
     (void)in_len;
@@ -319,8 +319,8 @@ int main(int argc, char **argv)
         return 1;
     }
     if (r < 0) {
-        fprintf(stderr, "seed004_threads_processes: %s (%s)\n",
-                ca_strerror(r), ca_err_name(r));
+        fprintf(stderr, "seed004_threads_processes: %s (%s)\n", ca_strerror(r),
+                ca_err_name(r));
         return 1;
     }
     printf("\ntotal: %.2f s\n", elapsed);
