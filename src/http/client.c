@@ -73,8 +73,9 @@ struct ca_http_session {
     int verify_none, h2c;
     size_t live; /* responses not yet freed */
     long maxconnects; /* CURLMOPT_MAXCONNECTS set, see pool_fit */
-    /* Easy handles of freed responses, reset and kept for the next
-     * requests (curl_easy_init costs more than curl_easy_reset). */
+    /* Easy handles of freed responses, kept for the next requests
+     * (curl_easy_init costs more than curl_easy_reset), each holding the
+     * session's options (easy_base); see response_free. */
     CURL *spare[32];
     size_t nspare;
     /* Names looked up for requests (pre_resolve), newest first. */
@@ -98,6 +99,7 @@ struct ca_http_response {
     int err; /* our own failure: idle timeout, body too large, generator */
     int headers_ready;
     int stream, follow;
+    int plain; /* a GET without a body: set no option in setup_body */
     int status;
     /* headers of the final response */
     struct hdr *hdrs;
@@ -1498,24 +1500,15 @@ static int has_header(const struct curl_slist *list, const char *name)
     return 0;
 }
 
-static int setup(ca_http_response *r, const char *method, const char *url,
-                 const ca_http_request_opts *o)
+/* The options every request of session s sets alike, set once per easy
+ * handle: on a new handle, and again after curl_easy_reset. */
+static void easy_base(ca_http_session *s, CURL *e)
 {
-    ca_http_session *s = r->s;
-    CURL *e = r->easy;
-    int rc = prepare_url(r, url, o->query);
-    if (rc < 0)
-        return rc;
-    curl_easy_setopt(e, CURLOPT_URL, r->url);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_cb);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, s);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
     /* What aiohttp asks for; "" would also offer br and zstd, at ~4% more
      * instructions per request (curl 7.88, callgrind). */
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "gzip, deflate");
@@ -1540,27 +1533,45 @@ static int setup(ca_http_response *r, const char *method, const char *url,
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                      s->h2c ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
                             : (long)CURL_HTTP_VERSION_2TLS);
+}
+
+static int setup(ca_http_response *r, const char *method, const char *url,
+                 const ca_http_request_opts *o)
+{
+    ca_http_session *s = r->s;
+    CURL *e = r->easy;
+    int rc = prepare_url(r, url, o->query);
+    if (rc < 0)
+        return rc;
+    /* Every option a request may set is set here, to its value or to
+     * curl's default: a handle kept from a plain request (see
+     * response_free) still holds the last request's. */
+    curl_easy_setopt(e, CURLOPT_URL, r->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
     /* Where HTTP/2 is possible, a request started while the session's
      * first connection to the host is still being set up waits for it and
      * shares it, instead of opening one of its own. */
-    if (s->h2c || strncasecmp(r->url, "https://", 8) == 0)
-        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT,
+                     (long)(s->h2c || strncasecmp(r->url, "https://", 8) == 0));
     r->follow = !o->no_redirects;
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)r->follow);
     curl_easy_setopt(e, CURLOPT_MAXREDIRS,
                      (long)(o->max_redirects > 0 ? o->max_redirects
                                                  : DEFAULT_REDIRECTS));
-    if (o->timeout > 0)
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(o->timeout * 1000));
-    if (o->connect_timeout > 0)
-        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                         (long)(o->connect_timeout * 1000));
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                     o->timeout > 0 ? (long)(o->timeout * 1000) : 0L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                     o->connect_timeout > 0 ? (long)(o->connect_timeout * 1000)
+                                            : 0L);
+    curl_easy_setopt(e, CURLOPT_RESOLVE, (struct curl_slist *)NULL);
     r->idle_ns = (int64_t)(o->idle_timeout * 1e9);
     r->stream = o->stream != 0;
     r->max_body = o->max_body ? o->max_body : DEFAULT_MAX_BODY;
-    if (!r->stream)
-        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
-                         (curl_off_t)r->max_body);
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
+                     r->stream ? (curl_off_t)0 : (curl_off_t)r->max_body);
     /* Headers: the session's, except those the request sets itself, then
      * the request's. */
     for (struct curl_slist *h = s->headers; h; h = h->next) {
@@ -1595,8 +1606,10 @@ static int setup(ca_http_response *r, const char *method, const char *url,
             return -ENOMEM;
         r->req_headers = n;
     }
-    if (r->req_headers)
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->req_headers);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->req_headers);
+    /* A GET without a body sets no option in setup_body. */
+    r->plain = strcmp(method, "GET") == 0 && !o->body && o->body_fd <= 0 &&
+               !o->body_gen;
     return setup_body(r, method, o);
 }
 
@@ -1708,7 +1721,17 @@ static void response_free(ca_http_response *r)
     ca_http_session *s = r->s;
     if (r->easy && !r->owns_session && !s->share &&
         s->nspare < sizeof(s->spare) / sizeof(s->spare[0])) {
-        curl_easy_reset(r->easy);
+        /* A plain GET that ran to its end left only options that the next
+         * request's setup sets again: the handle is kept as it is (reset
+         * and easy_base cost ~4,500 instructions a request).  Any other
+         * goes back to curl's defaults and the session's options. */
+        if (r->plain && !r->stream && r->done && r->result == CURLE_OK &&
+            !r->err) {
+            curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, (char *)NULL);
+        } else {
+            curl_easy_reset(r->easy);
+            easy_base(s, r->easy);
+        }
         s->spare[s->nspare++] = r->easy;
     } else if (r->easy) {
         curl_easy_cleanup(r->easy);
@@ -1766,7 +1789,11 @@ int ca_http_request(ca_http_session *s, const char *method, const char *url,
     s->live++;
     pool_fit(s);
     r->idle = (ca__timer){.slot = CA__TIMER_IDLE, .fire = idle_fire};
-    r->easy = s->nspare ? s->spare[--s->nspare] : curl_easy_init();
+    if (s->nspare) {
+        r->easy = s->spare[--s->nspare];
+    } else if ((r->easy = curl_easy_init()) != NULL) {
+        easy_base(s, r->easy);
+    }
     int rc = r->easy ? setup(r, method, url, o) : -ENOMEM;
     if (rc == 0)
         rc = pre_resolve(r, o);
