@@ -53,6 +53,8 @@ struct req {
     char query[1024];
     char hdr_test[128];
     char cookie[256];
+    char ua[128], ae[128]; /* User-Agent, Accept-Encoding (the last one) */
+    int n_ua, n_ae;        /* how many of each came */
     char *body;
     size_t body_len;
     int close;
@@ -144,6 +146,13 @@ static int read_request(ca_stream *s, struct req *q)
             snprintf(q->hdr_test, sizeof(q->hdr_test), "%s", v);
         else if (strcasecmp(line, "Cookie") == 0)
             snprintf(q->cookie, sizeof(q->cookie), "%s", v);
+        else if (strcasecmp(line, "User-Agent") == 0) {
+            snprintf(q->ua, sizeof(q->ua), "%s", v);
+            q->n_ua++;
+        } else if (strcasecmp(line, "Accept-Encoding") == 0) {
+            snprintf(q->ae, sizeof(q->ae), "%s", v);
+            q->n_ae++;
+        }
         else if (strcasecmp(line, "Connection") == 0)
             q->close = strcasecmp(v, "close") == 0;
     }
@@ -259,6 +268,22 @@ static int serve_one(ca_stream *s, struct req *q, int conn_id)
         setsockopt(ca_stream_fd(s), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         shutdown(ca_stream_fd(s), SHUT_RDWR);
         return -1;
+    }
+    if (strcmp(q->path, "/headers") == 0) {
+        snprintf(extra, sizeof(extra),
+                 "X-Got-UA: %s\r\nX-UA-Count: %d\r\nX-Got-AE: %s\r\n"
+                 "X-AE-Count: %d\r\n",
+                 q->ua, q->n_ua, q->ae, q->n_ae);
+        return send_response(s, 200, extra, "h", 1);
+    }
+    if (strcmp(q->path, "/gzip") == 0) {
+        /* "hello gzip", gzip-encoded */
+        static const unsigned char gz[] = {
+            0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x03,
+            0xcb, 0x48, 0xcd, 0xc9, 0xc9, 0x57, 0x48, 0xaf, 0xca, 0x2c,
+            0x00, 0x00, 0x19, 0x6a, 0xd2, 0xdf, 0x0a, 0x00, 0x00, 0x00};
+        return send_response(s, 200, "Content-Encoding: gzip\r\n", gz,
+                             sizeof(gz));
     }
     if (strcmp(q->path, "/stream") == 0) {
         /* chunked: n chunks of size bytes, delay_ms apart */
@@ -509,6 +534,168 @@ static int basics_main(void *a)
 static void test_basics(void)
 {
     ASSERT_EQ(ca_run(basics_main, NULL), 0);
+}
+
+/* The headers every request sends unasked (User-Agent, Accept-Encoding),
+ * once each, and how the session's and the request's own replace them. */
+static int default_headers_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+    ca_http_response *r;
+    ASSERT_EQ(ca_http_get(s, "/headers", &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-UA"), "cawait/0.1");
+    ASSERT_STREQ(ca_http_response_header(r, "X-UA-Count"), "1");
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-AE"), "gzip, deflate");
+    ASSERT_STREQ(ca_http_response_header(r, "X-AE-Count"), "1");
+    ca_http_response_free(r);
+    /* the same with a body and with a header of the request's own */
+    const char *xt[] = {"X-Test: 1", NULL};
+    ca_http_request_opts ro = {.headers = xt, .body = "b", .body_len = 1};
+    ASSERT_EQ(ca_http_request(s, "POST", "/headers", &ro, &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-UA"), "cawait/0.1");
+    ASSERT_STREQ(ca_http_response_header(r, "X-UA-Count"), "1");
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-AE"), "gzip, deflate");
+    ASSERT_STREQ(ca_http_response_header(r, "X-AE-Count"), "1");
+    ca_http_response_free(r);
+    /* a gzip body comes decoded */
+    ASSERT_EQ(ca_http_get(s, "/gzip", &r), 0);
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "hello gzip");
+    ca_http_response_free(r);
+    /* the request's own replace them; an empty one removes it */
+    const char *own[] = {"User-Agent: mine/2", "Accept-Encoding: identity",
+                         NULL};
+    ro = (ca_http_request_opts){.headers = own};
+    ASSERT_EQ(ca_http_request(s, "GET", "/headers", &ro, &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-UA"), "mine/2");
+    ASSERT_STREQ(ca_http_response_header(r, "X-UA-Count"), "1");
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-AE"), "identity");
+    ASSERT_STREQ(ca_http_response_header(r, "X-AE-Count"), "1");
+    ca_http_response_free(r);
+    const char *none[] = {"User-Agent:", NULL};
+    ro = (ca_http_request_opts){.headers = none};
+    ASSERT_EQ(ca_http_request(s, "GET", "/headers", &ro, &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "X-UA-Count"), "0");
+    ASSERT_STREQ(ca_http_response_header(r, "X-AE-Count"), "1");
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+
+    /* the session's user_agent option, and the session's own headers */
+    ca_http_session_opts so = {.user_agent = "agent/7"};
+    s = session(&so);
+    ASSERT_EQ(ca_http_get(s, "/headers", &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-UA"), "agent/7");
+    ASSERT_STREQ(ca_http_response_header(r, "X-UA-Count"), "1");
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+    const char *sh[] = {"User-Agent: session/1", "Accept-Encoding: gzip",
+                        NULL};
+    so = (ca_http_session_opts){.headers = sh};
+    s = session(&so);
+    ASSERT_EQ(ca_http_get(s, "/headers", &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-UA"), "session/1");
+    ASSERT_STREQ(ca_http_response_header(r, "X-UA-Count"), "1");
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-AE"), "gzip");
+    ASSERT_STREQ(ca_http_response_header(r, "X-AE-Count"), "1");
+    ca_http_response_free(r);
+    ro = (ca_http_request_opts){.headers = own};
+    ASSERT_EQ(ca_http_request(s, "GET", "/headers", &ro, &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-UA"), "mine/2");
+    ASSERT_STREQ(ca_http_response_header(r, "X-UA-Count"), "1");
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-AE"), "identity");
+    ASSERT_STREQ(ca_http_response_header(r, "X-AE-Count"), "1");
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_default_headers(void)
+{
+    ASSERT_EQ(ca_run(default_headers_main, NULL), 0);
+}
+
+/* A session keeps the easy handles of finished requests for the next ones:
+ * nothing a request asked for (a timeout, no redirects, a body limit, a
+ * header, a method, a body) may reach the request after it. */
+static int handle_reuse_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+    ca_http_response *r;
+    ca_http_request_opts o = {.timeout = 0.3};
+    ASSERT_EQ(ca_http_request(s, "GET", "/hello", &o, &r), 0);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_get(s, "/delay?ms=500", &r), 0); /* no timeout now */
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    ca_http_response_free(r);
+    o = (ca_http_request_opts){.connect_timeout = 0.3};
+    ASSERT_EQ(ca_http_request(s, "GET", "/hello", &o, &r), 0);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_get(s, "/delay?ms=500", &r), 0);
+    ca_http_response_free(r);
+    o = (ca_http_request_opts){.no_redirects = 1};
+    ASSERT_EQ(ca_http_request(s, "GET", "/redirect/1", &o, &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), 302);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_get(s, "/redirect/1", &r), 0); /* followed again */
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    ca_http_response_free(r);
+    o = (ca_http_request_opts){.max_redirects = 1};
+    ASSERT_EQ(ca_http_request(s, "GET", "/redirect/1", &o, &r), 0);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_get(s, "/redirect/3", &r), 0); /* 10 again */
+    ASSERT_EQ(ca_http_response_status(r), 200);
+    ca_http_response_free(r);
+    o = (ca_http_request_opts){.max_body = 100};
+    ASSERT_EQ(ca_http_request(s, "GET", "/hello", &o, &r), 0);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_get(s, "/big?bytes=5000", &r), 0); /* 64 MiB again */
+    ca_http_response_free(r);
+    const char *xt[] = {"X-Test: leftover", NULL};
+    o = (ca_http_request_opts){.headers = xt};
+    ASSERT_EQ(ca_http_request(s, "GET", "/echo", &o, &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-Test"), "leftover");
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_get(s, "/echo", &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "X-Got-Test"), "");
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_post(s, "/echo", "abc", 3, "text/plain", &r), 0);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_get(s, "/echo", &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "X-Method"), "GET");
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "");
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_request(s, "DELETE", "/echo", NULL, &r), 0);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_request(s, "HEAD", "/hello", NULL, &r), 0);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_get(s, "/echo", &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "X-Method"), "GET");
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_get(s, "/hello", &r), 0); /* HEAD's NOBODY is gone */
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "hello world");
+    ca_http_response_free(r);
+    o = (ca_http_request_opts){.stream = 1};
+    ASSERT_EQ(ca_http_request(s, "GET", "/hello", &o, &r), 0);
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_get(s, "/hello", &r), 0);
+    ASSERT_STREQ(ca_http_response_body(r, NULL), "hello world");
+    ca_http_response_free(r);
+    ASSERT_EQ(ca_http_session_free(s), 0);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_handle_reuse(void)
+{
+    ASSERT_EQ(ca_run(handle_reuse_main, NULL), 0);
 }
 
 static int args_main(void *a)
@@ -2374,6 +2561,8 @@ static const struct test_case tests[] = {
 #ifdef CAWAIT_HAVE_CURL
     {"args", test_args, 20, 0},
     {"basics", test_basics, 30, 0},
+    {"default_headers", test_default_headers, 30, 0},
+    {"handle_reuse", test_handle_reuse, 30, 0},
     {"concurrency_and_limits", test_concurrency_and_limits, 60, 0},
     {"streaming", test_streaming, 120, 0},
     {"cancel_mid_body", test_cancel_mid_body, 30, 0},
