@@ -13,8 +13,9 @@
  * watching while it waits only for input (a connection going back to
  * curl's pool) stays in the set, so that the next request on it costs no
  * epoll_ctl; it leaves the set when it reports an event nobody wants or
- * when curl closes it.  curl's timer is one loop timer.  Finished
- * transfers (curl_multi_info_read) wake their tasks.
+ * when curl closes it.  curl's timer is one loop timer, except that "at
+ * once" runs from the ready queue (timer_cb).  Finished transfers
+ * (curl_multi_info_read) wake their tasks.
  *
  * A response owns its easy handle from the request to ca_http_response_free
  * (curl's info about the transfer stays readable).  The task that made the
@@ -69,6 +70,8 @@ struct ca_http_session {
     ca_handle drain_h;
     int drain_queued;
     ca__timer timer;
+    ca_handle kick_h; /* curl asked to run at once: kick_cb is queued */
+    int kick_queued;
     struct curl_slist *headers; /* the session's, then default_headers' */
     char *base_url, *proxy, *ca_file, *user_agent;
     int verify_none, h2c;
@@ -381,15 +384,34 @@ static void timer_fire(ca__timer *t)
     check_done(s);
 }
 
+static void kick_cb(void *arg)
+{
+    ca_http_session *s = arg;
+    s->kick_queued = 0;
+    timer_fire(&s->timer);
+}
+
+/*
+ * curl's timer.  A timeout of 0 (a transfer just added, or one curl wants
+ * to go on with at once) runs from the ready queue at the next turn, after
+ * the tasks woken in this one have added their requests: a loop timer would
+ * also fire at the next turn, but only after a poll of its own (an
+ * epoll_wait with no timeout for each batch of new requests).
+ */
 static int timer_cb(CURLM *m, long timeout_ms, void *userp)
 {
     (void)m;
     ca_http_session *s = userp;
-    if (timeout_ms < 0)
+    if (timeout_ms == 0 && (s->kick_queued ||
+                            ca_call_soon(kick_cb, s, &s->kick_h) == 0)) {
+        s->kick_queued = 1;
         ca__timer_cancel(s->loop, &s->timer);
-    else
+    } else if (timeout_ms < 0) {
+        ca__timer_cancel(s->loop, &s->timer);
+    } else {
         ca__timer_arm(s->loop, &s->timer,
                       ca__clock_ns() + (int64_t)timeout_ms * 1000000);
+    }
     return 0;
 }
 
@@ -648,6 +670,8 @@ int ca_http_session_free(ca_http_session *s)
         ca__fd_remove_waiter(s->loop, &s->w);
     if (s->drain_queued)
         ca_handle_cancel(s->drain_h);
+    if (s->kick_queued)
+        ca_handle_cancel(s->kick_h);
     ca__timer_cancel(s->loop, &s->timer);
     while (s->nspare)
         curl_easy_cleanup(s->spare[--s->nspare]);
