@@ -8,8 +8,9 @@
  * there): when it turns readable, the loop drains it with a zero-timeout
  * epoll_wait and hands each event to curl_multi_socket_action.  curl does
  * not always read a socket dry; level triggering inside keeps such a socket
- * reported, and a batch that found events schedules the next drain for the
- * next turn instead of waiting for a new edge.  A socket that curl stops
+ * reported, and a batch that left a transfer running (or filled the event
+ * array) schedules the next drain for the next turn instead of waiting for
+ * a new edge.  A socket that curl stops
  * watching while it waits only for input (a connection going back to
  * curl's pool) stays in the set, so that the next request on it costs no
  * epoll_ctl; it leaves the set when it reports an event nobody wants or
@@ -275,11 +276,19 @@ static void drain_cb(void *arg)
     drain(s);
 }
 
+/* Drain at the next turn (the epoll fd may stay armed meanwhile). */
+static void drain_soon(ca_http_session *s)
+{
+    if (!s->drain_queued && ca_call_soon(drain_cb, s, &s->drain_h) == 0)
+        s->drain_queued = 1;
+}
+
 static void drain(ca_http_session *s)
 {
     struct epoll_event ev[64];
     int n = epoll_wait(s->epfd, ev, 64, 0);
     int running;
+    int again = n == 64; /* more may be ready than fitted */
     for (int i = 0; i < n; i++) {
         int fd = ev[i].data.fd;
         if ((size_t)fd < s->nfdst && !(s->fdst[fd] & FD_WANTED)) {
@@ -296,14 +305,22 @@ static void drain(ca_http_session *s)
         if (ev[i].events & EPOLLERR)
             mask |= CURL_CSELECT_ERR;
         curl_multi_socket_action(s->multi, fd, mask, &running);
+        /* curl still watches it: its transfer goes on, maybe with bytes
+         * left unread that no new edge will announce. */
+        if ((size_t)fd < s->nfdst && (s->fdst[fd] & FD_WANTED))
+            again = 1;
     }
     check_done(s);
     /* Level-triggered inside: whatever curl left unread is reported again
-     * by the next drain, one turn later (fair to the other tasks). */
-    if (n > 0 && ca_call_soon(drain_cb, s, &s->drain_h) == 0) {
-        s->drain_queued = 1;
-        return;
-    }
+     * by the next drain, one turn later (fair to the other tasks).  A batch
+     * whose transfers all ended (every socket went back to curl's pool)
+     * needs none: new bytes or a close on any socket make a new edge on the
+     * epoll fd (an epoll_wait and a callback a batch less).  A socket
+     * reported here stays on the set's ready list until its next
+     * epoll_wait, and a change of its events then (EPOLL_CTL_MOD) makes no
+     * edge: sock_cb drains after such changes. */
+    if (again)
+        drain_soon(s);
     arm_epfd(s);
 }
 
@@ -361,6 +378,11 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp,
                 return -1;
             }
         }
+        /* A socket already on the set's ready list (reported by the last
+         * drain) that becomes ready for the new events makes no edge on
+         * the epoll fd: the next drain finds it. */
+        if (op == EPOLL_CTL_MOD)
+            drain_soon(s);
     }
     *st = (uint8_t)(want | FD_WANTED);
     return 0;
