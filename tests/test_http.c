@@ -698,6 +698,101 @@ static void test_handle_reuse(void)
     ASSERT_EQ(ca_run(handle_reuse_main, NULL), 0);
 }
 
+static int memo_get_task(void *arg)
+{
+    ca_http_response *r;
+    for (int i = 0; i < 5; i++) {
+        int rc = ca_http_get(arg, "/redirect/1", &r);
+        if (rc < 0)
+            return rc;
+        rc = ca_http_response_status(r) == 200 &&
+                     strstr(ca_http_response_url(r), "/redirect/0")
+                 ? 0
+                 : -EPROTO;
+        ca_http_response_free(r);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* GET url and check the status and where it ended (after redirects). */
+static void get_check(ca_http_session *s, const char *url, int status,
+                      const char *ends)
+{
+    ca_http_response *r;
+    ASSERT_EQ(ca_http_get(s, url, &r), 0);
+    ASSERT_EQ(ca_http_response_status(r), status);
+    const char *u = ca_http_response_url(r);
+    size_t ul = strlen(u), el = strlen(ends);
+    ASSERT(ul >= el && strcmp(u + ul - el, ends) == 0);
+    ca_http_response_free(r);
+}
+
+/* A URL requested again and again is prepared and parsed once (the
+ * session's memo): it goes where it should however requests for it and
+ * for others, redirects and failures interleave on the kept handles. */
+static int url_memo_main(void *a)
+{
+    (void)a;
+    unsigned port;
+    ca_server *srv = start_server(&port, NULL);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", port);
+    ca_http_session *s = session(NULL);
+    for (int i = 0; i < 4; i++)
+        get_check(s, "/redirect/1", 200, "/redirect/0");
+    get_check(s, "/hello", 200, "/hello");
+    get_check(s, "/redirect/1", 200, "/redirect/0");
+    for (int i = 0; i < 3; i++)
+        get_check(s, "/hello", 200, "/hello"); /* the memo now */
+    get_check(s, "/redirect/1", 200, "/redirect/0");
+    get_check(s, "/status/404", 404, "/status/404");
+    get_check(s, "/hello", 200, "/hello");
+    /* one memo after another on the same handle, no redirect between */
+    for (int i = 0; i < 3; i++)
+        get_check(s, "/hello", 200, "/hello");
+    for (int i = 0; i < 3; i++)
+        get_check(s, "/status/404", 404, "/status/404");
+    for (int i = 0; i < 3; i++)
+        get_check(s, "/hello", 200, "/hello");
+    /* the absolute form of the same URL, and one with query parameters */
+    char url[96];
+    snprintf(url, sizeof(url), "%s/hello", base);
+    for (int i = 0; i < 3; i++)
+        get_check(s, url, 200, "/hello");
+    const char *q[] = {"a", "1", NULL};
+    ca_http_request_opts o = {.query = q};
+    ca_http_response *r;
+    ASSERT_EQ(ca_http_request(s, "GET", "/echo", &o, &r), 0);
+    ASSERT_STREQ(ca_http_response_header(r, "X-Query"), "a=1");
+    ca_http_response_free(r);
+    get_check(s, url, 200, "/hello");
+    /* a failure on the memo's URL: that handle starts over */
+    o = (ca_http_request_opts){.timeout = 0.05};
+    for (int i = 0; i < 3; i++) {
+        ASSERT_EQ(ca_http_request(s, "GET", "/delay?ms=300", &o, &r),
+                  -ETIMEDOUT);
+    }
+    get_check(s, "/delay?ms=1", 200, "/delay?ms=1");
+    get_check(s, url, 200, "/hello");
+    /* many tasks on the memo's URL at once */
+    ca_task *ts[60];
+    for (int i = 0; i < 60; i++)
+        ts[i] = ca_spawn(memo_get_task, s);
+    for (int i = 0; i < 60; i++) {
+        ASSERT_EQ(ca_join(ts[i]), 0);
+        ca_task_release(ts[i]);
+    }
+    ASSERT_EQ(ca_http_session_free(s), 0);
+    ca_server_close(srv, 1.0);
+    return 0;
+}
+
+static void test_url_memo(void)
+{
+    ASSERT_EQ(ca_run(url_memo_main, NULL), 0);
+}
+
 static int args_main(void *a)
 {
     (void)a;
@@ -2563,6 +2658,7 @@ static const struct test_case tests[] = {
     {"basics", test_basics, 30, 0},
     {"default_headers", test_default_headers, 30, 0},
     {"handle_reuse", test_handle_reuse, 30, 0},
+    {"url_memo", test_url_memo, 30, 0},
     {"concurrency_and_limits", test_concurrency_and_limits, 60, 0},
     {"streaming", test_streaming, 120, 0},
     {"cancel_mid_body", test_cancel_mid_body, 30, 0},
