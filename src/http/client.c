@@ -10,11 +10,10 @@
  * not always read a socket dry; level triggering inside keeps such a socket
  * reported, and a batch that left a transfer running (or filled the event
  * array) schedules the next drain for the next turn instead of waiting for
- * a new edge.  A socket that curl stops
- * watching while it waits only for input (a connection going back to
- * curl's pool) stays in the set, so that the next request on it costs no
- * epoll_ctl; it leaves the set when it reports an event nobody wants or
- * when curl closes it.  curl's timer is one loop timer, except that "at
+ * a new edge.  A socket that curl stops watching while it waits only for
+ * input (a connection going back to curl's pool) stays in the set, so that
+ * the next request on it costs no epoll_ctl; it leaves the set when it
+ * reports an event nobody wants or when curl closes it.  curl's timer is one loop timer, except that "at
  * once" runs from the ready queue (timer_cb).  Finished transfers
  * (curl_multi_info_read) wake their tasks.
  *
