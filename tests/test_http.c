@@ -533,6 +533,10 @@ static int basics_main(void *a)
 
 static void test_basics(void)
 {
+    /* libcurl's global init ahead of the first session: outside any loop,
+     * and again (a no-op) */
+    ASSERT_EQ(ca_http_global_init(), 0);
+    ASSERT_EQ(ca_http_global_init(), 0);
     ASSERT_EQ(ca_run(basics_main, NULL), 0);
 }
 
@@ -2649,6 +2653,7 @@ static void test_without_curl(void)
 #else
     ca_http_response *r;
     ASSERT_EQ(ca_http_fetch(NULL, "http://127.0.0.1/", NULL, &r), -CA_ENOHTTP);
+    ASSERT_EQ(ca_http_global_init(), -CA_ENOHTTP);
 #endif
 }
 

@@ -142,8 +142,18 @@ typedef struct ca_http_request_opts {
     int stream;
 } ca_http_request_opts;
 
+/* Initialise libcurl and its TLS library (curl_global_init) now, once per
+ * process, instead of in the first ca_http_session_new (about 1 ms:
+ * OpenSSL's setup).  Optional; curl's documentation asks for it early in
+ * the program, before other threads start, and it keeps that cost out of
+ * the first request.  Needs no loop.  Returns 0 (also when done already),
+ * -CA_EHTTP if libcurl's initialisation failed, -CA_ENOHTTP (built without
+ * libcurl).  May block for that initialisation. */
+CA_EXTERN int ca_http_global_init(void);
 /* Create a session (opts may be NULL).  Returns 0, -EINVAL, -ENOMEM,
- * -CA_ENOLOOP, -CA_ENOHTTP.  Never blocks.  Use it on the loop's thread. */
+ * -CA_ENOLOOP, -CA_EHTTP (libcurl's initialisation failed), -CA_ENOHTTP.
+ * Never blocks (but see ca_http_global_init).  Use it on the loop's
+ * thread. */
 CA_EXTERN int ca_http_session_new(ca_http_session **out,
                                   const ca_http_session_opts *opts);
 /* Close every connection and free the session.  Returns -EBUSY (nothing

@@ -198,6 +198,12 @@ static void library_init(void)
     curl_init_status = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+int ca_http_global_init(void)
+{
+    pthread_once(&curl_once, library_init);
+    return curl_init_status == CURLE_OK ? 0 : -CA_EHTTP;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Waking the task                                                          */
 /* ------------------------------------------------------------------------ */
@@ -658,9 +664,9 @@ int ca_http_session_new(ca_http_session **out, const ca_http_session_opts *o)
     ca_loop *l = ca__loop();
     if (!l)
         return -CA_ENOLOOP;
-    pthread_once(&curl_once, library_init);
-    if (curl_init_status != CURLE_OK)
-        return -CA_EHTTP;
+    int gi = ca_http_global_init();
+    if (gi < 0)
+        return gi;
     ca_http_session *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
@@ -2271,6 +2277,11 @@ static int default_headers(ca_http_session *s)
         s->headers = l;
     }
     return 0;
+}
+
+int ca_http_global_init(void)
+{
+    return -CA_ENOHTTP;
 }
 
 int ca_http_session_new(ca_http_session **out, const ca_http_session_opts *o)
