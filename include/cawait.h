@@ -55,22 +55,24 @@ extern "C" {
 #define CA_ERR_BASE 10000
 #define CA_ERRNO_MAP(X)                                                        \
     X(CA_EUNKNOWN, 1, "unknown cawait error")                                  \
-    X(CA_ESTACK, 2, "task stack could not be allocated")                      \
-    X(CA_ENOLOOP, 3, "no cawait loop is running on this thread")              \
-    X(CA_EBROKEN, 4, "barrier is broken")                                     \
-    X(CA_ENORESOLVER, 5, "host names other than numeric and localhost need "  \
-                         "the resolver")                                       \
-    X(CA_EINCOMPLETE, 6, "stream ended before the expected data")            \
+    X(CA_ESTACK, 2, "task stack could not be allocated")                       \
+    X(CA_ENOLOOP, 3, "no cawait loop is running on this thread")               \
+    X(CA_EBROKEN, 4, "barrier is broken")                                      \
+    X(CA_ENORESOLVER, 5,                                                       \
+      "host names other than numeric and localhost need "                      \
+      "the resolver")                                                          \
+    X(CA_EINCOMPLETE, 6, "stream ended before the expected data")              \
     X(CA_ENOTFOUND, 7, "host name not found")                                  \
     X(CA_EDNSFAIL, 8, "DNS server failure")                                    \
-    X(CA_EDNS, 9, "DNS lookup failed")                                        \
+    X(CA_EDNS, 9, "DNS lookup failed")                                         \
     X(CA_ETLS, 10, "TLS protocol error")                                       \
     X(CA_ECERT, 11, "TLS certificate verification failed")                     \
-    X(CA_ECERTUNTRUSTED, 12, "TLS certificate not trusted (unknown issuer or " \
-                             "self-signed)")                                   \
-    X(CA_ECERTEXPIRED, 13, "TLS certificate expired or not yet valid")        \
-    X(CA_ECERTHOST, 14, "TLS certificate does not match the host name")       \
-    X(CA_ENOTLS, 15, "built without TLS support")                             \
+    X(CA_ECERTUNTRUSTED, 12,                                                   \
+      "TLS certificate not trusted (unknown issuer or "                        \
+      "self-signed)")                                                          \
+    X(CA_ECERTEXPIRED, 13, "TLS certificate expired or not yet valid")         \
+    X(CA_ECERTHOST, 14, "TLS certificate does not match the host name")        \
+    X(CA_ENOTLS, 15, "built without TLS support")                              \
     X(CA_EHTTP, 16, "HTTP transfer failed")                                    \
     X(CA_EREDIRECTS, 17, "too many HTTP redirects")                            \
     X(CA_EHTTPSTATUS, 18, "HTTP error status (4xx or 5xx)")                    \
@@ -83,7 +85,8 @@ enum {
 };
 
 /* A static, human-readable message for err (negative or positive errno or
- * cawait code).  Never NULL; unknown codes give "unknown error".  Thread-safe. */
+ * cawait code).  Never NULL; unknown codes give "unknown error".
+ * Thread-safe. */
 CA_EXTERN const char *ca_strerror(int err);
 /* The symbolic name of err ("ECANCELED", "CA_ESTACK"), or "E?" if unknown.
  * Static storage, never NULL.  Thread-safe. */
@@ -175,7 +178,7 @@ typedef struct ca_spawn_opts {
  * first blocks.
  */
 #define ca_spawn(fn, arg) ca__spawn((fn), (arg), NULL, CA__WHERE)
-#define ca_spawn_ex(out, fn, arg, opts)                                      \
+#define ca_spawn_ex(out, fn, arg, opts)                                        \
     ca__spawn_ex((out), (fn), (arg), (opts), CA__WHERE)
 CA_EXTERN ca_task *ca__spawn(ca_fn fn, void *arg, const ca_spawn_opts *opts,
                              const char *where);
@@ -264,8 +267,9 @@ CA_EXTERN int ca_yield(void);
  * scope is popped.  ca_deadline_pop closes the innermost scope and returns
  * -ETIMEDOUT if this scope's deadline interrupted a blocking call (or has
  * passed), else 0.  push returns 0, -EINVAL, -ENOMEM (out of memory, or
- * 4,096 scopes already open in this task), or -EPERM outside a task; pop returns -EPERM if no scope is open, or if a shield scope opened
- * inside this one is still open (pop that first).  Never block.
+ * 4,096 scopes already open in this task), or -EPERM outside a task; pop
+ * returns -EPERM if no scope is open, or if a shield scope opened inside this
+ * one is still open (pop that first).  Never block.
  */
 CA_EXTERN int ca_deadline_push(double seconds);
 CA_EXTERN int ca_deadline_push_at(double when);
@@ -331,9 +335,9 @@ CA_EXTERN int ca_call_soon_threadsafe(ca_loop *loop, ca_cb cb, void *arg);
 /* File descriptors                                                         */
 /* ------------------------------------------------------------------------ */
 
-#define CA_READ 0x1   /* readable (or EOF / peer hang-up) */
-#define CA_WRITE 0x4  /* writable */
-#define CA_ERROR 0x8  /* error condition on the fd */
+#define CA_READ 0x1    /* readable (or EOF / peer hang-up) */
+#define CA_WRITE 0x4   /* writable */
+#define CA_ERROR 0x8   /* error condition on the fd */
 #define CA_HANGUP 0x10 /* hang-up */
 
 /*
@@ -363,15 +367,16 @@ CA_EXTERN int ca_close(int fd);
 /* ------------------------------------------------------------------------ */
 
 typedef struct ca_loop_stats {
-    uint64_t turns;        /* loop turns (see docs/design.md) */
-    uint64_t tasks_run;    /* task slices: times a task was resumed */
+    uint64_t turns;     /* loop turns (see docs/design.md) */
+    uint64_t tasks_run; /* task slices: times a task was resumed */
     uint64_t callbacks_run;
     uint64_t tasks_spawned;
-    uint64_t tasks_live;   /* tasks not yet collected */
-    uint64_t slow_tasks;   /* slices (tasks, callbacks) over the debug threshold */
-    int64_t poll_ns;       /* time spent waiting in the backend */
-    int64_t run_ns;        /* time spent running tasks and callbacks */
-    const char *backend;   /* "epoll" */
+    uint64_t tasks_live; /* tasks not yet collected */
+    uint64_t
+        slow_tasks;  /* slices (tasks, callbacks) over the debug threshold */
+    int64_t poll_ns; /* time spent waiting in the backend */
+    int64_t run_ns;  /* time spent running tasks and callbacks */
+    const char *backend; /* "epoll" */
 } ca_loop_stats;
 
 /* Fill *out with the current loop's statistics.  Returns 0, -EINVAL, or
@@ -389,10 +394,10 @@ CA_EXTERN int ca_set_debug(int on, double slow_ms);
 /* Structured concurrency; synchronization, queues and generators. */
 #include "cawait/concurrency.h"
 #include "cawait/exec.h"
-#include "cawait/net.h"
 #include "cawait/http.h"
-#include "cawait/process_pool.h"
 #include "cawait/io.h" /* after net.h: uses streams */
+#include "cawait/net.h"
+#include "cawait/process_pool.h"
 #include "cawait/sync.h"
 
 #ifdef __cplusplus

@@ -165,14 +165,13 @@ CA_EXTERN int ca_http_session_free(ca_http_session *s);
  * or relative to the session's base_url), opts may be NULL.  The method
  * goes out as given, with or without a body (a GET with a body is sent as
  * a GET); a HEAD with a body is -EINVAL.  A body goes out without curl's
- * "Expect: 100-continue" (as in aiohttp; pass the header to ask for it).  Waits until the response is
- * complete (or, with opts->stream, until its headers are in) and stores it
- * in *out; the caller frees it with ca_http_response_free.  Returns 0
- * (whatever the HTTP status) or an error listed at the top (then *out is
- * NULL).  Blocking. */
+ * "Expect: 100-continue" (as in aiohttp; pass the header to ask for it).  Waits
+ * until the response is complete (or, with opts->stream, until its headers are
+ * in) and stores it in *out; the caller frees it with ca_http_response_free.
+ * Returns 0 (whatever the HTTP status) or an error listed at the top (then *out
+ * is NULL).  Blocking. */
 CA_EXTERN int ca_http_request(ca_http_session *s, const char *method,
-                              const char *url,
-                              const ca_http_request_opts *opts,
+                              const char *url, const ca_http_request_opts *opts,
                               ca_http_response **out);
 /* GET and POST shortcuts (content_type NULL: none set).  ca_http_post
  * sends len bytes of body (not copied; NULL with len 0: an empty body, NULL
@@ -199,8 +198,7 @@ CA_EXTERN int ca_http_raise_for_status(const ca_http_response *r);
 CA_EXTERN const char *ca_http_response_header(const ca_http_response *r,
                                               const char *name);
 CA_EXTERN const char *ca_http_response_header_n(const ca_http_response *r,
-                                                const char *name,
-                                                size_t nth);
+                                                const char *name, size_t nth);
 /* Number of header lines, and the ith as name and value (NULL past the
  * end). */
 CA_EXTERN size_t ca_http_response_header_count(const ca_http_response *r);

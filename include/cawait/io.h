@@ -246,8 +246,8 @@ CA_EXTERN int ca_signal_receive(ca_signal_receiver *r, double timeout,
                                 ca_siginfo *info);
 /* Stop capturing and free r; tasks waiting in ca_signal_receive get
  * -EBADF (also those already woken but not yet run: r's memory lasts until
- * the last of them has returned).  NULL is ignored.  Receivers still open when ca_run returns are
- * closed and freed by it. */
+ * the last of them has returned).  NULL is ignored.  Receivers still open when
+ * ca_run returns are closed and freed by it. */
 CA_EXTERN void ca_signal_close(ca_signal_receiver *r);
 
 /*
@@ -262,8 +262,8 @@ CA_EXTERN void ca_signal_close(ca_signal_receiver *r);
 #define CA_SIGNAL_TASK 0x1
 typedef struct ca_signal_handler ca_signal_handler;
 typedef int (*ca_signal_fn)(const ca_siginfo *info, void *arg);
-CA_EXTERN int ca_signal_add(ca_signal_handler **out, int signo,
-                            ca_signal_fn fn, void *arg, int flags);
+CA_EXTERN int ca_signal_add(ca_signal_handler **out, int signo, ca_signal_fn fn,
+                            void *arg, int flags);
 /* Remove a handler (a call not yet run is dropped; tasks already started
  * run on) and free it.  Returns 0 or -EINVAL.  Handlers still installed
  * when ca_run returns are removed and freed by it.  Never blocks. */

@@ -37,14 +37,14 @@ typedef struct ca_addrinfo {
  * DNS servers.  An IPv4 address is taken in every form getaddrinfo(3)
  * takes ("127.0.0.1", "127.1", "0x7f.1", "2130706433"), and an IPv6
  * address without a scope ("::1"), are answered without asking anyone; one
- * of the other family than `family` asks for is -CA_ENOTFOUND.  family: AF_UNSPEC, AF_INET or AF_INET6; socktype: 0,
- * SOCK_STREAM or SOCK_DGRAM.  Stores a list in *out (free it with
- * ca_freeaddrinfo) and returns 0, or -CA_ENOTFOUND (no such name / no
- * address of that family), -CA_EDNSFAIL (server failure), -ETIMEDOUT (no
- * answer, or a deadline scope), -ECANCELED (the lookup is cancelled in
- * c-ares too), -CA_ENORESOLVER (built without c-ares and not numeric),
- * -EMFILE/-ENFILE (no descriptor for the query's socket: each lookup in
- * flight holds one), -EINVAL, -ENOMEM, -EPERM.  Blocking.
+ * of the other family than `family` asks for is -CA_ENOTFOUND.  family:
+ * AF_UNSPEC, AF_INET or AF_INET6; socktype: 0, SOCK_STREAM or SOCK_DGRAM.
+ * Stores a list in *out (free it with ca_freeaddrinfo) and returns 0, or
+ * -CA_ENOTFOUND (no such name / no address of that family), -CA_EDNSFAIL
+ * (server failure), -ETIMEDOUT (no answer, or a deadline scope), -ECANCELED
+ * (the lookup is cancelled in c-ares too), -CA_ENORESOLVER (built without
+ * c-ares and not numeric), -EMFILE/-ENFILE (no descriptor for the query's
+ * socket: each lookup in flight holds one), -EINVAL, -ENOMEM, -EPERM. Blocking.
  *
  * Lookups reuse the loop's c-ares channels, each serving one lookup at a
  * time (up to 8 kept idle, some 75 KB each, holding no descriptor; freed

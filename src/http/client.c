@@ -13,9 +13,9 @@
  * a new edge.  A socket that curl stops watching while it waits only for
  * input (a connection going back to curl's pool) stays in the set, so that
  * the next request on it costs no epoll_ctl; it leaves the set when it
- * reports an event nobody wants or when curl closes it.  curl's timer is one loop timer, except that "at
- * once" runs from the ready queue (timer_cb).  Finished transfers
- * (curl_multi_info_read) wake their tasks.
+ * reports an event nobody wants or when curl closes it.  curl's timer is one
+ * loop timer, except that "at once" runs from the ready queue (timer_cb).
+ * Finished transfers (curl_multi_info_read) wake their tasks.
  *
  * A response owns its easy handle from the request to ca_http_response_free
  * (curl's info about the transfer stays readable).  The task that made the
@@ -75,7 +75,7 @@ struct ca_http_session {
     struct curl_slist *headers; /* the session's, then default_headers' */
     char *base_url, *proxy, *ca_file, *user_agent;
     int verify_none, h2c;
-    int ua_opt; /* User-Agent through CURLOPT_USERAGENT (default_headers) */
+    int ua_opt;  /* User-Agent through CURLOPT_USERAGENT (default_headers) */
     size_t live; /* responses not yet freed */
     long maxconnects; /* CURLMOPT_MAXCONNECTS set, see pool_fit */
     /* Easy handles of freed responses, kept for the next requests
@@ -164,9 +164,9 @@ struct ca_http_response {
     uint64_t easy_gen; /* the memo whose URL easy holds, 0: none */
     /* upload */
     int body_fd;
-    int fd_polled;    /* body_fd may block (pipe, socket): poll it first */
-    int fd_forget;    /* we registered body_fd with the loop: forget it */
-    int fd_armed;     /* fdw waits for body_fd to turn readable */
+    int fd_polled; /* body_fd may block (pipe, socket): poll it first */
+    int fd_forget; /* we registered body_fd with the loop: forget it */
+    int fd_armed;  /* fdw waits for body_fd to turn readable */
     ca__fdwait fdw;
     /* a generator body (see "Generator bodies"): [up_off, up_len) of
      * up_buf buffered, then what is left of a held chunk */
@@ -473,8 +473,8 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp)
 {
     (void)m;
     ca_http_session *s = userp;
-    if (timeout_ms == 0 && (s->kick_queued ||
-                            ca_call_soon(kick_cb, s, &s->kick_h) == 0)) {
+    if (timeout_ms == 0 &&
+        (s->kick_queued || ca_call_soon(kick_cb, s, &s->kick_h) == 0)) {
         s->kick_queued = 1;
         ca__timer_cancel(s->loop, &s->timer);
     } else if (timeout_ms < 0) {
@@ -542,8 +542,8 @@ static int valid_header(const char *h)
 
 typedef struct dns_lookup {
     unsigned refs;
-    int rc;        /* its result, once `done` is set */
-    char *line;    /* the CURLOPT_RESOLVE line, when rc == 0 */
+    int rc;     /* its result, once `done` is set */
+    char *line; /* the CURLOPT_RESOLVE line, when rc == 0 */
     ca_event done;
 } dns_lookup;
 
@@ -576,8 +576,7 @@ static void dns_drop(ca_http_session *s, dns_entry **pp)
     free(e);
 }
 
-static dns_entry *dns_find(ca_http_session *s, const char *host,
-                           unsigned port)
+static dns_entry *dns_find(ca_http_session *s, const char *host, unsigned port)
 {
     for (dns_entry *e = s->dns; e; e = e->next)
         if (e->port == port && strcasecmp(e->host, host) == 0)
@@ -780,7 +779,6 @@ static void headers_clear(ca_http_response *r)
     }
     r->nhdr = 0;
 }
-
 
 static const char *find_header(const ca_http_response *r, const char *name,
                                size_t nth)
@@ -994,8 +992,8 @@ static size_t body_fd_pause(ca_http_response *r)
         /* It was just found empty: wait for the next edge, not for one
          * the loop saw before. */
         ca__fd_take_ready(l, fd, CA_READ);
-        r->fdw = (ca__fdwait){.fd = fd, .events = CA_READ,
-                              .wake = body_fd_wake};
+        r->fdw =
+            (ca__fdwait){.fd = fd, .events = CA_READ, .wake = body_fd_wake};
         ca__fd_add_waiter(l, &r->fdw);
         r->fd_armed = 1;
     }
@@ -1593,8 +1591,8 @@ static int pre_resolve(ca_http_response *r, const ca_http_request_opts *o)
         if (rc == -CA_ENORESOLVER)
             return 0;
         if (rc == -ETIMEDOUT)
-            snprintf(r->errbuf, sizeof(r->errbuf),
-                     "resolving %s timed out", r->host);
+            snprintf(r->errbuf, sizeof(r->errbuf), "resolving %s timed out",
+                     r->host);
         return rc;
     }
     double spent = (double)(ca__clock_ns() - t0) / 1e9;
@@ -1782,9 +1780,9 @@ static int setup(ca_http_response *r, const char *method, const char *url,
                      (long)(s->h2c || strncasecmp(r->url, "https://", 8) == 0));
     r->follow = !o->no_redirects;
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)r->follow);
-    curl_easy_setopt(e, CURLOPT_MAXREDIRS,
-                     (long)(o->max_redirects > 0 ? o->max_redirects
-                                                 : DEFAULT_REDIRECTS));
+    curl_easy_setopt(
+        e, CURLOPT_MAXREDIRS,
+        (long)(o->max_redirects > 0 ? o->max_redirects : DEFAULT_REDIRECTS));
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
                      o->timeout > 0 ? (long)(o->timeout * 1000) : 0L);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
@@ -2125,8 +2123,7 @@ int ca_http_response_status(const ca_http_response *r)
     return r ? r->status : -EINVAL;
 }
 
-const char *ca_http_response_header(const ca_http_response *r,
-                                    const char *name)
+const char *ca_http_response_header(const ca_http_response *r, const char *name)
 {
     return ca_http_response_header_n(r, name, 0);
 }
@@ -2326,8 +2323,7 @@ int ca_http_response_status(const ca_http_response *r)
     return -EINVAL;
 }
 
-const char *ca_http_response_header(const ca_http_response *r,
-                                    const char *name)
+const char *ca_http_response_header(const ca_http_response *r, const char *name)
 {
     (void)r, (void)name;
     return NULL;
@@ -2420,8 +2416,7 @@ int ca_http_post(ca_http_session *s, const char *url, const void *body,
             return -EINVAL;
         hdrs[0] = ct;
     }
-    ca_http_request_opts o = {.headers = hdrs, .body = body ? body : "",
-                              .body_len = len};
+    ca_http_request_opts o = {
+        .headers = hdrs, .body = body ? body : "", .body_len = len};
     return ca_http_request(s, "POST", url, &o, out);
 }
-

@@ -12,14 +12,14 @@
  * gathered there and sent by a callback when the slice ends (see
  * gathering()).  The buffer is freed whenever it empties.  While data is
  * buffered, a non-task fd waiter (flush_waiter) sends more whenever the fd
- * becomes writable, in the loop's own context: like asyncio's transport, the data goes out even if nobody
- * calls drain.  ca_stream_drain is the back pressure: it parks the caller
- * while more than high_water bytes are buffered, until at most low_water
- * remain.  A hard ceiling makes a writer that never drains get -ENOBUFS
- * instead of growing memory without bound: a write is refused, before any
- * of it is sent, while more than 16 x high_water bytes are already queued
- * (one large write into a shorter queue is taken whole: refusing it after
- * the kernel took a part would cut the byte stream).
+ * becomes writable, in the loop's own context: like asyncio's transport, the
+ * data goes out even if nobody calls drain.  ca_stream_drain is the back
+ * pressure: it parks the caller while more than high_water bytes are buffered,
+ * until at most low_water remain.  A hard ceiling makes a writer that never
+ * drains get -ENOBUFS instead of growing memory without bound: a write is
+ * refused, before any of it is sent, while more than 16 x high_water bytes are
+ * already queued (one large write into a shorter queue is taken whole: refusing
+ * it after the kernel took a part would cut the byte stream).
  */
 #include "net/stream.h"
 #include "task/task.h"
@@ -383,9 +383,9 @@ static ssize_t read_until(ca_stream *s, const void *sep, size_t seplen,
         const char *base = s->rbuf ? s->rbuf + s->rstart : NULL;
         size_t have = rlen(s);
         size_t from = scanned > seplen - 1 ? scanned - (seplen - 1) : 0;
-        const char *hit =
-            have >= seplen ? memmem(base + from, have - from, sep, seplen)
-                           : NULL;
+        const char *hit = have >= seplen
+                              ? memmem(base + from, have - from, sep, seplen)
+                              : NULL;
         if (hit) {
             size_t len = (size_t)(hit - base) + seplen;
             if (len > s->limit || len > cap)
@@ -456,8 +456,8 @@ static int send_some(ca_stream *s)
 {
     while (wlen(s) > 0) {
         int want = CA_WRITE;
-        ssize_t n = s->top->ops->send(s->top, s->wbuf + s->wstart, wlen(s),
-                                       &want);
+        ssize_t n =
+            s->top->ops->send(s->top, s->wbuf + s->wstart, wlen(s), &want);
         if (n > 0) {
             s->wstart += (size_t)n;
             continue;
@@ -716,8 +716,7 @@ static ssize_t sendfile_copy(ca_stream *s, int in_fd, off_t offset,
     return r;
 }
 
-ssize_t ca_stream_sendfile(ca_stream *s, int in_fd, off_t offset,
-                           size_t count)
+ssize_t ca_stream_sendfile(ca_stream *s, int in_fd, off_t offset, size_t count)
 {
     if (!s || in_fd < 0 || offset < 0)
         return -EINVAL;
