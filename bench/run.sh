@@ -81,6 +81,8 @@ GATHER_NS=(10000 100)   # tasks; each sleeps GATHER_S seconds
 GATHER_S=0.1
 QUEUE_N=10000000
 LOCK_N=1000000
+# gather, queue and lock: processes per implementation (see rounds below).
+PROC_ROUNDS=${PROC_ROUNDS:-3}
 PY_SWITCH_N=$SWITCH_N
 PY_SLEEPERS_MAX=1000000
 PY_QUEUE_N=1000000
@@ -215,7 +217,6 @@ run_one() {
 # echo rounds do.  N_PY is the size for the Python peers (N_CAWAIT for
 # cawait and Go); the full size is N_CAWAIT.
 ROUND_FILE=
-PROC_ROUNDS=${PROC_ROUNDS:-3}
 rounds() {
   local bench=$1 n=$2 npy=$3 suffix=${4:-} impl r
   shift $(($# < 4 ? $# : 4))
