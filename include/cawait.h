@@ -392,13 +392,15 @@ CA_EXTERN int ca_loop_stats_get(ca_loop_stats *out);
 CA_EXTERN int ca_set_debug(int on, double slow_ms);
 
 /* Structured concurrency; synchronization, queues and generators. */
+/* clang-format off: the order matters */
 #include "cawait/concurrency.h"
 #include "cawait/exec.h"
-#include "cawait/http.h"
-#include "cawait/io.h" /* after net.h: uses streams */
 #include "cawait/net.h"
+#include "cawait/http.h"
 #include "cawait/process_pool.h"
+#include "cawait/io.h" /* after net.h: uses streams */
 #include "cawait/sync.h"
+/* clang-format on */
 
 #ifdef __cplusplus
 }
