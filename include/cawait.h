@@ -392,7 +392,8 @@ CA_EXTERN int ca_loop_stats_get(ca_loop_stats *out);
 CA_EXTERN int ca_set_debug(int on, double slow_ms);
 
 /* Structured concurrency; synchronization, queues and generators. */
-/* clang-format off: the order matters */
+/* The order matters (clang-format would sort it). */
+/* clang-format off */
 #include "cawait/concurrency.h"
 #include "cawait/exec.h"
 #include "cawait/net.h"
