@@ -2235,47 +2235,6 @@ int ca_http_raise_for_status(const ca_http_response *r)
 
 #else /* !CAWAIT_HAVE_CURL */
 
-static int has_header(const struct curl_slist *list, const char *name);
-
-/*
- * User-Agent and Accept-Encoding go at the end of the session's headers,
- * unless the session has its own: a request's own header of the same name
- * replaces them as it replaces any session header.  Given as options
- * (CURLOPT_USERAGENT, CURLOPT_ACCEPT_ENCODING) curl formats each line
- * twice a request, an aprintf and then the request, through its own printf
- * at ~140 instructions a byte; as custom headers, once (4,200
- * instructions a request less, curl 7.88).  CURLOPT_ACCEPT_ENCODING stays
- * set, as it turns decoding on; curl sends no second Accept-Encoding when
- * there is a custom one.  Through a proxy the User-Agent stays an option:
- * curl also sends it in the CONNECT request, custom headers not.
- */
-static int default_headers(ca_http_session *s)
-{
-    const char *ua = s->user_agent ? s->user_agent : "cawait/0.1";
-    s->ua_opt = s->proxy != NULL || strpbrk(ua, "\r\n") != NULL;
-    if (!s->ua_opt && !has_header(s->headers, "User-Agent")) {
-        size_t n = strlen(ua) + sizeof("User-Agent: ");
-        char *line = malloc(n);
-        if (!line)
-            return -ENOMEM;
-        snprintf(line, n, "User-Agent: %s", ua);
-        struct curl_slist *l = curl_slist_append(s->headers, line);
-        free(line);
-        if (!l)
-            return -ENOMEM;
-        s->headers = l;
-    }
-    if (!has_header(s->headers, "Accept-Encoding")) {
-        /* What aiohttp asks for; "" would also offer br and zstd. */
-        struct curl_slist *l =
-            curl_slist_append(s->headers, "Accept-Encoding: " ACCEPT_ENCODING);
-        if (!l)
-            return -ENOMEM;
-        s->headers = l;
-    }
-    return 0;
-}
-
 int ca_http_global_init(void)
 {
     return -CA_ENOHTTP;
