@@ -6,7 +6,7 @@ CC         ?= cc
 PREFIX     ?= /usr/local
 CMAKE_ARGS ?=
 
-.PHONY: all deps build test demo bench asan tsan clang ucontext valgrind aarch64 install format clean
+.PHONY: all deps build test demo bench asan tsan clang ucontext minimal valgrind aarch64 install format clean
 
 all: build
 
@@ -43,6 +43,15 @@ tsan: deps
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && CAWAIT_TEST_LIGHT=1 TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure
 
+# The core alone: no libcurl, c-ares or OpenSSL (each is optional at build
+# time); the HTTP, DNS and TLS entry points then give their "built without"
+# errors, which the tests check.
+minimal: deps
+	cmake -S . -B build-minimal -DCAWAIT_WITH_CURL=OFF -DCAWAIT_WITH_CARES=OFF \
+	  -DCAWAIT_WITH_OPENSSL=OFF -DCAWAIT_BENCH=OFF -DCAWAIT_EXAMPLES=OFF $(CMAKE_ARGS)
+	cmake --build build-minimal -j $(JOBS)
+	cd build-minimal && CAWAIT_TEST_LIGHT=1 ctest --output-on-failure
+
 # The same build with clang.
 # clang at -O3 (Release): the other builds are -O2, and some warnings
 # (format truncation, uninitialised use) only show at higher optimisation.
@@ -74,4 +83,4 @@ format:
 	clang-format -i include/*.h src/*/*.c src/*/*.h tests/*.c tests/*.h bench/*.c examples/*.c
 
 clean:
-	rm -rf $(BUILD) build-asan build-tsan build-clang build-uc build-aarch64
+	rm -rf $(BUILD) build-asan build-tsan build-clang build-uc build-minimal build-aarch64
