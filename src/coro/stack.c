@@ -556,14 +556,17 @@ static void *context_sp(void *ucv)
 /* SIGSEGV handler                                                          */
 /* ------------------------------------------------------------------------ */
 
-static ca__overflow_hook overflow_hook;
+/* Set by every ca_run, on any thread (the same function each time), read
+ * by the SIGSEGV handler: atomic (a lock-free pointer, safe in a signal
+ * handler). */
+static _Atomic(ca__overflow_hook) overflow_hook;
 static struct sigaction old_segv;
 static pthread_once_t handler_once = PTHREAD_ONCE_INIT;
 static int handler_installed;
 
 void ca__stack_set_overflow_hook(ca__overflow_hook hook)
 {
-    overflow_hook = hook;
+    atomic_store_explicit(&overflow_hook, hook, memory_order_release);
 }
 
 static void write_all(const char *s, size_t n)
@@ -590,8 +593,9 @@ void ca__stack_overflow_abort(const char *desc)
 static void segv_handler(int sig, siginfo_t *si, void *uc)
 {
     char buf[512];
-    if (overflow_hook &&
-        overflow_hook(si->si_addr, context_sp(uc), buf, sizeof(buf)) > 0) {
+    ca__overflow_hook hook =
+        atomic_load_explicit(&overflow_hook, memory_order_acquire);
+    if (hook && hook(si->si_addr, context_sp(uc), buf, sizeof(buf)) > 0) {
         static const char pre[] = "cawait: stack overflow in ";
         write_all(pre, sizeof(pre) - 1);
         write_all(buf, strlen(buf));
