@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/wait.h>
@@ -43,6 +44,38 @@ void test_tmpdir(char *buf, size_t cap, const char *name)
     buf[n + 6] = '\0';
     if (!mkdtemp(buf))
         FAILF("mkdtemp %s: %s", buf, strerror(errno));
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+#ifdef TEST_ASAN
+size_t __sanitizer_get_current_allocated_bytes(void);
+#endif
+
+double test_heap_in_use(void)
+{
+#ifdef TEST_ASAN
+    return (double)__sanitizer_get_current_allocated_bytes();
+#else
+    struct mallinfo2 mi = mallinfo2();
+    return (double)mi.uordblks + (double)mi.hblkhd;
+#endif
+}
+
+double test_rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return -1;
+    unsigned long size = 0, res = 0;
+    int ok = fscanf(f, "%lu %lu", &size, &res) == 2;
+    fclose(f);
+    return ok ? (double)res * (double)sysconf(_SC_PAGESIZE) : -1;
 }
 
 int test_is_instrumented(void)

@@ -50,6 +50,14 @@ void test_tmpdir(char *buf, size_t cap, const char *name);
 /* Open file descriptors of this process (-1 if /proc is unreadable). */
 int test_count_fds(void);
 
+/* Bytes the allocator has handed out and not had back (ASan's own count
+ * under ASan, where glibc's arenas are unused; 0 under valgrind, which does
+ * not keep mallinfo2). */
+double test_heap_in_use(void);
+
+/* Resident set size in bytes (/proc/self/statm), -1 if unreadable. */
+double test_rss_bytes(void);
+
 /* 1 when running under AddressSanitizer or valgrind (heavier tests shrink). */
 int test_is_instrumented(void);
 

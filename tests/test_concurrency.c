@@ -3,23 +3,12 @@
 #include "runner.h"
 
 #include <errno.h>
-#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TEST_ASAN 1
-#endif
-#endif
-#ifdef TEST_ASAN
-size_t __sanitizer_get_current_allocated_bytes(void);
-#endif
 
 static double mono(void)
 {
@@ -1197,30 +1186,6 @@ static void test_combinators_scale(void)
 
 /* ---- groups that release finished children ---------------------------- */
 
-/* Bytes the allocator has handed out and not had back (ASan's own count
- * under ASan, where glibc's arenas are unused). */
-static double heap_in_use(void)
-{
-#ifdef TEST_ASAN
-    return (double)__sanitizer_get_current_allocated_bytes();
-#else
-    struct mallinfo2 mi = mallinfo2();
-    return (double)mi.uordblks + (double)mi.hblkhd;
-#endif
-}
-
-/* Resident set size in bytes (statm), -1 if unreadable. */
-static double rss_bytes(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (!f)
-        return -1;
-    unsigned long size = 0, res = 0;
-    int ok = fscanf(f, "%lu %lu", &size, &res) == 2;
-    fclose(f);
-    return ok ? (double)res * (double)sysconf(_SC_PAGESIZE) : -1;
-}
-
 static uint64_t tasks_live(void)
 {
     ca_loop_stats st;
@@ -1269,12 +1234,12 @@ static int release_million_main(void *a)
     short_count = 0;
     spawn_short(g, 20000); /* warm up: task arenas, stack pool, malloc */
     uint64_t live0 = tasks_live();
-    double heap0 = heap_in_use(), rss0 = rss_bytes();
+    double heap0 = test_heap_in_use(), rss0 = test_rss_bytes();
     double t0 = mono();
     spawn_short(g, n);
     double dt = mono() - t0;
     uint64_t live1 = tasks_live();
-    double heap1 = heap_in_use(), rss1 = rss_bytes();
+    double heap1 = test_heap_in_use(), rss1 = test_rss_bytes();
     printf("release_finished: %zu children in %.3f s (%.0f ns each); "
            "tasks live %llu -> %llu; heap %.0f -> %.0f bytes (%+.0f); "
            "RSS %.1f -> %.1f MiB\n",

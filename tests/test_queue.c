@@ -3,21 +3,10 @@
 #include "runner.h"
 
 #include <errno.h>
-#include <malloc.h>
 #include <stdint.h>
 #include <time.h>
 #include <unistd.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TEST_ASAN 1
-#endif
-#endif
-#ifdef TEST_ASAN
-size_t __sanitizer_get_current_allocated_bytes(void);
-#endif
 
 static char trace[4096];
 static void note(const char *s)
@@ -1320,29 +1309,6 @@ static void test_pipeline_bounded(void)
 
 /* ---- a grown ring shrinks again --------------------------------------- */
 
-/* Bytes the allocator has handed out and not had back (ASan's own count
- * under ASan); 0 under valgrind, which does not keep mallinfo2. */
-static double heap_in_use(void)
-{
-#ifdef TEST_ASAN
-    return (double)__sanitizer_get_current_allocated_bytes();
-#else
-    struct mallinfo2 mi = mallinfo2();
-    return (double)mi.uordblks + (double)mi.hblkhd;
-#endif
-}
-
-static double rss_mib(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (!f)
-        return -1;
-    unsigned long size = 0, res = 0;
-    int ok = fscanf(f, "%lu %lu", &size, &res) == 2;
-    fclose(f);
-    return ok ? (double)res * (double)sysconf(_SC_PAGESIZE) / 1048576.0 : -1;
-}
-
 struct burst_case {
     const char *name;
     enum ca_queue_kind kind;
@@ -1370,10 +1336,10 @@ static int burst_main(void *a)
     };
     for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
         const struct burst_case *c = &cases[k];
-        double h0 = heap_in_use(), r0 = rss_mib();
+        double h0 = test_heap_in_use(), r0 = test_rss_bytes() / 1048576.0;
         ca_queue *q =
             mkq(c->kind, c->maxsize, c->esz, c->esz ? cmp_kv : cmp_ptr);
-        double h1 = heap_in_use();
+        double h1 = test_heap_in_use();
         double peak = 0;
         for (int round = 0; round < 2; round++) {
             for (int i = 0; i < n; i++) {
@@ -1382,7 +1348,7 @@ static int burst_main(void *a)
                                  : ca_queue_put(q, P(v.key)),
                           0);
             }
-            double hp = heap_in_use();
+            double hp = test_heap_in_use();
             peak = hp > peak ? hp : peak;
             for (int i = 0; i < n; i++) {
                 struct kv v;
@@ -1395,7 +1361,7 @@ static int burst_main(void *a)
             }
             ASSERT(ca_queue_empty(q));
         }
-        double h2 = heap_in_use(), r2 = rss_mib();
+        double h2 = test_heap_in_use(), r2 = test_rss_bytes() / 1048576.0;
         printf("%-20s %d items: heap %+.0f bytes after new, peak %+.1f MiB, "
                "drained %+.0f bytes; RSS %.1f -> %.1f MiB\n",
                c->name, n, h1 - h0, (peak - h0) / 1048576.0, h2 - h0, r0, r2);
@@ -1409,7 +1375,7 @@ static int burst_main(void *a)
             ASSERT_EQ(c->esz ? ca_queue_put(q, &v) : ca_queue_put(q, P(i)), 0);
         }
         ASSERT_EQ(ca_queue_shutdown(q, 1), 0);
-        double h3 = heap_in_use();
+        double h3 = test_heap_in_use();
         if (h0 > 0)
             ASSERT_LT(h3 - h0, 16.0 * 1024);
         ca_queue_free(q);

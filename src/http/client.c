@@ -607,7 +607,23 @@ static dns_entry *dns_add(ca_http_session *s, const char *host, unsigned port)
     return e;
 }
 
-static int has_header(const struct curl_slist *list, const char *name);
+/* The value of the first header called name (case-insensitive) in list,
+ * after the colon and any blanks, or NULL if there is none. */
+static const char *header_value(const struct curl_slist *list,
+                                const char *name)
+{
+    size_t nl = strlen(name);
+    for (; list; list = list->next)
+        if (strncasecmp(list->data, name, nl) == 0 && list->data[nl] == ':')
+            return list->data + nl + 1 + strspn(list->data + nl + 1, " \t");
+    return NULL;
+}
+
+/* 1 if list holds a header called name (case-insensitive). */
+static int has_header(const struct curl_slist *list, const char *name)
+{
+    return header_value(list, name) != NULL;
+}
 
 /*
  * User-Agent and Accept-Encoding go at the end of the session's headers,
@@ -1616,25 +1632,18 @@ static int pre_resolve(ca_http_response *r, const ca_http_request_opts *o)
  * -EINVAL if n is not a decimal number. */
 static int declared_length(const struct curl_slist *list, curl_off_t *out)
 {
-    static const char name[] = "Content-Length:";
-    for (; list; list = list->next) {
-        if (strncasecmp(list->data, name, sizeof(name) - 1) != 0)
-            continue;
-        const char *p = list->data + sizeof(name) - 1;
-        p += strspn(p, " \t");
-        if (!*p)
-            return 0;
-        const char *digits = p;
-        curl_off_t n = 0;
-        for (; *p >= '0' && *p <= '9'; p++)
-            n = n * 10 + (*p - '0');
-        /* 18 digits: anything longer is not a body we can send */
-        if (p == digits || p - digits > 18 || p[strspn(p, " \t")])
-            return -EINVAL;
-        *out = n;
-        return 1;
-    }
-    return 0;
+    const char *p = header_value(list, "Content-Length");
+    if (!p || !*p)
+        return 0;
+    const char *digits = p;
+    curl_off_t n = 0;
+    for (; *p >= '0' && *p <= '9'; p++)
+        n = n * 10 + (*p - '0');
+    /* 18 digits: anything longer is not a body we can send */
+    if (p == digits || p - digits > 18 || p[strspn(p, " \t")])
+        return -EINVAL;
+    *out = n;
+    return 1;
 }
 
 /* The request body, and the method exactly as asked: curl's body options
@@ -1700,15 +1709,6 @@ static int setup_body(ca_http_response *r, const char *method,
     return 0;
 }
 
-/* 1 if list holds a header called name (case-insensitive). */
-static int has_header(const struct curl_slist *list, const char *name)
-{
-    size_t nl = strlen(name);
-    for (; list; list = list->next)
-        if (strncasecmp(list->data, name, nl) == 0 && list->data[nl] == ':')
-            return 1;
-    return 0;
-}
 
 /* The options every request of session s sets alike, set once per easy
  * handle: on a new handle, and again after curl_easy_reset. */
